@@ -1,0 +1,113 @@
+"""Run directories: everything needed to continue or inspect a run.
+
+    RUN/config.json                  resolved config (JSON)
+    RUN/tokenizer.json               tokenizer (JSON)
+    RUN/best.safetensors             weights with the lowest validation loss (+ best.json)
+    RUN/checkpoints/step-00001000/   model.safetensors, optimizer.pt (tensors only),
+                                     state.json (step, counters, metrics so far)
+    RUN/checkpoints/latest           name of the newest complete checkpoint
+    RUN/metrics.csv, RUN/loss.png
+
+Every file is written atomically (temp + rename) and a checkpoint directory is
+complete before `latest` points at it, so a kill at any moment leaves the last
+good checkpoint intact. Weights are safetensors; optimizer/RNG state is a torch
+file of plain tensors loaded with weights_only=True (no arbitrary pickles).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model as st_load_model
+from safetensors.torch import save_model as st_save_model
+
+from . import atomic
+from .config import RunConfig, run_config_from_dict, run_config_to_dict
+from .data.tokenizer import Tokenizer, tokenizer_from_dict
+from .errors import SeqlabError
+from .models import SeqModel, build_model
+
+
+def save_run_files(run_dir: Path, cfg: RunConfig, tokenizer: Tokenizer, vocab_size: int) -> None:
+    d = run_config_to_dict(cfg)
+    d["vocab_size"] = vocab_size
+    atomic.write_json(run_dir / "config.json", d)
+    atomic.write_json(run_dir / "tokenizer.json", tokenizer.to_dict())
+
+
+def load_run_files(run_dir: Path) -> tuple[RunConfig, Tokenizer, int]:
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.exists():
+        raise SeqlabError(f"{run_dir}: not a seqlab run directory (no config.json)")
+    try:
+        d = json.loads(cfg_path.read_text(encoding="utf-8"))
+        tok = json.loads((run_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, FileNotFoundError) as e:
+        raise SeqlabError(f"{run_dir}: unreadable run files ({e})") from None
+    vocab_size = d.pop("vocab_size")
+    return run_config_from_dict(d), tokenizer_from_dict(tok), vocab_size
+
+
+def _save_weights(model: SeqModel, path: Path) -> None:
+    with atomic.atomic_path(path) as tmp:
+        st_save_model(model, str(tmp))  # handles tied (shared) weights
+
+
+def save_checkpoint(run_dir: Path, step: int, model: SeqModel, extra_tensors: dict, state: dict, keep: int) -> Path:
+    ckpt_root = Path(run_dir) / "checkpoints"
+    name = f"step-{step:08d}"
+    with atomic.atomic_dir(ckpt_root / name) as tmp:
+        st_save_model(model, str(tmp / "model.safetensors"))
+        torch.save(extra_tensors, tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
+    atomic.write_text(ckpt_root / "latest", name + "\n")
+    old = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir() and p.name != name)
+    for p in old[: max(0, len(old) - (keep - 1))]:
+        shutil.rmtree(p, ignore_errors=True)
+    return ckpt_root / name
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = Path(run_dir) / "checkpoints" / "latest"
+    if not pointer.exists():
+        return None
+    path = pointer.parent / pointer.read_text(encoding="utf-8").strip()
+    return path if (path / "state.json").exists() else None
+
+
+def load_checkpoint(path: Path, model: SeqModel) -> tuple[dict, dict]:
+    st_load_model(model, str(path / "model.safetensors"))
+    extra = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    return extra, state
+
+
+def save_best(run_dir: Path, model: SeqModel, info: dict) -> None:
+    _save_weights(model, Path(run_dir) / "best.safetensors")
+    atomic.write_json(Path(run_dir) / "best.json", info)
+
+
+def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu"):
+    """Load (model, tokenizer, config) from a run directory.
+
+    which: "best" (lowest validation loss; falls back to the last checkpoint) or "last".
+    """
+    run_dir = Path(run_dir)
+    cfg, tokenizer, vocab_size = load_run_files(run_dir)
+    model = build_model(cfg.model, vocab_size)
+    best = run_dir / "best.safetensors"
+    last = latest_checkpoint(run_dir)
+    if which == "best" and best.exists():
+        weights = best
+    elif last is not None:
+        weights = last / "model.safetensors"
+    elif best.exists():
+        weights = best
+    else:
+        raise SeqlabError(f"{run_dir}: no weights yet (no best.safetensors or checkpoint)")
+    st_load_model(model, str(weights))
+    return model.to(device).eval(), tokenizer, cfg

@@ -1,0 +1,273 @@
+"""The `seqlab` command line. Each verb parses flags, then calls plain functions.
+
+Contract (see DESIGN.md): `--json` prints one JSON object as the last line of
+stdout and nothing else on stdout; progress goes to stderr; a failure is one
+`error:` line on stderr, a non-zero exit, and no traceback (unless --debug).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import SeqlabError
+
+EXIT_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors follow the one-line `error:` contract."""
+
+    def error(self, message):
+        self.exit(EXIT_ERROR, f"error: {self.prog}: {message}\n")
+
+
+def _emit(args, payload: dict, human: str = "") -> None:
+    if args.json:
+        print(json.dumps(payload))
+    elif human:
+        print(human)
+
+
+# ---------------------------------------------------------------- train
+def _train_overrides(args) -> dict:
+    over: dict = {"model": {}, "train": {}, "data": {}}
+    pairs = [
+        ("model", "type", args.model), ("model", "block_size", args.block_size),
+        ("model", "n_layer", args.n_layer), ("model", "n_head", args.n_head),
+        ("model", "n_kv_head", args.n_kv_head), ("model", "n_embd", args.n_embd),
+        ("model", "dropout", args.dropout), ("model", "norm", args.norm), ("model", "pos", args.pos),
+        ("model", "mlp", args.mlp),
+        ("train", "steps", args.steps), ("train", "batch_size", args.batch_size),
+        ("train", "seed", args.seed), ("train", "device", args.device), ("train", "lr", args.lr),
+        ("train", "grad_accum", args.grad_accum), ("train", "eval_interval", args.eval_interval),
+        ("train", "checkpoint_interval", args.checkpoint_interval), ("train", "dtype", args.dtype),
+        ("train", "weight_decay", args.weight_decay), ("train", "warmup_steps", args.warmup_steps),
+        ("data", "path", args.data), ("data", "tokenizer", args.tokenizer),
+    ]
+    for section, key, value in pairs:
+        if value is not None:
+            over[section][key] = value
+    if args.compile:
+        over["train"]["compile"] = True
+    if args.truncate:
+        over["data"]["truncate"] = True
+    return {k: v for k, v in over.items() if v}
+
+
+def cmd_train(args) -> None:
+    from .config import load_toml, merge, run_config_from_dict
+    from .train import train
+
+    base = load_toml(args.config) if args.config else {}
+    cfg = run_config_from_dict(merge(base, _train_overrides(args)))
+    if args.resume and args.steps is None and "steps" not in base.get("train", {}):
+        cfg.train.steps = -1  # keep the saved run's step target
+    if args.resume and cfg.train.steps == -1:
+        from .checkpoint import load_run_files
+
+        cfg.train.steps = load_run_files(Path(args.out))[0].train.steps
+    result = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    payload = {k: result[k] for k in ("step", "train_loss", "val_loss", "seconds")}
+    payload.update(best_val_loss=result["best_val_loss"], params=result["params"], run=str(args.out))
+    _emit(args, payload,
+          f"trained {result['params']:,} parameters for {result['step']} steps in {result['seconds']:.1f}s: "
+          f"train loss {result['train_loss']:.4f}, val loss {result['val_loss']:.4f} "
+          f"(best {result['best_val_loss']:.4f}); run saved in {args.out}")
+
+
+# ---------------------------------------------------------------- sample
+def _novelty_split(texts: list[str], cfg) -> dict | None:
+    """makemore's split of samples: in the training set, in validation, or new."""
+    from .data.lines import read_lines, split_lines
+
+    try:
+        lines = read_lines(cfg.data)
+    except SeqlabError:
+        return None
+    train_lines, val_lines = split_lines(lines, cfg.data_opts.val_fraction, cfg.data_opts.val_max, cfg.train.seed)
+    tr, va = set(train_lines), set(val_lines)
+    split = {"in_train": [], "in_val": [], "new": []}
+    for t in texts:
+        split["in_train" if t in tr else "in_val" if t in va else "new"].append(t)
+    return split
+
+
+def cmd_sample(args) -> None:
+    import torch
+
+    from .checkpoint import load_model
+    from .config import load_toml, section_from_dict
+    from .generate_text import sample_text
+    from .sampling import DecodeRule
+    from .train import resolve_device
+
+    from .config import SampleConfig
+
+    base = load_toml(args.config).get("sample", {}) if args.config else {}
+    flags = {k: getattr(args, k) for k in ("n", "prompt", "max_new_tokens", "seed", "temperature", "top_k",
+                                          "top_p", "min_p", "beam", "device", "checkpoint")
+             if getattr(args, k) is not None}
+    sc = section_from_dict(SampleConfig, {**base, **flags}, prefix="sample")
+    device = resolve_device(sc.device)
+    model, tokenizer, cfg = load_model(args.run, sc.checkpoint, device=str(device))
+    rule = DecodeRule(sc.temperature, sc.top_k, sc.top_p, sc.min_p)
+    with torch.inference_mode():
+        out = sample_text(model, tokenizer, sc.n, sc.prompt, sc.max_new_tokens, rule, sc.beam, sc.seed, device)
+    split = _novelty_split(out.texts, cfg)
+    payload = {"samples": out.texts, "logprobs": [round(x, 4) for x in out.logprobs], "rule": out.rule}
+    if split is not None:
+        payload.update({k: len(v) for k, v in split.items()})
+    if args.json:
+        _emit(args, payload)
+        return
+    print(f"# {len(out.texts)} samples, {out.rule}")
+    if split is None:
+        for t in out.texts:
+            print(t)
+        return
+    for key, title in (("in_train", "in train"), ("in_val", "in validation"), ("new", "new")):
+        print(f"--- {len(split[key])} {title} ---")
+        for t in split[key]:
+            print(t)
+
+
+# ---------------------------------------------------------------- data
+def cmd_data_tasks(args) -> None:
+    from .data.tasks import BUILTIN
+
+    rows = [{"name": t.name, "description": t.description, "default_n": t.default_n} for t in BUILTIN.values()]
+    _emit(args, {"tasks": rows}, "\n".join(f"{r['name']:<16} {r['description']}" for r in rows))
+
+
+def cmd_data_make(args) -> None:
+    from . import atomic
+    from .data.tasks import get_task, make_lines
+
+    task = get_task(args.task)
+    n = args.n if args.n is not None else task.default_n
+    if n <= 0:
+        raise SeqlabError(f"--n must be positive, got {n}")
+    lines = make_lines(task, n, args.seed)
+    atomic.write_text(args.out, "\n".join(lines) + "\n")
+    _emit(args, {"task": task.name, "lines": len(lines), "out": str(args.out)},
+          f"wrote {len(lines)} lines of {task.name} to {args.out}")
+
+
+# ---------------------------------------------------------------- quickstart
+def cmd_quickstart(args) -> None:
+    from .recipes.quickstart import quickstart
+
+    result = quickstart(args.out, steps=args.steps, seed=args.seed, progress=not args.quiet,
+                        log=(lambda s: print(s, file=sys.stderr)) if args.json else print)
+    _emit(args, result)
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="seqlab", description="Train, sample, inspect and post-train small sequence models.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    sub.required = True
+
+    q = sub.add_parser("quickstart", help="generate a dataset, train a small transformer, sample and score it")
+    q.add_argument("--out", default="runs/quickstart", help="run directory (default runs/quickstart)")
+    q.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
+    q.add_argument("--seed", type=int, default=1337)
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.add_argument("--json", action="store_true", help="print one JSON object of results on stdout")
+    q.set_defaults(func=cmd_quickstart)
+
+    t = sub.add_parser("train", help="train a model on a text file (one example per line)")
+    t.add_argument("--data", help="UTF-8 text file, one example per line")
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--model", choices=["bigram", "mlp", "rnn", "lstm", "gru", "transformer"])
+    t.add_argument("--config", help="TOML file with [model], [train], [data] tables; flags override it")
+    t.add_argument("--steps", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", help="cpu, cuda, cuda:N or mps")
+    t.add_argument("--lr", type=float)
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--warmup-steps", type=int)
+    t.add_argument("--grad-accum", type=int)
+    t.add_argument("--block-size", type=int, help="context length in tokens (default: longest line + 1)")
+    t.add_argument("--n-layer", type=int)
+    t.add_argument("--n-head", type=int)
+    t.add_argument("--n-kv-head", type=int, help="key/value heads for grouped-query attention")
+    t.add_argument("--n-embd", type=int)
+    t.add_argument("--dropout", type=float)
+    t.add_argument("--norm", choices=["layernorm", "rmsnorm"])
+    t.add_argument("--pos", choices=["learned", "rope"])
+    t.add_argument("--mlp", choices=["gelu", "swiglu"])
+    t.add_argument("--tokenizer", choices=["char", "bpe"])
+    t.add_argument("--truncate", action="store_true", help="cut lines longer than the context instead of failing")
+    t.add_argument("--eval-interval", type=int)
+    t.add_argument("--checkpoint-interval", type=int)
+    t.add_argument("--dtype", choices=["auto", "float32", "bfloat16"])
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--json", action="store_true", help="print one JSON object of results on stdout")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="generate from a trained run")
+    s.add_argument("run", help="run directory")
+    s.add_argument("--config", help="TOML file with a [sample] table; flags override it")
+    s.add_argument("--n", type=int, help="number of samples (default 10)")
+    s.add_argument("--prompt", help="text every sample starts with")
+    s.add_argument("--max-new-tokens", type=int, help="default: the model's context")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--temperature", type=float, help="0 means greedy")
+    s.add_argument("--top-k", type=int)
+    s.add_argument("--top-p", type=float)
+    s.add_argument("--min-p", type=float)
+    s.add_argument("--beam", type=int, help="beam search with this many beams")
+    s.add_argument("--device")
+    s.add_argument("--checkpoint", choices=["best", "last"], help="which weights (default best)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_sample)
+
+    d = sub.add_parser("data", help="built-in datasets")
+    dsub = d.add_subparsers(dest="data_verb", metavar="DATA_VERB", parser_class=_Parser)
+    dsub.required = True
+    dt = dsub.add_parser("tasks", help="list the built-in tasks")
+    dt.add_argument("--json", action="store_true")
+    dt.set_defaults(func=cmd_data_tasks)
+    dm = dsub.add_parser("make", help="write a task's examples, one per line")
+    dm.add_argument("task")
+    dm.add_argument("--out", required=True)
+    dm.add_argument("--n", type=int)
+    dm.add_argument("--seed", type=int, default=0)
+    dm.add_argument("--json", action="store_true")
+    dm.set_defaults(func=cmd_data_make)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except SeqlabError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # an internal bug: still one line, unless --debug
+        if args.debug:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else ""
+        print(f"error: internal error: {type(e).__name__}: {msg} (rerun with --debug for a traceback)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

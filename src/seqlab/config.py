@@ -1,0 +1,234 @@
+"""Typed run configuration.
+
+Each section is a dataclass; `from_dict` rejects unknown keys and wrong types
+with a message naming the key, so a typo in a TOML file fails loudly instead of
+being silently ignored. The resolved config is saved in every run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Optional, get_args, get_origin
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import SeqlabError
+
+MODEL_TYPES = ("bigram", "mlp", "rnn", "lstm", "gru", "transformer")
+
+
+@dataclass
+class ModelConfig:
+    type: Literal["bigram", "mlp", "rnn", "lstm", "gru", "transformer"] = "transformer"
+    # block_size: the longest input the model sees (tokens, bos included).
+    # 0 means "fit the data": longest encoded line + 1, like makemore.
+    block_size: int = 0
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int = 0  # 0 means n_head (plain multi-head attention)
+    n_embd: int = 64
+    n_hidden: int = 0  # MLP / RNN hidden width; 0 means 4 * n_embd (mlp) or n_embd (rnn)
+    mlp_context: int = 3  # MLP (Bengio 2003): how many previous tokens it sees
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    pos: Literal["learned", "rope"] = "learned"
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    rope_base: float = 10000.0
+    tie_weights: bool = False
+    bias: bool = True
+    dropout: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    tokenizer: Literal["char", "bpe"] = "char"
+    bpe_vocab_size: int = 512
+    val_fraction: float = 0.1
+    val_max: int = 1000  # makemore's split: min(1000, 10%) of lines
+    truncate: bool = False  # cut over-long lines instead of failing
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.01  # applied to matrices (dim >= 2) only
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 disables
+    eval_interval: int = 250
+    checkpoint_interval: int = 500
+    keep_checkpoints: int = 2
+    seed: int = 1337
+    device: str = "cpu"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    compile: bool = False
+    log_interval: int = 10
+
+
+@dataclass
+class RunConfig:
+    data: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data_opts: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _type_name(tp) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_value(key: str, tp, value):
+    """Return `value` converted to `tp`, or raise SeqlabError naming `key`."""
+    origin = get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _check_value(key, args[0], value)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise SeqlabError(f"config key '{key}': expected one of {_type_name(tp)}, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise SeqlabError(f"config key '{key}': expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SeqlabError(f"config key '{key}': expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SeqlabError(f"config key '{key}': expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise SeqlabError(f"config key '{key}': expected a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return section_from_dict(tp, value, prefix=key)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise SeqlabError(f"config key '{key}': expected a list, got {value!r}")
+        (item_tp, *_) = get_args(tp) or (Any,)
+        if item_tp is Any:
+            return list(value)
+        return [_check_value(f"{key}[{i}]", item_tp, v) for i, v in enumerate(value)]
+    return value
+
+
+def section_from_dict(cls, data: dict, prefix: str = ""):
+    """Build dataclass `cls` from `data`, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise SeqlabError(f"config key '{prefix}': expected a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in known:
+            close = ", ".join(sorted(known))
+            raise SeqlabError(f"unknown config key '{full}' (known keys here: {close})")
+        kwargs[key] = _check_value(full, hints[key], value)
+    return cls(**kwargs)
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Recursive dict merge; `override` wins."""
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_toml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SeqlabError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as e:
+        raise SeqlabError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SeqlabError(f"{path}: invalid TOML: {e}") from None
+
+
+# TOML sections map onto RunConfig fields; [data] holds both the data path and
+# the data options so that users write `[data] path = "names.txt"`.
+def run_config_from_dict(data: dict) -> RunConfig:
+    data = dict(data)
+    data_section = data.pop("data", {})
+    if isinstance(data_section, str):
+        data_section = {"path": data_section}
+    data_section = dict(data_section)
+    path = data_section.pop("path", "")
+    cfg = section_from_dict(RunConfig, {**data, "data_opts": data_section})
+    cfg.data = _check_value("data.path", str, path)
+    _validate(cfg)
+    return cfg
+
+
+def run_config_to_dict(cfg: RunConfig) -> dict:
+    d = dataclasses.asdict(cfg)
+    opts = d.pop("data_opts")
+    return {"data": {"path": d.pop("data"), **opts}, **d}
+
+
+def _validate(cfg: RunConfig) -> None:
+    m, t = cfg.model, cfg.train
+    positive = {
+        "model.n_layer": m.n_layer, "model.n_head": m.n_head, "model.n_embd": m.n_embd,
+        "train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum,
+        "train.eval_interval": t.eval_interval, "train.checkpoint_interval": t.checkpoint_interval,
+        "model.mlp_context": m.mlp_context, "train.log_interval": t.log_interval,
+    }
+    for key, v in positive.items():
+        if v <= 0:
+            raise SeqlabError(f"config key '{key}': must be positive, got {v}")
+    if t.steps < 0:
+        raise SeqlabError(f"config key 'train.steps': must be >= 0, got {t.steps}")
+    if m.type == "transformer":
+        kv = m.n_kv_head or m.n_head
+        if m.n_embd % m.n_head:
+            raise SeqlabError(f"config key 'model.n_embd': {m.n_embd} is not divisible by n_head={m.n_head}")
+        if m.n_head % kv:
+            raise SeqlabError(f"config key 'model.n_kv_head': n_head={m.n_head} is not divisible by n_kv_head={kv}")
+        if m.pos == "rope" and (m.n_embd // m.n_head) % 2:
+            raise SeqlabError("config key 'model.pos': rope needs an even head size (n_embd / n_head)")
+    if not 0.0 <= m.dropout < 1.0:
+        raise SeqlabError(f"config key 'model.dropout': must be in [0, 1), got {m.dropout}")
+    if not 0.0 <= cfg.data_opts.val_fraction < 1.0:
+        raise SeqlabError(f"config key 'data.val_fraction': must be in [0, 1), got {cfg.data_opts.val_fraction}")
+
+
+@dataclass
+class SampleConfig:
+    n: int = 10
+    prompt: str = ""
+    max_new_tokens: Optional[int] = None
+    seed: Optional[int] = None
+    temperature: float = 1.0
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    min_p: Optional[float] = None
+    beam: int = 0
+    device: str = "cpu"
+    checkpoint: Literal["best", "last"] = "best"

@@ -1,0 +1,1 @@
+"""Data: reading line files, tokenizers, batching."""

@@ -1,0 +1,108 @@
+"""Line datasets (makemore's convention: one example per line of a UTF-8 file).
+
+Every example is encoded as `<bos> tokens <eos>`; a batch holds inputs
+`x = seq[:-1]` and targets `y = seq[1:]`, padded with `<pad>` in x and -1 in y
+(ignored by the loss).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import SeqlabError
+from .tokenizer import Tokenizer
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """Read non-empty lines (stripped of surrounding whitespace) from a UTF-8 file.
+
+    Errors name the file and, for bad bytes, the line.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SeqlabError(f"data file not found: {path}") from None
+    except IsADirectoryError:
+        raise SeqlabError(f"data path is a directory, not a file: {path}") from None
+    lines = []
+    for lineno, chunk in enumerate(raw.split(b"\n"), start=1):
+        try:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SeqlabError(
+                f"{path}:{lineno}: not valid UTF-8 (byte 0x{chunk[e.start]:02x} at column {e.start + 1})"
+            ) from None
+        text = text.strip()
+        if text:
+            lines.append(text)
+    if not lines:
+        raise SeqlabError(f"{path}: no examples (the file is empty or has only blank lines)")
+    return lines
+
+
+def split_lines(lines: list[str], val_fraction: float, val_max: int, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic train/validation split: the same seed gives the same split."""
+    n_val = min(val_max, int(len(lines) * val_fraction))
+    if len(lines) > 1 and val_fraction > 0:
+        n_val = max(n_val, 1)
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(lines), generator=g).tolist()
+    val = [lines[i] for i in perm[:n_val]]
+    train = [lines[i] for i in perm[n_val:]]
+    return train, val
+
+
+@dataclass
+class EncodedLines:
+    """All examples as one padded tensor: row i is `<bos> ids <eos> <pad>...`."""
+
+    tokens: torch.Tensor  # (N, L+2) long
+    lengths: torch.Tensor  # (N,) number of ids without bos/eos
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def batch(self, idx: torch.Tensor, pad_id: int, trim: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets for rows `idx`, trimmed to the batch's longest row."""
+        rows = self.tokens[idx]
+        if trim:
+            width = int(self.lengths[idx].max()) + 1
+            rows = rows[:, : width + 1]
+        x = rows[:, :-1]
+        y = rows[:, 1:].clone()
+        y[y == pad_id] = -1
+        return x, y
+
+
+def encode_lines(
+    lines: list[str],
+    tokenizer: Tokenizer,
+    block_size: int,
+    truncate: bool = False,
+    source: str = "data",
+) -> EncodedLines:
+    """Encode lines; a line longer than the context fails (or is cut if `truncate`)."""
+    max_ids = block_size - 1  # the input holds <bos> + ids; the target row ends with <eos>
+    encoded = []
+    for i, line in enumerate(lines):
+        ids = tokenizer.encode(line)
+        if len(ids) > max_ids:
+            if not truncate:
+                raise SeqlabError(
+                    f"{source}: example {i + 1} has {len(ids)} tokens but the model's context "
+                    f"(block_size={block_size}) fits {max_ids}; raise model.block_size or pass --truncate"
+                )
+            ids = ids[:max_ids]
+        encoded.append(ids)
+    width = max(len(e) for e in encoded) + 2
+    tokens = torch.full((len(encoded), width), tokenizer.pad_id, dtype=torch.long)
+    for i, ids in enumerate(encoded):
+        tokens[i, 0] = tokenizer.bos_id
+        tokens[i, 1 : len(ids) + 1] = torch.tensor(ids, dtype=torch.long)
+        tokens[i, len(ids) + 1] = tokenizer.eos_id
+    lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)
+    return EncodedLines(tokens, lengths)

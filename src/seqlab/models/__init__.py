@@ -1,0 +1,26 @@
+"""The model zoo: one registry, one contract (see base.py)."""
+
+from __future__ import annotations
+
+from .base import SeqModel, token_loss
+from .bigram import Bigram
+from .mlp import MLP
+from .rnn import Recurrent
+from .transformer import Transformer
+
+REGISTRY = {
+    "bigram": Bigram,
+    "mlp": MLP,
+    "rnn": Recurrent,
+    "lstm": Recurrent,
+    "gru": Recurrent,
+    "transformer": Transformer,
+}
+
+
+def build_model(cfg, vocab_size: int) -> SeqModel:
+    """Instantiate the model named by `cfg.type` (a ModelConfig)."""
+    return REGISTRY[cfg.type](vocab_size, cfg)
+
+
+__all__ = ["REGISTRY", "SeqModel", "build_model", "token_loss"]

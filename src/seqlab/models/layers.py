@@ -1,0 +1,65 @@
+"""Transformer building blocks: norms, rotary positions, MLPs.
+
+Shared maths is written once here and tested against hand-computed cases.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def make_norm(kind: str, dim: int, bias: bool) -> nn.Module:
+    if kind == "rmsnorm":
+        # torch's RMSNorm: x / sqrt(mean(x^2) + eps) * weight
+        return nn.RMSNorm(dim, eps=1e-6)
+    return nn.LayerNorm(dim, bias=bias)
+
+
+def rope_tables(head_dim: int, max_len: int, base: float = 10000.0):
+    """cos/sin tables (max_len, head_dim/2) for rotary position embeddings (RoPE).
+
+    Pair i of a head vector rotates by angle pos * base^(-2i/head_dim)
+    (Su et al. 2021).
+    """
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.arange(max_len, dtype=torch.float32)[:, None] * inv_freq[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, H, T, D) with cos/sin broadcastable to (B, H, T, D/2).
+
+    "Half-split" convention (GPT-NeoX / Llama in Hugging Face): the pairs are
+    (x[i], x[i + D/2]), not adjacent elements.
+    """
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class GeluMLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, bias: bool, dropout: float):
+        super().__init__()
+        self.fc = nn.Linear(dim, hidden, bias=bias)
+        self.proj = nn.Linear(hidden, dim, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+
+
+class SwiGLU(nn.Module):
+    """down(silu(x W_gate) * (x W_up)) (Shazeer 2020); gate and up share one matmul."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool, dropout: float):
+        super().__init__()
+        self.hidden = hidden
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=bias)
+        self.proj = nn.Linear(hidden, dim, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).split(self.hidden, dim=-1)
+        return self.dropout(self.proj(F.silu(gate) * up))

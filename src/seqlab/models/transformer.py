@@ -1,0 +1,225 @@
+"""Decoder-only Transformer with pre-norm residual blocks.
+
+Choices (ModelConfig): LayerNorm or RMSNorm; learned or rotary positions;
+GELU MLP or SwiGLU; multi-head attention with optional grouped-query attention
+(n_kv_head < n_head); optional weight tying and dropout. Attention runs through
+torch.nn.functional.scaled_dot_product_attention.
+
+Incremental decoding keeps a KV cache of shape (B, n_kv_head, max_len, head_dim)
+per layer. Prompts of different lengths are left-aligned into the cache with
+left padding: every row then writes its next token at the same cache index,
+padded keys are masked out, and positions count from each row's first real token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import SeqModel
+from .layers import GeluMLP, SwiGLU, apply_rope, make_norm, rope_tables
+
+
+@dataclass
+class KVCache:
+    k: list  # per layer (B, Hkv, max_len, D)
+    v: list
+    pos: int  # next cache index to write (same for every row)
+    key_mask: torch.Tensor | None  # (B, max_len) True where a real token sits; None if no padding
+    offset: torch.Tensor | None  # (B,) left-pad count: position = cache index - offset
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.n_kv_head = cfg.n_kv_head or cfg.n_head
+        self.head_dim = cfg.n_embd // cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.bias)
+        self.proj = nn.Linear(self.n_head * self.head_dim, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rope=None, cache=None, layer=0, attn_mask=None):
+        B, T, _ = x.shape
+        H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.qkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+        v = v.view(B, T, Hkv, D).transpose(1, 2)
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        is_causal = attn_mask is None and T > 1
+        if cache is not None:
+            end = cache.pos + T
+            cache.k[layer][:, :, cache.pos:end] = k
+            cache.v[layer][:, :, cache.pos:end] = v
+            k, v = cache.k[layer][:, :, :end], cache.v[layer][:, :, :end]
+            # A multi-token call with a cache only happens at prefill (pos == 0),
+            # where is_causal's top-left alignment is the right one.
+            is_causal = is_causal and cache.pos == 0
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0, enable_gqa=Hkv != H,
+        )  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, H * D)
+        return self.resid_dropout(self.proj(y))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.norm1 = make_norm(cfg.norm, cfg.n_embd, cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.norm2 = make_norm(cfg.norm, cfg.n_embd, cfg.bias)
+        if cfg.mlp == "swiglu":
+            # 8/3 * C keeps the parameter count of a 4 * C GELU MLP
+            hidden = cfg.n_hidden or int(math.ceil(8 * cfg.n_embd / 3 / 8) * 8)
+            self.mlp = SwiGLU(cfg.n_embd, hidden, cfg.bias, cfg.dropout)
+        else:
+            self.mlp = GeluMLP(cfg.n_embd, cfg.n_hidden or 4 * cfg.n_embd, cfg.bias, cfg.dropout)
+
+    def forward(self, x, rope=None, cache=None, layer=0, attn_mask=None):
+        x = x + self.attn(self.norm1(x), rope, cache, layer, attn_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(SeqModel):
+    def __init__(self, vocab_size: int, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.max_len = cfg.block_size
+        self.wte = nn.Embedding(vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = make_norm(cfg.norm, cfg.n_embd, cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.lm_head.weight = self.wte.weight
+        if cfg.pos == "rope":
+            cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_base)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self._init_weights(cfg)
+
+    def _init_weights(self, cfg):
+        # GPT-2: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer)
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:
+                std = 0.02 / math.sqrt(2 * cfg.n_layer) if name.endswith("proj.weight") else 0.02
+                nn.init.normal_(p, mean=0.0, std=std)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+
+    def _embed(self, idx, positions):
+        x = self.wte(idx)
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe(positions)
+        else:
+            cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (..., T, D/2)
+            if cos.dim() == 3:  # per-row positions (B, T, D/2) -> (B, 1, T, D/2)
+                cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+            rope = (cos, sin)
+        return self.drop(x), rope
+
+    def _run(self, x, rope, cache=None, attn_mask=None):
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, cache, i, attn_mask)
+        return self.lm_head(self.norm_f(x))
+
+    def logits(self, idx):
+        B, T = idx.shape
+        if T > self.max_len:
+            raise ValueError(f"sequence of length {T} exceeds block_size {self.max_len}")
+        x, rope = self._embed(idx, torch.arange(T, device=idx.device))
+        return self._run(x, rope)
+
+    def attention_maps(self, idx):
+        """Attention probabilities per layer: list of (B, H, T, T). For heatmaps."""
+        maps = []
+        B, T = idx.shape
+        x, rope = self._embed(idx, torch.arange(T, device=idx.device))
+        causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+        for block in self.blocks:
+            a = block.attn
+            h = block.norm1(x)
+            q, k, _ = a.qkv(h).split([a.n_head * a.head_dim, a.n_kv_head * a.head_dim, a.n_kv_head * a.head_dim], -1)
+            q = q.view(B, T, a.n_head, a.head_dim).transpose(1, 2)
+            k = k.view(B, T, a.n_kv_head, a.head_dim).transpose(1, 2)
+            if rope is not None:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            k = k.repeat_interleave(a.n_head // a.n_kv_head, dim=1)
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(a.head_dim)
+            maps.append(att.masked_fill(~causal, float("-inf")).softmax(-1))
+            x = block(x, rope)
+        return maps
+
+    def _new_cache(self, B, device, dtype):
+        a = self.blocks[0].attn
+        shape = (B, a.n_kv_head, self.max_len, a.head_dim)
+        n = len(self.blocks)
+        return KVCache(
+            k=[torch.empty(shape, device=device, dtype=dtype) for _ in range(n)],
+            v=[torch.empty(shape, device=device, dtype=dtype) for _ in range(n)],
+            pos=0, key_mask=None, offset=None,
+        )
+
+    def prefill(self, idx, lengths):
+        B, T = idx.shape
+        if T > self.max_len:
+            raise ValueError(f"prompt of length {T} exceeds block_size {self.max_len}")
+        device = idx.device
+        cache = self._new_cache(B, device, self.wte.weight.dtype)
+        ar = torch.arange(T, device=device)
+        if bool((lengths == T).all()):
+            positions, mask = ar, None
+        else:
+            # right-padded -> left-padded: row b's tokens move right by offset[b]
+            offset = T - lengths  # (B,)
+            src = (ar.view(1, T) - offset.view(B, 1)).clamp(min=0)
+            idx = idx.gather(1, src)
+            positions = src  # 0 on padding, which is masked anyway
+            real = ar.view(1, T) >= offset.view(B, 1)  # (B, T)
+            cache.key_mask = torch.zeros(B, self.max_len, dtype=torch.bool, device=device)
+            cache.key_mask[:, :T] = real
+            cache.key_mask[:, T:] = True
+            cache.offset = offset
+            causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+            eye = torch.eye(T, dtype=torch.bool, device=device)
+            # pad queries attend to themselves only, so no row is fully masked (no NaN)
+            mask = (causal & real.view(B, 1, T)) | eye
+            mask = mask.unsqueeze(1)  # (B, 1, T, T)
+        x, rope = self._embed(idx, positions)
+        logits = self._run(x, rope, cache, mask)
+        cache.pos = T
+        return logits[:, -1], cache
+
+    def step(self, tokens, cache):
+        if cache.pos >= self.max_len:
+            raise ValueError(f"KV cache full: block_size {self.max_len} reached")
+        B = tokens.size(0)
+        pos = cache.pos
+        if cache.offset is None:
+            positions = torch.full((1,), pos, device=tokens.device, dtype=torch.long)
+            mask = None
+        else:
+            positions = (pos - cache.offset).view(B, 1)
+            mask = cache.key_mask[:, None, None, : pos + 1]
+        x, rope = self._embed(tokens.view(B, 1), positions)
+        logits = self._run(x, rope, cache, mask)
+        cache.pos = pos + 1
+        return logits[:, -1], cache
+
+    def select_state(self, cache, index):
+        return KVCache(
+            k=[t[index] for t in cache.k], v=[t[index] for t in cache.v], pos=cache.pos,
+            key_mask=None if cache.key_mask is None else cache.key_mask[index],
+            offset=None if cache.offset is None else cache.offset[index],
+        )

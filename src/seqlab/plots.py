@@ -1,0 +1,43 @@
+"""Plots written as PNG files (matplotlib, Agg backend, atomic writes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import atomic
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def loss_curve(rows: list[dict], path: Path, title: str = "") -> None:
+    """Train loss (raw and smoothed) and validation loss against step."""
+    plt = _plt()
+    steps = [int(r["step"]) for r in rows if r.get("train_loss")]
+    train = [float(r["train_loss"]) for r in rows if r.get("train_loss")]
+    val_steps = [int(r["step"]) for r in rows if r.get("val_loss")]
+    val = [float(r["val_loss"]) for r in rows if r.get("val_loss")]
+    smooth, acc = [], None
+    for v in train:
+        acc = v if acc is None else 0.95 * acc + 0.05 * v
+        smooth.append(acc)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, train, color="tab:blue", alpha=0.25, lw=0.8, label="train (per step)")
+    ax.plot(steps, smooth, color="tab:blue", lw=1.5, label="train (EMA 0.95)")
+    if val:
+        ax.plot(val_steps, val, "o-", color="tab:orange", ms=3, label=f"validation (best {min(val):.4f})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""Recipes: multi-stage jobs built from the core (quickstart, ...)."""

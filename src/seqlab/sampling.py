@@ -1,0 +1,247 @@
+"""One batched sampler for every model in the zoo.
+
+It uses only the model contract (prefill / step / select_state), so the prefix
+is never recomputed: each new token costs one incremental step.
+
+Decoding rules (applied in this order, as in Hugging Face `generate`):
+temperature (0 means greedy), top-k, top-p (nucleus), min-p; and beam search.
+
+Every result carries two per-token log-probabilities of the chosen tokens:
+  model_logprobs    under the model itself (temperature 1, nothing truncated);
+  sampling_logprobs under the distribution that actually drew the token (after
+                    temperature and truncation; 0 for greedy, which is a point mass).
+Post-training needs the second for importance ratios and the first for
+likelihoods; `rule` says which decoding rule produced them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .errors import SeqlabError
+
+
+@dataclass(frozen=True)
+class DecodeRule:
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise SeqlabError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise SeqlabError(f"top-k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise SeqlabError(f"top-p must be in (0, 1], got {self.top_p}")
+        if self.min_p is not None and not 0 <= self.min_p <= 1:
+            raise SeqlabError(f"min-p must be in [0, 1], got {self.min_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def truncates(self) -> bool:
+        """True when some tokens the model allows can never be drawn."""
+        return self.top_k is not None or (self.top_p is not None and self.top_p < 1) or bool(self.min_p)
+
+    def describe(self) -> str:
+        if self.greedy:
+            return "greedy"
+        parts = [f"temperature={self.temperature:g}"]
+        if self.top_k is not None:
+            parts.append(f"top_k={self.top_k}")
+        if self.top_p is not None:
+            parts.append(f"top_p={self.top_p:g}")
+        if self.min_p:
+            parts.append(f"min_p={self.min_p:g}")
+        return "sample(" + ", ".join(parts) + ")"
+
+
+def sampling_logprobs(logits: torch.Tensor, rule: DecodeRule) -> torch.Tensor:
+    """Log-probs (B, V) of the distribution `rule` draws from; -inf where excluded."""
+    logits = logits.float()
+    if rule.temperature != 1.0:
+        logits = logits / rule.temperature
+    if rule.top_k is not None and rule.top_k < logits.size(-1):
+        kth = torch.topk(logits, rule.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if rule.top_p is not None and rule.top_p < 1:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the tokens ranked above it already hold top_p of the mass
+        drop_sorted = (probs.cumsum(-1) - probs) >= rule.top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    if rule.min_p:
+        probs = logits.softmax(-1)
+        floor = rule.min_p * probs.max(dim=-1, keepdim=True).values
+        logits = logits.masked_fill(probs < floor, float("-inf"))
+    return logits.log_softmax(-1)
+
+
+@dataclass
+class Generation:
+    """Generated continuations, right-padded with pad_id after each row's end."""
+
+    tokens: torch.Tensor  # (B, L) new tokens, eos included when produced
+    lengths: torch.Tensor  # (B,) number of new tokens per row (eos included)
+    model_logprobs: torch.Tensor  # (B, L), 0 on padding
+    sampling_logprobs: torch.Tensor  # (B, L), 0 on padding
+    finished: torch.Tensor  # (B,) True where the row ended with eos
+    rule: str
+
+    def rows(self, strip_eos: bool = True) -> list[list[int]]:
+        out = []
+        for b in range(self.tokens.size(0)):
+            n = int(self.lengths[b]) - (1 if strip_eos and bool(self.finished[b]) else 0)
+            out.append(self.tokens[b, :n].tolist())
+        return out
+
+    def total_logprob(self) -> torch.Tensor:
+        return self.model_logprobs.sum(-1)
+
+
+def _prompt_batch(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise SeqlabError("every prompt needs at least one token (the <bos> token)")
+    lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)
+    idx = torch.full((len(prompts), int(lengths.max())), pad_id, dtype=torch.long)
+    for b, p in enumerate(prompts):
+        idx[b, : len(p)] = torch.tensor(p, dtype=torch.long)
+    return idx.to(device), lengths.to(device)
+
+
+def _budget(model, prompts, max_new_tokens: int) -> int:
+    if model.max_len is None:
+        return max_new_tokens
+    room = model.max_len - max(len(p) for p in prompts)
+    if room < 0:
+        raise SeqlabError(
+            f"prompt of {max(len(p) for p in prompts)} tokens does not fit the model's context ({model.max_len})"
+        )
+    return min(max_new_tokens, room + 1)  # the last token needs no cache slot
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    rule: DecodeRule = DecodeRule(),
+    eos_id: int = 2,
+    pad_id: int = 0,
+    generator: torch.Generator | None = None,
+) -> Generation:
+    """Sample continuations of `prompts` (token-id lists, bos included) in one batch."""
+    device = next(model.parameters()).device
+    idx, lengths = _prompt_batch(prompts, pad_id, device)
+    B = idx.size(0)
+    steps = _budget(model, prompts, max_new_tokens)
+    tokens = torch.full((B, steps), pad_id, dtype=torch.long, device=device)
+    model_lp = torch.zeros(B, steps, device=device)
+    sample_lp = torch.zeros(B, steps, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    n_new = torch.zeros(B, dtype=torch.long, device=device)
+    plain = not rule.truncates and rule.temperature == 1.0
+    was_training = model.training
+    model.eval()
+    logits, state = model.prefill(idx, lengths)
+    t = 0
+    for t in range(steps):
+        lp = logits.float().log_softmax(-1)  # (B, V) the model's own distribution
+        if rule.greedy:
+            tok = lp.argmax(-1)
+            slp = None
+        else:
+            slp = lp if plain else sampling_logprobs(logits, rule)
+            tok = torch.multinomial(slp.exp(), 1, generator=generator).squeeze(1)
+        alive = ~finished
+        col = tok.unsqueeze(1)
+        model_lp[:, t] = lp.gather(1, col).squeeze(1).masked_fill(finished, 0.0)
+        if slp is not None:
+            sample_lp[:, t] = slp.gather(1, col).squeeze(1).masked_fill(finished, 0.0)
+        tok = tok.masked_fill(finished, pad_id)
+        tokens[:, t] = tok
+        n_new += alive
+        finished |= tok == eos_id
+        if t + 1 == steps or bool(finished.all()):
+            break
+        logits, state = model.step(tok, state)
+    model.train(was_training)
+    L = t + 1
+    return Generation(tokens[:, :L], n_new, model_lp[:, :L], sample_lp[:, :L], finished, rule.describe())
+
+
+@torch.inference_mode()
+def beam_search(
+    model,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    beam_width: int,
+    eos_id: int = 2,
+    pad_id: int = 0,
+    length_penalty: float = 0.0,
+) -> Generation:
+    """The highest-scoring continuation per prompt by beam search.
+
+    Score = sum of model log-probs / (number of new tokens) ** length_penalty
+    (0 ranks by total log-prob). A beam that emits eos is frozen and competes
+    with the live ones until the end.
+    """
+    if beam_width < 1:
+        raise SeqlabError(f"beam width must be >= 1, got {beam_width}")
+    device = next(model.parameters()).device
+    idx, lengths = _prompt_batch(prompts, pad_id, device)
+    B, W = idx.size(0), beam_width
+    steps = _budget(model, prompts, max_new_tokens)
+    was_training = model.training
+    model.eval()
+    logits, state = model.prefill(idx, lengths)
+    V = logits.size(-1)
+    rows = torch.arange(B, device=device).repeat_interleave(W)
+    state = model.select_state(state, rows)
+    logits = logits[rows]
+    # Only beam 0 is live at the start, so the first expansion is not W copies.
+    score = torch.full((B, W), float("-inf"), device=device)
+    score[:, 0] = 0.0
+    hist = torch.full((B, W, 0), pad_id, dtype=torch.long, device=device)
+    hist_lp = torch.zeros(B, W, 0, device=device)
+    frozen = torch.zeros(B, W, dtype=torch.bool, device=device)
+    length = torch.zeros(B, W, device=device)
+    frozen_row = torch.full((V,), float("-inf"), device=device)
+    frozen_row[pad_id] = 0.0
+    for t in range(steps):
+        lp = logits.float().log_softmax(-1).view(B, W, V)
+        lp = torch.where(frozen.unsqueeze(-1), frozen_row, lp)
+        total = score.unsqueeze(-1) + lp  # (B, W, V)
+        new_len = (length + (~frozen).float()).unsqueeze(-1).expand(B, W, V)
+        ranked = total / new_len.clamp(min=1) ** length_penalty if length_penalty else total
+        best = ranked.view(B, W * V).topk(W, dim=-1).indices  # (B, W)
+        beam, tok = best // V, best % V
+        score = total.view(B, W * V).gather(1, best)
+        step_lp = lp.view(B, W * V).gather(1, best)
+        length = new_len.reshape(B, W * V).gather(1, best)
+        was_frozen = frozen.gather(1, beam)
+        hist = torch.cat([hist.gather(1, beam.unsqueeze(-1).expand_as(hist)), tok.unsqueeze(-1)], dim=-1)
+        hist_lp = torch.cat([hist_lp.gather(1, beam.unsqueeze(-1).expand_as(hist_lp)),
+                             step_lp.masked_fill(was_frozen, 0).unsqueeze(-1)], dim=-1)
+        frozen = was_frozen | (tok == eos_id)
+        if t + 1 == steps or bool(frozen.all()):
+            break
+        flat = (torch.arange(B, device=device).unsqueeze(1) * W + beam).view(-1)
+        state = model.select_state(state, flat)
+        logits, state = model.step(tok.view(-1), state)
+    model.train(was_training)
+    final = score / length.clamp(min=1) ** length_penalty if length_penalty else score
+    pick = final.argmax(-1)  # (B,)
+    ar = torch.arange(B, device=device)
+    toks, tok_lp, n = hist[ar, pick], hist_lp[ar, pick], length[ar, pick].long()
+    finished = (toks == eos_id).any(-1)
+    return Generation(toks, n, tok_lp, torch.zeros_like(tok_lp), finished,
+                      f"beam(width={W}, length_penalty={length_penalty:g})")
