@@ -45,6 +45,7 @@ def _train_overrides(args) -> dict:
         ("train", "grad_accum", args.grad_accum), ("train", "eval_interval", args.eval_interval),
         ("train", "checkpoint_interval", args.checkpoint_interval), ("train", "dtype", args.dtype),
         ("train", "weight_decay", args.weight_decay), ("train", "warmup_steps", args.warmup_steps),
+        ("train", "threads", args.threads),
         ("data", "path", args.data), ("data", "tokenizer", args.tokenizer),
     ]
     for section, key, value in pairs:
@@ -208,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-interval", type=int)
     t.add_argument("--dtype", choices=["auto", "float32", "bfloat16"])
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--threads", type=int, help="CPU threads for torch (0: torch's default)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--json", action="store_true", help="print one JSON object of results on stdout")

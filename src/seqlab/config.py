@@ -74,6 +74,9 @@ class TrainConfig:
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     compile: bool = False
     log_interval: int = 10
+    # CPU threads for torch; 0 keeps torch's default. Small models on a busy
+    # machine often run faster on 1 thread (no waiting for a descheduled peer).
+    threads: int = 0
 
 
 @dataclass
@@ -179,9 +182,12 @@ def run_config_from_dict(data: dict) -> RunConfig:
     if isinstance(data_section, str):
         data_section = {"path": data_section}
     data_section = dict(data_section)
-    path = data_section.pop("path", "")
-    cfg = section_from_dict(RunConfig, {**data, "data_opts": data_section})
-    cfg.data = _check_value("data.path", str, path)
+    path = _check_value("data.path", str, data_section.pop("path", ""))
+    opts = section_from_dict(DataConfig, data_section, prefix="data")
+    if "data_opts" in data:
+        raise SeqlabError("unknown config key 'data_opts' (data options go in the [data] table)")
+    cfg = section_from_dict(RunConfig, data)
+    cfg.data, cfg.data_opts = path, opts
     _validate(cfg)
     return cfg
 

@@ -17,8 +17,15 @@ class MetricsLog:
         self.path = Path(path)
         self.columns = columns
         if keep_until_step is not None and self.path.exists():
-            kept = [r for r in csv.DictReader(self.path.open(encoding="utf-8"))
-                    if int(r["step"]) <= keep_until_step]
+            kept, last = [], 0
+            with self.path.open(encoding="utf-8") as f:
+                for r in csv.DictReader(f):
+                    # a row cut short by a kill has missing fields: drop it and what follows
+                    if r.get(columns[-1]) is None or not r["step"].isdigit() or int(r["step"]) <= last:
+                        break
+                    last = int(r["step"])
+                    if last <= keep_until_step:
+                        kept.append(r)
             buf = io.StringIO()
             w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
             w.writeheader()

@@ -69,8 +69,9 @@ def sampling_logprobs(logits: torch.Tensor, rule: DecodeRule) -> torch.Tensor:
     if rule.temperature != 1.0:
         logits = logits / rule.temperature
     if rule.top_k is not None and rule.top_k < logits.size(-1):
-        kth = torch.topk(logits, rule.top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        # exactly k tokens survive, even when logits tie (a `< kth value` test would keep all ties)
+        keep = torch.topk(logits, rule.top_k, dim=-1).indices
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, keep, logits.gather(-1, keep))
     if rule.top_p is not None and rule.top_p < 1:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)

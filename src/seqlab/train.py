@@ -128,7 +128,7 @@ class Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=initial, file=sys.stderr, dynamic_ncols=True,
-                            unit="step", leave=True)
+                            unit="step", leave=True, mininterval=0.1 if sys.stderr.isatty() else 5.0)
 
     def update(self, n: int, **postfix):
         if self.bar is not None:
@@ -162,6 +162,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
         cfg.model.block_size = data.block_size
     tokenizer = data.tokenizer
 
+    if tc.threads > 0:
+        torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
     model = build_model(cfg.model, tokenizer.vocab_size).to(device)
     optimizer = make_optimizer(model, tc)
@@ -189,6 +191,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     train_loss = val_loss = None
     t_start = time.perf_counter()
     t_window, tok_window = t_start, 0
+    tokens_per_s = 0
     last_good = str(last) if last else None
 
     def checkpoint_now():
@@ -234,8 +237,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             row = {"step": step}
             if step % tc.log_interval == 0 or step == tc.steps:
                 now = time.perf_counter()
+                tokens_per_s = round(tok_window / max(now - t_window, 1e-9))
                 row.update(train_loss=round(train_loss, 6), lr=lr, grad_norm=round(float(grad_norm), 4),
-                           tokens_per_s=round(tok_window / max(now - t_window, 1e-9)),
+                           tokens_per_s=tokens_per_s,
                            elapsed_s=round(elapsed_before + now - t_start, 3))
                 t_window, tok_window = now, 0
             if step % tc.eval_interval == 0 or step == tc.steps:
@@ -248,7 +252,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                 log.log(row)
             bar.update(1, loss=f"{train_loss:.4f}",
                        val=f"{val_loss:.4f}" if val_loss is not None else "-",
-                       tok_s=row.get("tokens_per_s", ""))
+                       tok_s=tokens_per_s)
             if step % tc.checkpoint_interval == 0 or step == tc.steps:
                 last_good = checkpoint_now()
     finally:

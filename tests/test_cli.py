@@ -1,0 +1,138 @@
+"""CLI contract: --help everywhere, --json shapes, one-line `error:` failures."""
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import seqlab_cmd
+
+VERBS = [[], ["quickstart"], ["train"], ["sample"], ["data"], ["data", "tasks"], ["data", "make"]]
+
+
+def run(*args, check=False):
+    return subprocess.run(seqlab_cmd(*args), capture_output=True, text=True, check=check)
+
+
+@pytest.mark.parametrize("verb", VERBS, ids=lambda v: " ".join(v) or "seqlab")
+def test_help(verb):
+    r = run(*verb, "--help")
+    assert r.returncode == 0
+    assert r.stdout.startswith("usage: seqlab")
+    if verb:
+        assert verb[-1] in r.stdout.splitlines()[0]
+
+
+def assert_one_error_line(r, *fragments):
+    assert r.returncode != 0
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in r.stderr
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    data = d / "w.txt"
+    from conftest import tiny_words
+
+    data.write_text("\n".join(tiny_words()) + "\n")
+    out = d / "run"
+    r = run("train", "--data", data, "--out", out, "--model", "gru", "--n-embd", "16", "--steps", "40",
+            "--eval-interval", "20", "--quiet", "--json")
+    assert r.returncode == 0, r.stderr
+    return data, out, r
+
+
+def test_train_json(trained_run):
+    _, out, r = trained_run
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 1
+    payload = json.loads(lines[0])
+    assert {"step", "train_loss", "val_loss", "seconds"} <= payload.keys()
+    assert payload["step"] == 40 and 0 < payload["val_loss"] < 4
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["type"] == "gru" and config["train"]["steps"] == 40
+
+
+def test_sample_json_and_novelty_split(trained_run):
+    _, out, _ = trained_run
+    r = run("sample", out, "--n", "12", "--seed", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    payload = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(payload["samples"]) == 12 and len(payload["logprobs"]) == 12
+    assert all(lp < 0 for lp in payload["logprobs"])
+    assert payload["in_train"] + payload["in_val"] + payload["new"] == 12
+    again = json.loads(run("sample", out, "--n", "12", "--seed", "3", "--json").stdout)
+    assert again["samples"] == payload["samples"]
+    human = run("sample", out, "--n", "5", "--prompt", "ka", "--seed", "0")
+    assert "in train ---" in human.stdout and "new ---" in human.stdout
+    body = [ln for ln in human.stdout.splitlines() if not ln.startswith(("#", "---"))]
+    assert len(body) == 5 and all(ln.startswith("ka") for ln in body)
+
+
+def test_sample_rules_via_flags_and_toml(trained_run, tmp_path):
+    _, out, _ = trained_run
+    greedy = [json.loads(run("sample", out, "--n", "3", "--temperature", "0", "--seed", str(s), "--json").stdout)
+              for s in (0, 1)]
+    assert greedy[0]["samples"] == greedy[1]["samples"] and greedy[0]["rule"] == "greedy"
+    cfg = tmp_path / "s.toml"
+    cfg.write_text("[sample]\nn = 4\ntop_k = 2\nseed = 5\n")
+    r = json.loads(run("sample", out, "--config", cfg, "--json").stdout)
+    assert len(r["samples"]) == 4 and "top_k=2" in r["rule"]
+    beam = json.loads(run("sample", out, "--n", "2", "--beam", "3", "--json").stdout)
+    assert beam["rule"].startswith("beam(width=3")
+
+
+def test_resume_via_cli_extends_training(trained_run, tmp_path):
+    data, _, _ = trained_run
+    out = tmp_path / "r"
+    run("train", "--data", data, "--out", out, "--model", "bigram", "--steps", "10", "--quiet", check=True)
+    r = run("train", "--out", out, "--resume", "--steps", "15", "--quiet", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["step"] == 15
+
+
+def test_data_tasks_and_make(tmp_path):
+    tasks = json.loads(run("data", "tasks", "--json").stdout)["tasks"]
+    assert "rule-13-22" in [t["name"] for t in tasks]
+    out = tmp_path / "r.txt"
+    r = run("data", "make", "rule-13-22", "--out", out, "--n", "50", "--seed", "1", "--json")
+    assert json.loads(r.stdout)["lines"] == 50
+    lines = out.read_text().splitlines()
+    assert len(lines) == 50 and all(s[12] == s[21] for s in lines)
+
+
+def test_errors_are_one_line(tmp_path, trained_run):
+    data, out, _ = trained_run
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok\n\xff\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[model]\nn_layers = 2\n")
+    wrong = tmp_path / "w.toml"
+    wrong.write_text("[train]\nsteps = 'many'\n")
+    cases = [
+        (("train", "--data", empty, "--out", tmp_path / "a"), ["empty.txt", "no examples"]),
+        (("train", "--data", bad, "--out", tmp_path / "b"), ["bad.txt:2", "UTF-8"]),
+        (("train", "--data", tmp_path / "missing.txt", "--out", tmp_path / "c"), ["data file not found"]),
+        (("train", "--data", data, "--out", tmp_path / "d", "--block-size", "3"), ["block_size=3", "--truncate"]),
+        (("train", "--data", data, "--out", tmp_path / "e", "--config", cfg), ["model.n_layers"]),
+        (("train", "--data", data, "--out", tmp_path / "f", "--config", wrong), ["train.steps"]),
+        (("train", "--data", data, "--out", out), ["already holds a run", "--resume"]),
+        (("train", "--out", tmp_path / "g", "--resume"), ["not a seqlab run directory"]),
+        (("train", "--data", data, "--out", tmp_path / "h", "--device", "cuda"), ["CUDA is not available"]),
+        (("train", "--model", "cnn", "--out", tmp_path / "i"), ["invalid choice"]),
+        (("sample", out, "--prompt", "Zé"), ["not in the vocabulary", "'Z'", "'é'"]),
+        (("sample", tmp_path), ["not a seqlab run directory"]),
+        (("sample", out, "--top-p", "1.5"), ["top-p"]),
+        (("data", "make", "nope", "--out", tmp_path / "x.txt"), ["unknown task 'nope'"]),
+        (("frobnicate",), ["invalid choice"]),
+    ]
+    for args, fragments in cases:
+        assert_one_error_line(run(*args), *fragments)

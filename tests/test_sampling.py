@@ -1,0 +1,188 @@
+"""Sampler invariants with mock models whose logits we know exactly (nanochat's habit)."""
+
+import math
+
+import pytest
+import torch
+
+from seqlab.config import ModelConfig
+from seqlab.models import build_model
+from seqlab.models.base import SeqModel
+from seqlab.sampling import DecodeRule, beam_search, generate, sampling_logprobs
+
+V = 10
+EOS, PAD = 2, 0
+
+
+class FixedLogits(SeqModel):
+    """Same next-token logits at every step; state counts steps."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.fixed = torch.as_tensor(logits, dtype=torch.float32)
+        self.calls = 0
+
+    def logits(self, idx):
+        return self.fixed.expand(*idx.shape, -1)
+
+    def prefill(self, idx, lengths):
+        self.calls += 1
+        return self.fixed.expand(idx.size(0), -1), torch.zeros(idx.size(0))
+
+    def step(self, tokens, state):
+        self.calls += 1
+        return self.fixed.expand(tokens.size(0), -1), state + 1
+
+    def select_state(self, state, index):
+        return state[index]
+
+
+def uniform():
+    # eos gets -inf so that rows never stop early
+    lg = torch.zeros(V)
+    lg[EOS] = float("-inf")
+    return FixedLogits(lg)
+
+
+def run(model, rule, seed, n=16, steps=20, prompts=None):
+    g = torch.Generator().manual_seed(seed)
+    return generate(model, prompts or [[1]] * n, steps, rule, EOS, PAD, generator=g)
+
+
+def test_same_seed_same_output_and_different_seed_differs():
+    m = uniform()
+    a, b, c = run(m, DecodeRule(), 0), run(m, DecodeRule(), 0), run(m, DecodeRule(), 1)
+    assert torch.equal(a.tokens, b.tokens)
+    assert not torch.equal(a.tokens, c.tokens)
+
+
+def test_temperature_zero_is_seed_independent_and_greedy():
+    m = FixedLogits(torch.arange(V, dtype=torch.float32))
+    a, b = run(m, DecodeRule(temperature=0), 0), run(m, DecodeRule(temperature=0), 99)
+    assert torch.equal(a.tokens, b.tokens)
+    assert (a.tokens == V - 1).all()
+    assert a.rule == "greedy"
+
+
+def test_max_length_and_prefix_not_recomputed():
+    m = uniform()
+    out = run(m, DecodeRule(), 0, n=4, steps=7)
+    assert out.tokens.shape == (4, 7) and (out.lengths == 7).all()
+    assert m.calls == 7  # 1 prefill + 6 steps: one model call per new token
+
+
+def test_eos_stops_rows_and_pads_after():
+    lg = torch.full((V,), -1e9)
+    lg[EOS] = 0.0  # always eos
+    out = run(FixedLogits(lg), DecodeRule(), 0, n=3, steps=10)
+    assert out.tokens.shape[1] == 1 and (out.tokens[:, 0] == EOS).all()
+    assert out.finished.all() and (out.lengths == 1).all()
+
+
+@pytest.mark.parametrize("rule,allowed", [
+    (DecodeRule(top_k=3), {7, 8, 9}),
+    (DecodeRule(top_p=0.5), None),
+    (DecodeRule(min_p=0.2), None),
+    (DecodeRule(temperature=0.7, top_k=4, top_p=0.9), None),
+])
+def test_truncation_never_emits_excluded_tokens(rule, allowed):
+    logits = torch.tensor([-9.0, -9.0, -9.0, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0])
+    probs = (logits / rule.temperature).softmax(-1)
+    if allowed is None:
+        allowed = {i for i in range(V) if sampling_logprobs(logits[None], rule)[0, i] > float("-inf")}
+    if rule.top_p is not None and rule.top_k is None:
+        # nucleus by hand: smallest top set with mass >= p
+        order = probs.argsort(descending=True).tolist()
+        keep, mass = set(), 0.0
+        for i in order:
+            keep.add(i)
+            mass += probs[i].item()
+            if mass >= rule.top_p:
+                break
+        assert allowed == keep
+    if rule.min_p is not None and rule.top_k is None:
+        assert allowed == {i for i in range(V) if probs[i] >= rule.min_p * probs.max()}
+    out = run(FixedLogits(logits), rule, 0, n=64, steps=30)
+    emitted = set(out.tokens.unique().tolist())
+    assert emitted <= allowed
+    assert len(emitted) == len(allowed)  # and each allowed token does occur
+
+
+def test_logprobs_of_uniform_and_of_truncated_distribution():
+    out = run(uniform(), DecodeRule(), 0, n=4, steps=5)
+    # V - 1 tokens share the mass (eos is -inf)
+    assert torch.allclose(out.model_logprobs, torch.full((4, 5), -math.log(V - 1)))
+    assert torch.allclose(out.sampling_logprobs, out.model_logprobs)
+    out = run(uniform(), DecodeRule(top_k=3), 0, n=4, steps=5)
+    assert torch.allclose(out.sampling_logprobs, torch.full((4, 5), -math.log(3)))
+    assert torch.allclose(out.model_logprobs, torch.full((4, 5), -math.log(V - 1)))
+    assert "top_k=3" in out.rule
+
+
+def test_logprobs_match_real_model_forward():
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(type="transformer", block_size=24, n_embd=16, n_head=2, n_layer=2), V).eval()
+    prompts = [[1, 5], [1], [1, 4, 6, 3]]
+    out = generate(m, prompts, 8, DecodeRule(temperature=1.0), EOS, PAD, generator=torch.Generator().manual_seed(0))
+    for b, p in enumerate(prompts):
+        n = int(out.lengths[b])
+        seq = torch.tensor(p + out.tokens[b, :n].tolist())
+        logits, _ = m(seq[:-1].unsqueeze(0))
+        lp = logits[0].log_softmax(-1)[len(p) - 1:].gather(1, seq[len(p):, None]).squeeze(1)
+        assert torch.allclose(out.model_logprobs[b, :n], lp, atol=1e-5)
+
+
+def test_prompt_longer_than_context_is_refused():
+    m = build_model(ModelConfig(type="transformer", block_size=4, n_embd=8, n_head=2, n_layer=1), V)
+    from seqlab.errors import SeqlabError
+
+    with pytest.raises(SeqlabError, match="does not fit"):
+        generate(m, [[1, 3, 4, 5, 6]], 3)
+
+
+def test_generation_fits_the_context():
+    m = build_model(ModelConfig(type="transformer", block_size=6, n_embd=8, n_head=2, n_layer=1), V)
+    out = generate(m, [[1, 3]], 100, eos_id=-1)
+    assert out.tokens.shape[1] == 5  # 2 prompt + 5 new = 7 tokens: the last needs no cache slot
+
+
+def test_beam_search_finds_the_best_sequence():
+    """Two-step toy: greedy picks token 3 first (p=.5) but the best pair starts with 4.
+
+    After 3: next is uniform over 9 tokens (p=1/9 each, incl. eos); after 4: eos with p=.9.
+    Best full path: 4, eos with p = .4 * .9 = .36 > .5 * 1/9.
+    """
+
+    class Toy(FixedLogits):
+        def __init__(self):
+            super().__init__(torch.zeros(V))
+
+        def prefill(self, idx, lengths):
+            first = torch.full((V,), -1e9)
+            first[3], first[4], first[5] = math.log(.5), math.log(.4), math.log(.1)
+            return first.expand(idx.size(0), -1), torch.zeros(idx.size(0), dtype=torch.long)
+
+        def step(self, tokens, state):
+            out = torch.full((tokens.size(0), V), math.log(1 / 9))
+            out[:, PAD] = -1e9
+            four = tokens == 4
+            out[four] = -1e9
+            out[four, EOS] = math.log(.9)
+            out[four, 6] = math.log(.1)
+            return out, state + 1
+
+    out = beam_search(Toy(), [[1]], 3, beam_width=2, eos_id=EOS, pad_id=PAD)
+    assert out.tokens[0, :2].tolist() == [4, EOS]
+    assert out.model_logprobs.sum().item() == pytest.approx(math.log(.36), abs=1e-5)
+    greedy = beam_search(Toy(), [[1]], 3, beam_width=1, eos_id=EOS, pad_id=PAD)
+    assert greedy.tokens[0, 0].item() == 3
+
+
+def test_every_model_type_samples_through_the_same_sampler():
+    for typ in ("bigram", "mlp", "rnn", "lstm", "gru", "transformer"):
+        torch.manual_seed(0)
+        m = build_model(ModelConfig(type=typ, block_size=12, n_embd=8, n_head=2, n_layer=1), V)
+        out = generate(m, [[1], [1, 5, 6]], 6, generator=torch.Generator().manual_seed(0))
+        assert out.tokens.shape[0] == 2 and out.tokens.shape[1] <= 6
+        assert (out.model_logprobs <= 0).all()
