@@ -166,6 +166,16 @@ def cmd_quickstart(args) -> None:
     _emit(args, result)
 
 
+# ---------------------------------------------------------------- bench
+def cmd_bench(args) -> None:
+    from .bench import run_bench
+    from .train import resolve_device
+
+    resolve_device(args.device)
+    r = run_bench(args.device, args.repeats)
+    _emit(args, r, "\n".join(f"{k:<20} {v}" for k, v in r.items()))
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="seqlab", description="Train, sample, inspect and post-train small sequence models.")
@@ -231,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", choices=["best", "last"], help="which weights (default best)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_sample)
+
+    b = sub.add_parser("bench", help="time training steps and sampling on this machine")
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("data", help="built-in datasets")
     dsub = d.add_subparsers(dest="data_verb", metavar="DATA_VERB", parser_class=_Parser)
