@@ -195,3 +195,19 @@ def test_transformer_attention_maps_are_causal_distributions():
     for a in maps:
         assert torch.allclose(a.sum(-1), torch.ones(2, 4, 7), atol=1e-5)
         assert a.triu(1).abs().max() == 0
+
+
+def test_attention_maps_reproduce_the_attention_output():
+    """maps @ V through the output projection equals the module's own (SDPA) output."""
+    m = make("transformer", {"pos": "rope"}).eval()
+    idx = torch.randint(0, V, (2, 9), generator=torch.Generator().manual_seed(5))
+    maps = m.attention_maps(idx)
+    x, rope = m._embed(idx, torch.arange(9))
+    for layer, block in enumerate(m.blocks):
+        a = block.attn
+        h = block.norm1(x)
+        v = a.qkv(h).split([a.n_head * a.head_dim] * 3, -1)[2]
+        v = v.view(2, 9, a.n_head, a.head_dim).transpose(1, 2)
+        y = (maps[layer] @ v).transpose(1, 2).reshape(2, 9, -1)
+        assert torch.allclose(a.proj(y), a(h, rope), atol=1e-5)
+        x = block(x, rope)

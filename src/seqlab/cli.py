@@ -147,7 +147,7 @@ def cmd_data_make(args) -> None:
     from . import atomic
     from .data.tasks import get_task, make_lines
 
-    task = get_task(args.task)
+    task = get_task(args.task, args.equal, args.length)
     n = args.n if args.n is not None else task.default_n
     if n <= 0:
         raise SeqlabError(f"--n must be positive, got {n}")
@@ -155,6 +155,93 @@ def cmd_data_make(args) -> None:
     atomic.write_text(args.out, "\n".join(lines) + "\n")
     _emit(args, {"task": task.name, "lines": len(lines), "out": str(args.out)},
           f"wrote {len(lines)} lines of {task.name} to {args.out}")
+
+
+def cmd_data_check(args) -> None:
+    from .data.lines import read_lines
+    from .inspect.success import get_verifier, judge
+
+    verifier = get_verifier(args.task, args.equal, args.length)
+    result = judge(read_lines(args.file), verifier, show_failures=args.show)
+    if args.json:
+        _emit(args, result)
+        return
+    print(f"{args.file}: {result['lines']} lines, well-formed {result['wellformed_rate']:.2%}, "
+          f"rule success {result['success_rate']:.2%} ({verifier.name})")
+    for f in result["failures"]:
+        print(f"  line {f['line']}: {'fails the rule' if f['wellformed'] else 'malformed'}: {f['text']}")
+
+
+# ---------------------------------------------------------------- eval / heatmap
+def cmd_eval(args) -> None:
+    import torch
+
+    from .checkpoint import load_model
+    from .data.lines import read_lines
+    from .generate_text import sample_text
+    from .inspect.success import get_verifier, judge
+    from .sampling import DecodeRule
+    from .train import evaluate, prepare_data, resolve_device
+
+    verifier = get_verifier(args.task, args.equal, args.length)
+    device = resolve_device(args.device)
+    model, tokenizer, cfg = load_model(args.run, args.checkpoint, device=str(device))
+    data = prepare_data(cfg, tokenizer)
+    if args.samples:
+        strings = read_lines(args.samples)
+        source = str(args.samples)
+    else:
+        rule = DecodeRule(args.temperature, args.top_k, args.top_p, args.min_p)
+        strings = []
+        seed = args.seed
+        for start in range(0, args.n, 1000):  # bounded memory for large --n
+            chunk = min(1000, args.n - start)
+            with torch.inference_mode():
+                strings += sample_text(model, tokenizer, chunk, rule=rule, seed=seed + start,
+                                       device=device).texts
+        source = f"{args.n} samples, {rule.describe()}"
+    # novelty against the whole data file (train and validation lines), as "not in the training file"
+    result = judge(strings, verifier, set(data.train_lines) | set(data.val_lines), show_failures=args.show)
+    result["val_loss"] = evaluate(model, data.val, tokenizer.pad_id, device)
+    result["entropy_floor"] = verifier.entropy_floor() if verifier.entropy_floor else None
+    result["source"] = source
+    if args.json:
+        _emit(args, result)
+        return
+    floor = result["entropy_floor"]
+    gap = f" ({100 * (result['val_loss'] / floor - 1):+.1f}% above)" if floor else ""
+    print(f"{verifier.name} on {source}:")
+    print(f"  rule success   {result['success_rate']:.2%}")
+    print(f"  well-formed    {result['wellformed_rate']:.2%}")
+    print(f"  new            {result['novelty']:.2%} (not in the data file)")
+    print(f"  distinct       {result['distinct']:.2%}")
+    print(f"  val loss       {result['val_loss']:.4f} nats/token")
+    print(f"  entropy floor  {floor:.4f}{gap}" if floor else "  entropy floor  n/a for this task")
+    for f in result["failures"]:
+        print(f"  e.g. {'fails the rule' if f['wellformed'] else 'malformed'}: {f['text']}")
+
+
+def cmd_heatmap(args) -> None:
+    import torch
+
+    from .checkpoint import load_model
+    from .inspect.heatmap import average_heatmap, input_heatmap
+    from .sampling import DecodeRule, generate
+
+    model, tokenizer, _ = load_model(args.run, args.checkpoint)
+    out = Path(args.out)
+    info = input_heatmap(model, tokenizer, args.input, out)
+    payload = {"out": str(out), **info}
+    if args.avg_samples > 0:
+        g = torch.Generator().manual_seed(args.seed)
+        gen = generate(model, [[tokenizer.bos_id]] * args.avg_samples, model.max_len, DecodeRule(),
+                       tokenizer.eos_id, tokenizer.pad_id, generator=g)
+        rows = [[tokenizer.bos_id] + r for r in gen.rows()]
+        rows = [r[: model.max_len] for r in rows]
+        avg_path = out.with_name(out.stem + "-avg" + out.suffix)
+        average_heatmap(model, rows, avg_path, f"attention averaged over {len(rows)} samples (by position)")
+        payload["avg_out"] = str(avg_path)
+    _emit(args, payload, "wrote " + " and ".join(str(v) for k, v in payload.items() if k.endswith("out")))
 
 
 # ---------------------------------------------------------------- quickstart
@@ -251,16 +338,57 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="built-in datasets")
     dsub = d.add_subparsers(dest="data_verb", metavar="DATA_VERB", parser_class=_Parser)
     dsub.required = True
+    from .data.tasks import POSITIONS_HELP
+
     dt = dsub.add_parser("tasks", help="list the built-in tasks")
     dt.add_argument("--json", action="store_true")
     dt.set_defaults(func=cmd_data_tasks)
-    dm = dsub.add_parser("make", help="write a task's examples, one per line")
+    dm = dsub.add_parser("make", help="write a task's examples, one per line",
+                         description="Positions count from 1, as in the lecture. " + POSITIONS_HELP)
     dm.add_argument("task")
     dm.add_argument("--out", required=True)
     dm.add_argument("--n", type=int)
     dm.add_argument("--seed", type=int, default=0)
     dm.add_argument("--json", action="store_true")
+    dm.add_argument("--equal", action="append", help="positions task: A=B (1-based; n-20 from the end; -28)")
+    dm.add_argument("--length", help="positions task: LO-HI (default 30-40)")
     dm.set_defaults(func=cmd_data_make)
+    dc = dsub.add_parser("check", help="run a task's verifier over a file")
+    dc.add_argument("task", help="built-in task, 'positions', or module:function")
+    dc.add_argument("file")
+    dc.add_argument("--equal", action="append")
+    dc.add_argument("--length")
+    dc.add_argument("--show", type=int, default=5, help="how many failing lines to list")
+    dc.add_argument("--json", action="store_true")
+    dc.set_defaults(func=cmd_data_check)
+
+    e = sub.add_parser("eval", help="sample from a run and score the samples with a task's verifier")
+    e.add_argument("run")
+    e.add_argument("--task", required=True, help="built-in task, 'positions', or module:function")
+    e.add_argument("--equal", action="append")
+    e.add_argument("--length")
+    e.add_argument("--n", type=int, default=1000, help="samples to draw (default 1000)")
+    e.add_argument("--samples", help="score this file's lines instead of sampling (model-free check)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--temperature", type=float, default=1.0)
+    e.add_argument("--top-k", type=int)
+    e.add_argument("--top-p", type=float)
+    e.add_argument("--min-p", type=float)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    e.add_argument("--show", type=int, default=5)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    h = sub.add_parser("heatmap", help="draw every layer x head attention matrix for one input")
+    h.add_argument("run")
+    h.add_argument("--input", required=True, help="the string to look at (<bos> is prepended)")
+    h.add_argument("--out", required=True, help="PNG path; the batch average goes to <stem>-avg.png")
+    h.add_argument("--avg-samples", type=int, default=200, help="samples for the average map (0: none)")
+    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    h.add_argument("--json", action="store_true")
+    h.set_defaults(func=cmd_heatmap)
     return p
 
 

@@ -1,0 +1,1 @@
+"""Looking inside models and their outputs: rule success, novelty, heatmaps."""
