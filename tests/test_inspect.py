@@ -83,3 +83,21 @@ def test_heatmap_png_per_layer_and_head(rule_run, tmp_path):
         assert path.read_bytes()[:4] == b"\x89PNG"
     assert_one_error_line(run("heatmap", gru, "--input", "01", "--out", tmp_path / "g.png"), "need a transformer")
     assert_one_error_line(run("heatmap", out, "--input", "0a", "--out", tmp_path / "g.png"), "'a'")
+
+
+def test_verbs_take_a_toml_table(rule_run, tmp_path):
+    _, out, _ = rule_run
+    cfg = tmp_path / "e.toml"
+    cfg.write_text('[eval]\nn = 7\ntask = "rule-13-22"\n[heatmap]\navg_samples = 0\n')
+    p = json.loads(run("eval", out, "--config", cfg, "--json").stdout)
+    assert p["lines"] == 7
+    p = json.loads(run("eval", out, "--config", cfg, "--n", "3", "--json").stdout)
+    assert p["lines"] == 3  # the flag wins over the file
+    r = run("heatmap", out, "--config", cfg, "--input", "01", "--out", tmp_path / "h.png", "--json")
+    assert "avg_out" not in json.loads(r.stdout)
+    bad = tmp_path / "b.toml"
+    bad.write_text("[eval]\nn = 'seven'\n")
+    assert_one_error_line(run("eval", out, "--config", bad, "--task", "rule-13-22"), "eval.n")
+    bad.write_text("[eval]\nsamplez = 1\n")
+    assert_one_error_line(run("eval", out, "--config", bad), "unknown config key 'eval.samplez'")
+    assert_one_error_line(run("eval", out), "--task is required")

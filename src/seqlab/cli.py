@@ -31,6 +31,13 @@ def _emit(args, payload: dict, human: str = "") -> None:
         print(human)
 
 
+def _require(args, *names: str) -> None:
+    for name in names:
+        if getattr(args, name) is None:
+            raise SeqlabError(f"seqlab {args.verb}: --{name.replace('_', '-')} is required "
+                              f"(as a flag or in the config file)")
+
+
 # ---------------------------------------------------------------- train
 def _train_overrides(args) -> dict:
     over: dict = {"model": {}, "train": {}, "data": {}}
@@ -183,6 +190,7 @@ def cmd_eval(args) -> None:
     from .sampling import DecodeRule
     from .train import evaluate, prepare_data, resolve_device
 
+    _require(args, "task")
     verifier = get_verifier(args.task, args.equal, args.length)
     device = resolve_device(args.device)
     model, tokenizer, cfg = load_model(args.run, args.checkpoint, device=str(device))
@@ -228,6 +236,7 @@ def cmd_heatmap(args) -> None:
     from .inspect.heatmap import average_heatmap, input_heatmap
     from .sampling import DecodeRule, generate
 
+    _require(args, "input", "out")
     model, tokenizer, _ = load_model(args.run, args.checkpoint)
     out = Path(args.out)
     info = input_heatmap(model, tokenizer, args.input, out)
@@ -263,6 +272,48 @@ def cmd_bench(args) -> None:
     _emit(args, r, "\n".join(f"{k:<20} {v}" for k, v in r.items()))
 
 
+# ---------------------------------------------------------------- TOML for every verb
+def _takes_toml(parser: argparse.ArgumentParser, table: str) -> None:
+    """Give a verb `--config FILE`: keys of the TOML table [table] fill the verb's
+    flags (same names, dashes or underscores); flags given on the command line win."""
+    parser.add_argument("--config", help=f"TOML file whose [{table}] table sets these flags")
+    parser.set_defaults(_toml=(parser, table))
+
+
+def _apply_toml(args) -> None:
+    parser, table = args._toml
+    if not args.config:
+        return
+    from .config import load_toml
+
+    values = load_toml(args.config).get(table, {})
+    if not isinstance(values, dict):
+        raise SeqlabError(f"{args.config}: [{table}] must be a table")
+    actions = {a.dest: a for a in parser._actions
+               if a.dest not in ("help", "config", "json") and a.option_strings}
+    for key, value in values.items():
+        dest = key.replace("-", "_")
+        if dest not in actions:
+            raise SeqlabError(f"{args.config}: unknown config key '{table}.{key}' "
+                              f"(known keys here: {', '.join(sorted(actions))})")
+        action = actions[dest]
+        if getattr(args, dest) != action.default:
+            continue  # given on the command line
+        if isinstance(action, argparse._StoreTrueAction):
+            ok = isinstance(value, bool)
+        elif isinstance(action, argparse._AppendAction):
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        elif action.type is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif action.type is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, str)
+        if not ok or (action.choices and value not in action.choices):
+            raise SeqlabError(f"{args.config}: config key '{table}.{key}' has a bad value {value!r}")
+        setattr(args, dest, value)
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="seqlab", description="Train, sample, inspect and post-train small sequence models.")
@@ -276,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=1337)
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.add_argument("--json", action="store_true", help="print one JSON object of results on stdout")
+    _takes_toml(q, "quickstart")
     q.set_defaults(func=cmd_quickstart)
 
     t = sub.add_parser("train", help="train a model on a text file (one example per line)")
@@ -333,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu")
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--json", action="store_true")
+    _takes_toml(b, "bench")
     b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("data", help="built-in datasets")
@@ -352,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--json", action="store_true")
     dm.add_argument("--equal", action="append", help="positions task: A=B (1-based; n-20 from the end; -28)")
     dm.add_argument("--length", help="positions task: LO-HI (default 30-40)")
+    _takes_toml(dm, "data")
     dm.set_defaults(func=cmd_data_make)
     dc = dsub.add_parser("check", help="run a task's verifier over a file")
     dc.add_argument("task", help="built-in task, 'positions', or module:function")
@@ -360,11 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--length")
     dc.add_argument("--show", type=int, default=5, help="how many failing lines to list")
     dc.add_argument("--json", action="store_true")
+    _takes_toml(dc, "data")
     dc.set_defaults(func=cmd_data_check)
 
     e = sub.add_parser("eval", help="sample from a run and score the samples with a task's verifier")
     e.add_argument("run")
-    e.add_argument("--task", required=True, help="built-in task, 'positions', or module:function")
+    e.add_argument("--task", help="built-in task, 'positions', or module:function (required)")
     e.add_argument("--equal", action="append")
     e.add_argument("--length")
     e.add_argument("--n", type=int, default=1000, help="samples to draw (default 1000)")
@@ -378,16 +433,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", choices=["best", "last"], default="best")
     e.add_argument("--show", type=int, default=5)
     e.add_argument("--json", action="store_true")
+    _takes_toml(e, "eval")
     e.set_defaults(func=cmd_eval)
 
     h = sub.add_parser("heatmap", help="draw every layer x head attention matrix for one input")
     h.add_argument("run")
-    h.add_argument("--input", required=True, help="the string to look at (<bos> is prepended)")
-    h.add_argument("--out", required=True, help="PNG path; the batch average goes to <stem>-avg.png")
+    h.add_argument("--input", help="the string to look at (<bos> is prepended; required)")
+    h.add_argument("--out", help="PNG path (required); the batch average goes to <stem>-avg.png")
     h.add_argument("--avg-samples", type=int, default=200, help="samples for the average map (0: none)")
     h.add_argument("--seed", type=int, default=0)
     h.add_argument("--checkpoint", choices=["best", "last"], default="best")
     h.add_argument("--json", action="store_true")
+    _takes_toml(h, "heatmap")
     h.set_defaults(func=cmd_heatmap)
     return p
 
@@ -396,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "_toml", None):
+            _apply_toml(args)
         args.func(args)
     except SeqlabError as e:
         if args.debug:
