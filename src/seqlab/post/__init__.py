@@ -1,0 +1,1 @@
+"""Post-training: SFT, rejection sampling, reward models, PPO, GRPO, DPO."""

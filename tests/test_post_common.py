@@ -1,0 +1,98 @@
+"""Shared post-training maths against hand-computed numbers."""
+
+import math
+
+import pytest
+import torch
+
+from seqlab.post.common import (entropy_from_logits, gae, group_advantages, kl_estimate, masked_mean,
+                                masked_whiten, token_logprobs)
+
+
+def test_token_logprobs_hand_computed_and_temperature():
+    logits = torch.tensor([[[0.0, math.log(3.0)]]])  # p = (1/4, 3/4)
+    assert token_logprobs(logits, torch.tensor([[1]])).item() == pytest.approx(math.log(0.75))
+    # temperature 2: logits (0, ln3 / 2) -> p1 = sqrt(3) / (1 + sqrt(3))
+    p1 = math.sqrt(3) / (1 + math.sqrt(3))
+    assert token_logprobs(logits, torch.tensor([[1]]), 2.0).item() == pytest.approx(math.log(p1))
+
+
+def test_masked_mean_empty_mask_is_zero_not_nan():
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    assert masked_mean(x, torch.tensor([[1.0, 0.0, 1.0]])).item() == 2.0
+    empty = masked_mean(x, torch.zeros(1, 3))
+    assert empty.item() == 0.0
+    per_row = masked_mean(torch.ones(2, 2), torch.tensor([[1.0, 1.0], [0.0, 0.0]]), dim=1)
+    assert per_row.tolist() == [1.0, 0.0]
+
+
+def test_masked_whiten():
+    x = torch.tensor([1.0, 3.0, 100.0])
+    m = torch.tensor([1.0, 1.0, 0.0])
+    w = masked_whiten(x, m)
+    # mean 2, population std 1 over the masked entries
+    assert w[:2].tolist() == pytest.approx([-1.0, 1.0], abs=1e-6)
+
+
+def test_kl_estimators_hand_computed():
+    logp, ref = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])
+    assert kl_estimate(logp, ref, "k1").item() == pytest.approx(math.log(2))
+    # k3 with d = ref - logp = -ln 2: e^d - d - 1 = 0.5 + ln 2 - 1
+    assert kl_estimate(logp, ref, "k3").item() == pytest.approx(0.5 + math.log(2) - 1)
+    assert kl_estimate(ref, ref, "k3").item() == 0.0
+
+
+def test_kl_estimators_are_unbiased_on_samples():
+    p = torch.tensor([0.6, 0.3, 0.1])
+    q = torch.tensor([0.3, 0.3, 0.4])
+    exact = (p * (p / q).log()).sum().item()
+    # expectation under p, computed exactly over the support
+    for kind in ("k1", "k3"):
+        est = (p * kl_estimate(p.log(), q.log(), kind)).sum().item()
+        assert est == pytest.approx(exact, abs=1e-6)
+
+
+def brute_force_gae(r, v, gamma, lam):
+    T = len(r)
+    adv = []
+    for t in range(T):
+        total = 0.0
+        for k in range(t, T):
+            v_next = v[k + 1] if k + 1 < T else 0.0
+            delta = r[k] + gamma * v_next - v[k]
+            total += (gamma * lam) ** (k - t) * delta
+        adv.append(total)
+    return adv
+
+
+def test_gae_against_brute_force_loop():
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(3, 6, generator=g)
+    v = torch.randn(3, 6, generator=g)
+    lengths = [6, 4, 1]
+    mask = torch.zeros(3, 6)
+    for b, n in enumerate(lengths):
+        mask[b, :n] = 1
+    adv, ret = gae(r, v, mask, gamma=0.9, lam=0.8)
+    for b, n in enumerate(lengths):
+        expect = brute_force_gae(r[b, :n].tolist(), v[b, :n].tolist(), 0.9, 0.8)
+        assert adv[b, :n].tolist() == pytest.approx(expect, abs=1e-5)
+        assert adv[b, n:].abs().sum() == 0
+        assert ret[b, :n].tolist() == pytest.approx((adv[b, :n] + v[b, :n]).tolist(), abs=1e-6)
+
+
+def test_group_advantages_hand_computed():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
+    a = group_advantages(r, 4, "group", eps=0.0 + 1e-4)
+    # group 1: mean .5, sample std sqrt(1/3); group 2 has zero variance -> all zeros
+    s = math.sqrt(1 / 3)
+    assert a[:4].tolist() == pytest.approx([.5 / (s + 1e-4), -.5 / (s + 1e-4), -.5 / (s + 1e-4), .5 / (s + 1e-4)])
+    assert a[4:].tolist() == [0.0] * 4
+    assert group_advantages(r, 4, "none")[:4].tolist() == [.5, -.5, -.5, .5]
+    batch_std = r.std().item()
+    assert group_advantages(r, 4, "batch")[0].item() == pytest.approx(.5 / (batch_std + 1e-4))
+
+
+def test_entropy_from_logits():
+    assert entropy_from_logits(torch.zeros(1, 1, 4)).item() == pytest.approx(math.log(4))
+    assert entropy_from_logits(torch.tensor([[[0.0, -1e9]]])).item() == pytest.approx(0.0, abs=1e-6)
