@@ -1,6 +1,6 @@
 """Core speed benchmark: seqlab against its peers at the same model size, in one run.
 
-    python benchmarks/bench_core.py [--out results.json] [--repeats 7]
+    python benchmarks/bench_core.py [--out results.json] [--wait-quiet 300]
 
 (a) training step time (forward + backward + AdamW step, fp32, CPU)
     a1  seqlab Transformer vs Hugging Face GPT2LMHeadModel, 4 layers, 4 heads,
@@ -17,7 +17,15 @@
 Every contender runs with torch.set_num_threads(2). Timings are interleaved
 round-robin (the order rotates every round) so that noise from a shared
 machine hits all contenders alike; each is warmed up first, and we report
-medians over the rounds. Ratios are ratios of medians.
+medians (and bests) over the rounds; ratios are ratios of medians (and of
+bests). Training batches are built before timing, for every contender: the
+rows measure forward + backward + optimizer step only.
+
+The script also reports how much of the machine other processes used during
+each section: 2-thread timings of these tiny ops degrade by 10-100x when
+another process holds a core, so results from a busy machine are not
+comparable. --wait-quiet waits for an idle machine before each section; on a
+busy machine --budget stops the repeats early so one run stays near 5 minutes.
 
 makemore is not vendored: it is read from benchmarks/_peers/makemore.py (or
 --makemore PATH) and skipped with a message when absent; see README.md.
@@ -90,6 +98,17 @@ def machine_info() -> dict:
         info["seqlab"] = getattr(seqlab, "__version__", "?")
     except ImportError:
         info["seqlab"] = None
+    try:  # which seqlab source was measured
+        import subprocess
+
+        git = ["git", "-C", str(HERE.parent)]
+        head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(git + ["status", "--porcelain", "--", "src"], capture_output=True, text=True,
+                               timeout=10)
+        if head.returncode == 0:
+            info["seqlab_git"] = head.stdout.strip() + (" (src/ modified)" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
     return info
 
 
@@ -195,6 +214,14 @@ def hf_gpt2(vocab: int, n_positions: int, seed: int, pad: bool = True):
         bos_token_id=1, eos_token_id=2, pad_token_id=0 if pad else None,
     )
     return GPT2LMHeadModel(cfg)
+
+
+def hf_generate_kwargs(n_new: int) -> dict:
+    """transformers generate() settings that match seqlab's DecodeRule(): plain
+    sampling at temperature 1 (top_k=0 switches off generate's default top-k 50),
+    exactly n_new tokens per row (min_new_tokens masks eos until then)."""
+    return dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=n_new,
+                min_new_tokens=n_new, use_cache=True, pad_token_id=0)
 
 
 def seqlab_transformer(vocab: int, block: int, seed: int):
@@ -388,9 +415,9 @@ def bench_generate(args, results: dict) -> None:
         def hf_gen():
             torch.manual_seed(0)
             with torch.inference_mode():
-                out = hf.generate(input_ids=prompt, attention_mask=mask, do_sample=True,
-                                  max_new_tokens=N, min_new_tokens=N, use_cache=True, pad_token_id=0)
+                out = hf.generate(input_ids=prompt, attention_mask=mask, **hf_generate_kwargs(N))
             assert out.shape == (B, N + 1), out.shape
+            assert not bool((out[:, 1:] == hf.generation_config.eos_token_id).any())  # no early eos
 
         contenders["transformers generate (cache)"] = hf_gen
     times = rounds(contenders, args.gen_repeats, only_repeats={"seqlab uncached loop": args.uncached_repeats},
@@ -420,9 +447,10 @@ def report(results: dict) -> tuple[str, dict]:
 
     def train_rows(key, title, base):
         sec = results.get(key)
-        if not sec or "skipped" in sec:
-            why = sec.get("skipped", "not run") if sec else "not run"
-            lines.append(f"| {title} | skipped: {why} | | | | |")
+        if not sec:
+            return  # not selected (--only)
+        if "skipped" in sec:
+            lines.append(f"| {title} | skipped: {sec['skipped']} | | | | |")
             return
         c = sec["contenders"]
         b = c[base]
@@ -486,10 +514,23 @@ class CpuMeter:
     def others_share(self) -> float | None:
         busy1, own1, w1 = self._snap()
         busy0, own0, w0 = self.start
-        if busy0 is None or busy1 is None:
+        if busy0 is None or busy1 is None or w1 - w0 < 1.0:  # /proc/stat ticks are 10 ms
             return None
         ncpu = os.cpu_count() or 1
-        return max(0.0, ((busy1 - busy0) - (own1 - own0)) / ((w1 - w0) * ncpu))
+        return min(1.0, max(0.0, ((busy1 - busy0) - (own1 - own0)) / ((w1 - w0) * ncpu)))
+
+
+def wait_for_quiet(max_wait_s: float, threshold: float = 0.10) -> float | None:
+    """Block (up to max_wait_s) until other processes use < threshold of the machine over 2 s."""
+    t0 = time.perf_counter()
+    share = None
+    while True:
+        meter = CpuMeter()
+        time.sleep(2.0)
+        share = meter.others_share()
+        if share is None or share < threshold or time.perf_counter() - t0 > max_wait_s:
+            return share
+        log(f"  machine busy (other processes use {share:.0%}); waiting for a quiet moment ...")
 
 
 def main(argv=None) -> int:
@@ -497,7 +538,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="also write the raw results as JSON to this path")
     p.add_argument("--makemore", default=str(DEFAULT_MAKEMORE), help="path to makemore.py")
     p.add_argument("--names", default=str(DEFAULT_NAMES), help="names.txt (one name per line)")
-    p.add_argument("--budget", type=float, default=240.0,
+    p.add_argument("--budget", type=float, default=200.0,
                    help="seconds; on a busy machine, sections stop repeating (after 3 rounds) past their share")
     p.add_argument("--repeats", type=int, default=15, help="timed rounds per training contender")
     p.add_argument("--steps", type=int, default=20, help="training steps per round")
@@ -506,6 +547,8 @@ def main(argv=None) -> int:
                    help="timed calls of the (slow, reference-only) uncached sampling loop")
     p.add_argument("--n-batches", type=int, default=16, help="distinct pre-built batches to cycle over")
     p.add_argument("--vocab", type=int, default=65, help="vocabulary for the B32xT64 and sampling runs")
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help="before each section, wait up to SECONDS for other processes to go idle")
     p.add_argument("--only", choices=["train_hf", "train_makemore", "generate"], action="append",
                    help="run only these sections (repeatable)")
     args = p.parse_args(argv)
@@ -518,6 +561,8 @@ def main(argv=None) -> int:
     for name, fn in sections:
         if args.only and name not in args.only:
             continue
+        if args.wait_quiet > 0:
+            wait_for_quiet(args.wait_quiet)
         log(f"[{time.perf_counter() - t0:6.1f}s] {name} ...")
         torch.set_num_threads(THREADS)
         meter = CpuMeter()
@@ -531,10 +576,13 @@ def main(argv=None) -> int:
     m = results["machine"]
     print(f"seqlab core benchmark, {m['date']}")
     print(f"CPU: {m['cpu']} ({m['cpus_usable']} usable cores), torch {m['torch']} "
-          f"({THREADS} threads), transformers {m['transformers']}, python {m['python']}")
+          f"({THREADS} threads), transformers {m['transformers']}, python {m['python']}, "
+          f"seqlab {m['seqlab']} @ {m.get('seqlab_git', '?')}")
     shares = {k: results[k].get("others_cpu_share") for k, _ in sections if k in results}
-    print("CPU used by other processes during each section (share of the whole machine): "
-          + ", ".join(f"{k} {v:.0%}" for k, v in shares.items() if v is not None))
+    known = {k: v for k, v in shares.items() if v is not None}
+    if known:
+        print("CPU used by other processes during each section (share of the whole machine): "
+              + ", ".join(f"{k} {v:.0%}" for k, v in known.items()))
     if any(v is not None and v > 0.15 for v in shares.values()):
         print("WARNING: the machine was busy; 2-thread timings of small ops degrade sharply under "
               "contention. Prefer a quiet machine, and compare the 'bests' column too.")

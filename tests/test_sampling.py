@@ -26,7 +26,7 @@ class FixedLogits(SeqModel):
     def logits(self, idx):
         return self.fixed.expand(*idx.shape, -1)
 
-    def prefill(self, idx, lengths):
+    def prefill(self, idx, lengths, total_len=None):
         self.calls += 1
         return self.fixed.expand(idx.size(0), -1), torch.zeros(idx.size(0))
 
@@ -158,7 +158,7 @@ def test_beam_search_finds_the_best_sequence():
         def __init__(self):
             super().__init__(torch.zeros(V))
 
-        def prefill(self, idx, lengths):
+        def prefill(self, idx, lengths, total_len=None):
             first = torch.full((V,), -1e9)
             first[3], first[4], first[5] = math.log(.5), math.log(.4), math.log(.1)
             return first.expand(idx.size(0), -1), torch.zeros(idx.size(0), dtype=torch.long)

@@ -41,7 +41,7 @@ class ModelConfig:
     mlp: Literal["gelu", "swiglu"] = "gelu"
     rope_base: float = 10000.0
     tie_weights: bool = False
-    bias: bool = True
+    bias: bool = False  # no biases in linears and norms (nanoGPT/Llama style): fewer ops per step
     dropout: float = 0.0
 
 

@@ -108,6 +108,19 @@ class Generation:
         return self.model_logprobs.sum(-1)
 
 
+def _draw(logprobs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """One token per row from exp(logprobs) by inverse CDF, given one uniform per row.
+
+    The uniforms for the whole generation are drawn in one call up front:
+    per-step torch.multinomial (or exponential_) costs several times more than
+    these three element-wise ops for small batches on a CPU (benchmarks/results.md).
+    Scaling u by the row's total keeps zero-probability tokens unreachable even
+    when the cumulative sum rounds below 1.
+    """
+    cdf = logprobs.exp().cumsum(-1)
+    return (cdf < uniform.unsqueeze(-1) * cdf[:, -1:]).sum(-1)
+
+
 def _prompt_batch(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     if not prompts or any(len(p) == 0 for p in prompts):
         raise SeqlabError("every prompt needs at least one token (the <bos> token)")
@@ -150,9 +163,11 @@ def generate(
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     n_new = torch.zeros(B, dtype=torch.long, device=device)
     plain = not rule.truncates and rule.temperature == 1.0
+    uniforms = None if rule.greedy else torch.rand(steps, B, generator=generator, device=device)
     was_training = model.training
     model.eval()
-    logits, state = model.prefill(idx, lengths)
+    # the last token needs no cache slot: prompt + steps - 1 positions are written
+    logits, state = model.prefill(idx, lengths, total_len=idx.size(1) + steps - 1)
     t = 0
     for t in range(steps):
         lp = logits.float().log_softmax(-1)  # (B, V) the model's own distribution
@@ -161,7 +176,7 @@ def generate(
             slp = None
         else:
             slp = lp if plain else sampling_logprobs(logits, rule)
-            tok = torch.multinomial(slp.exp(), 1, generator=generator).squeeze(1)
+            tok = _draw(slp, uniforms[t])
         alive = ~finished
         col = tok.unsqueeze(1)
         model_lp[:, t] = lp.gather(1, col).squeeze(1).masked_fill(finished, 0.0)
@@ -203,7 +218,7 @@ def beam_search(
     steps = _budget(model, prompts, max_new_tokens)
     was_training = model.training
     model.eval()
-    logits, state = model.prefill(idx, lengths)
+    logits, state = model.prefill(idx, lengths, total_len=idx.size(1) + steps - 1)
     V = logits.size(-1)
     rows = torch.arange(B, device=device).repeat_interleave(W)
     state = model.select_state(state, rows)

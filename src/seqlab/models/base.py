@@ -4,10 +4,12 @@
         idx (B, T) token ids; logits (B, T, V); targets (B, T) with -1 ignored.
         loss_reduction="none" gives per-token losses (B, T), 0 where ignored:
         pretraining, SFT, PPO, GRPO and DPO all take log-probs from here.
-    prefill(idx, lengths) -> (logits (B, V), state)
+    prefill(idx, lengths, total_len=None) -> (logits (B, V), state)
         Runs right-padded prompts (row b holds lengths[b] real tokens) and
         returns the next-token logits after each row's last real token, plus
         the incremental state (KV cache, hidden state, context window).
+        total_len, when given, bounds prompt + generated tokens, so a KV cache
+        is sized to what will be used (less memory traffic per step).
     step(tokens (B,), state) -> (logits (B, V), state)
         One new token per row, reusing the state: no recomputation of the prefix.
     select_state(state, index) -> state
@@ -56,7 +58,7 @@ class SeqModel(nn.Module):
         loss = None if targets is None else token_loss(logits, targets, loss_reduction)
         return logits, loss
 
-    def prefill(self, idx: torch.Tensor, lengths: torch.Tensor):
+    def prefill(self, idx: torch.Tensor, lengths: torch.Tensor, total_len: int | None = None):
         raise NotImplementedError
 
     def step(self, tokens: torch.Tensor, state):

@@ -17,7 +17,7 @@ class Bigram(SeqModel):
         return self.table[idx]  # (B, T, V)
 
     # State: nothing; the next logits depend only on the last token.
-    def prefill(self, idx, lengths):
+    def prefill(self, idx, lengths, total_len=None):
         return self.table[last_valid(idx, lengths)], None
 
     def step(self, tokens, state):

@@ -37,7 +37,7 @@ class MLP(SeqModel):
         return self._from_windows(windows)
 
     # State: the last `context` tokens of each row.
-    def prefill(self, idx, lengths):
+    def prefill(self, idx, lengths, total_len=None):
         B = idx.size(0)
         padded = F.pad(idx, (self.context, 0), value=self.blank)
         cols = lengths.view(B, 1) + torch.arange(self.context, device=idx.device).view(1, -1)

@@ -42,7 +42,7 @@ class Recurrent(SeqModel):
         return self.lm_head(out)
 
     # State: h (n_layer, B, H), and c for the LSTM.
-    def prefill(self, idx, lengths):
+    def prefill(self, idx, lengths, total_len=None):
         B = idx.size(0)
         packed = pack_padded_sequence(self.wte(idx), lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, state = self.rnn(packed, self._initial_state(B))

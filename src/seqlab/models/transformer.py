@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import SeqModel
-from .layers import GeluMLP, SwiGLU, apply_rope, make_norm, rope_tables
+from .layers import GeluMLP, SwiGLU, apply_rope, make_norm, norm_fn, rope_tables
 
 
 @dataclass
@@ -71,6 +71,40 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.proj(y))
 
 
+    def decode(self, h, cache, layer, rope=None, key_mask=None):
+        """One new token per row with the KV cache: h (B, C) -> (B, C).
+
+        A hand-written path for the hot loop of sampling: 2-D activations and two
+        batched matmuls instead of scaled_dot_product_attention, whose CPU kernel
+        costs several times more per call for a single query (measured in
+        benchmarks/results.md). Grouped-query attention falls out of the layout:
+        the G query heads that share a key/value head form the rows of one matmul.
+        """
+        B = h.size(0)
+        H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
+        G = H // Hkv
+        q, k, v = F.linear(h, self.qkv.weight, self.qkv.bias).split([H * D, Hkv * D, Hkv * D], dim=-1)
+        q, k = q.view(B, H, D), k.view(B, Hkv, D)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        pos = cache.pos
+        kc, vc = cache.k[layer], cache.v[layer]  # (B, Hkv, Tmax, D)
+        kc[:, :, pos] = k
+        vc[:, :, pos] = v.view(B, Hkv, D)
+        Tmax = kc.size(2)
+        keys = kc.view(B * Hkv, Tmax, D)[:, : pos + 1]  # views: merging B and Hkv needs no copy
+        vals = vc.view(B * Hkv, Tmax, D)[:, : pos + 1]
+        q = q.reshape(B * Hkv, G, D)
+        # baddbmm with beta=0 ignores its input and applies the 1/sqrt(D) scale in the same op
+        scores = torch.baddbmm(q.new_empty(()).expand(B * Hkv, G, pos + 1), q, keys.transpose(1, 2),
+                               beta=0.0, alpha=D ** -0.5)  # (B*Hkv, G, t)
+        if key_mask is not None:
+            scores = scores.view(B, H, pos + 1).masked_fill(~key_mask[:, None, : pos + 1], float("-inf"))
+            scores = scores.view(B * Hkv, G, pos + 1)
+        y = torch.bmm(scores.softmax(-1), vals)  # (B*Hkv, G, D)
+        return F.linear(y.view(B, H * D), self.proj.weight, self.proj.bias)
+
+
 class Block(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -87,6 +121,10 @@ class Block(nn.Module):
     def forward(self, x, rope=None, cache=None, layer=0, attn_mask=None):
         x = x + self.attn(self.norm1(x), rope, cache, layer, attn_mask)
         return x + self.mlp(self.norm2(x))
+
+    def decode(self, x, cache, layer, rope=None, key_mask=None):
+        x = x + self.attn.decode(norm_fn(self.norm1, x), cache, layer, rope, key_mask)
+        return x + self.mlp.decode(norm_fn(self.norm2, x))
 
 
 class Transformer(SeqModel):
@@ -161,9 +199,9 @@ class Transformer(SeqModel):
             x = block(x, rope)
         return maps
 
-    def _new_cache(self, B, device, dtype):
+    def _new_cache(self, B, device, dtype, length):
         a = self.blocks[0].attn
-        shape = (B, a.n_kv_head, self.max_len, a.head_dim)
+        shape = (B, a.n_kv_head, length, a.head_dim)
         n = len(self.blocks)
         return KVCache(
             k=[torch.empty(shape, device=device, dtype=dtype) for _ in range(n)],
@@ -171,12 +209,13 @@ class Transformer(SeqModel):
             pos=0, key_mask=None, offset=None,
         )
 
-    def prefill(self, idx, lengths):
+    def prefill(self, idx, lengths, total_len=None):
         B, T = idx.shape
         if T > self.max_len:
             raise ValueError(f"prompt of length {T} exceeds block_size {self.max_len}")
         device = idx.device
-        cache = self._new_cache(B, device, self.wte.weight.dtype)
+        length = self.max_len if total_len is None else max(T, min(total_len, self.max_len))
+        cache = self._new_cache(B, device, self.wte.weight.dtype, length)
         ar = torch.arange(T, device=device)
         if bool((lengths == T).all()):
             positions, mask = ar, None
@@ -187,7 +226,7 @@ class Transformer(SeqModel):
             idx = idx.gather(1, src)
             positions = src  # 0 on padding, which is masked anyway
             real = ar.view(1, T) >= offset.view(B, 1)  # (B, T)
-            cache.key_mask = torch.zeros(B, self.max_len, dtype=torch.bool, device=device)
+            cache.key_mask = torch.zeros(B, length, dtype=torch.bool, device=device)
             cache.key_mask[:, :T] = real
             cache.key_mask[:, T:] = True
             cache.offset = offset
@@ -202,20 +241,21 @@ class Transformer(SeqModel):
         return logits[:, -1], cache
 
     def step(self, tokens, cache):
-        if cache.pos >= self.max_len:
-            raise ValueError(f"KV cache full: block_size {self.max_len} reached")
-        B = tokens.size(0)
+        if cache.pos >= cache.k[0].size(2):
+            raise ValueError(f"KV cache full: {cache.k[0].size(2)} positions used")
         pos = cache.pos
-        if cache.offset is None:
-            positions = torch.full((1,), pos, device=tokens.device, dtype=torch.long)
-            mask = None
+        x = self.wte.weight[tokens]  # (B, C): decoding keeps activations 2-D
+        positions = pos if cache.offset is None else pos - cache.offset  # int, or (B,) per row
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe.weight[positions]
         else:
-            positions = (pos - cache.offset).view(B, 1)
-            mask = cache.key_mask[:, None, None, : pos + 1]
-        x, rope = self._embed(tokens.view(B, 1), positions)
-        logits = self._run(x, rope, cache, mask)
+            cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (D/2,) or (B, D/2)
+            rope = (cos.unsqueeze(-2), sin.unsqueeze(-2))  # broadcast over heads
+        for i, block in enumerate(self.blocks):
+            x = block.decode(x, cache, i, rope, cache.key_mask)
         cache.pos = pos + 1
-        return logits[:, -1], cache
+        return F.linear(norm_fn(self.norm_f, x), self.lm_head.weight), cache
 
     def select_state(self, cache, index):
         return KVCache(
