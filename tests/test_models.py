@@ -175,8 +175,8 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
     """GQA with 2 kv heads == MHA whose k/v weights repeat each kv head for its query group."""
     C, H, Hkv, T = 16, 4, 2, 5
     D = C // H
-    gqa = CausalSelfAttention(ModelConfig(n_embd=C, n_head=H, n_kv_head=Hkv)).eval()
-    mha = CausalSelfAttention(ModelConfig(n_embd=C, n_head=H, n_kv_head=H)).eval()
+    gqa = CausalSelfAttention(ModelConfig(n_embd=C, n_head=H, n_kv_head=Hkv, bias=True)).eval()
+    mha = CausalSelfAttention(ModelConfig(n_embd=C, n_head=H, n_kv_head=H, bias=True)).eval()
     with torch.no_grad():
         wq, wk, wv = gqa.qkv.weight.split([H * D, Hkv * D, Hkv * D])
         bq, bk, bv = gqa.qkv.bias.split([H * D, Hkv * D, Hkv * D])
