@@ -1,0 +1,72 @@
+"""JSONL data for post-training, and its encoding into model inputs.
+
+    SFT        {"prompt": ..., "completion": ...}
+    DPO / RM   {"prompt": ..., "chosen": ..., "rejected": ...}
+    RL         {"prompt": ..., <any other columns, e.g. "answer">}
+
+A sequence is `<bos> prompt completion <eos>`; the completion mask covers the
+completion tokens and the eos (what the policy produces).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..data.tokenizer import Tokenizer
+from ..errors import SeqlabError
+
+
+def load_jsonl(path: str | Path, required: tuple[str, ...]) -> list[dict]:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SeqlabError(f"data file not found: {path}") from None
+    rows = []
+    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise SeqlabError(f"{path}:{lineno}: not valid UTF-8") from None
+        except json.JSONDecodeError as e:
+            raise SeqlabError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise SeqlabError(f"{path}:{lineno}: expected a JSON object")
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise SeqlabError(f"{path}:{lineno}: missing key(s) {', '.join(missing)}")
+        for k in required:
+            if not isinstance(row[k], str):
+                raise SeqlabError(f"{path}:{lineno}: key '{k}' must be a string")
+        rows.append(row)
+    if not rows:
+        raise SeqlabError(f"{path}: no examples")
+    return rows
+
+
+def encode_pair(tokenizer: Tokenizer, prompt: str, completion: str, max_len: int | None,
+                add_eos: bool = True) -> tuple[list[int], list[int]]:
+    """Token ids of `<bos> prompt completion [<eos>]` and the completion mask (same length)."""
+    tokenizer.check_encodable(prompt + completion, "example")
+    p = [tokenizer.bos_id] + tokenizer.encode(prompt)
+    c = tokenizer.encode(completion) + ([tokenizer.eos_id] if add_eos else [])
+    ids = p + c
+    if max_len is not None and len(ids) > max_len + 1:
+        raise SeqlabError(f"example of {len(ids)} tokens does not fit the model's context ({max_len})")
+    return ids, [0] * len(p) + [1] * len(c)
+
+
+def pad_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to (B, T) input ids and a float completion mask."""
+    T = max(len(ids) for ids, _ in pairs)
+    ids = torch.full((len(pairs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(pairs), T)
+    for b, (i, m) in enumerate(pairs):
+        ids[b, : len(i)] = torch.tensor(i)
+        mask[b, : len(m)] = torch.tensor(m, dtype=torch.float32)
+    return ids, mask
