@@ -56,7 +56,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000
+    steps: int = 5000
     batch_size: int = 32
     grad_accum: int = 1
     lr: float = 1e-3
