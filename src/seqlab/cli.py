@@ -262,6 +262,28 @@ def cmd_quickstart(args) -> None:
     _emit(args, result)
 
 
+# ---------------------------------------------------------------- post
+POST_ALGORITHMS = ("sft", "rejection", "rm", "ppo", "grpo", "dpo")
+
+
+def cmd_post(args) -> None:
+    from .post.config import load_post_config
+
+    overrides = {"out": args.out} if args.out else {}
+    cfg = load_post_config(args.config, overrides)
+    if args.algorithm == "sft":
+        from .post.sft import run_sft as run
+    elif args.algorithm == "dpo":
+        from .post.dpo import run_dpo as run
+    elif args.algorithm == "grpo":
+        from .post.grpo import run_grpo as run
+    else:
+        raise SeqlabError(f"seqlab post {args.algorithm} is not implemented yet (available: sft, dpo, grpo)")
+    result = run(cfg, progress=not args.quiet)
+    _emit(args, result, " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                 for k, v in result.items()))
+
+
 # ---------------------------------------------------------------- bench
 def cmd_bench(args) -> None:
     from .bench import run_bench
@@ -380,6 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", choices=["best", "last"], help="which weights (default best)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_sample)
+
+    po = sub.add_parser("post", help="post-train a run: sft, dpo, grpo (rejection, rm, ppo: coming)")
+    po.add_argument("algorithm", choices=POST_ALGORITHMS)
+    po.add_argument("--config", required=True, help="TOML file with a [post] table")
+    po.add_argument("--out", help="run directory for the result (overrides post.out)")
+    po.add_argument("--quiet", action="store_true")
+    po.add_argument("--json", action="store_true")
+    po.set_defaults(func=cmd_post)
 
     b = sub.add_parser("bench", help="time training steps and sampling on this machine")
     b.add_argument("--device", default="cpu")

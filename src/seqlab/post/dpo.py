@@ -34,3 +34,42 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     stats = {"reward_chosen": r_w.mean().item(), "reward_rejected": r_l.mean().item(),
              "accuracy": (r_w > r_l).float().mean().item(), "margin": (r_w - r_l).mean().item()}
     return loss, stats
+
+
+def _sequence_scores(model, ids, mask, mean: bool) -> torch.Tensor:
+    from .common import sequence_logprobs
+
+    lp = sequence_logprobs(model, ids, mask)
+    total = lp.sum(1)
+    return total / mask[:, 1:].sum(1).clamp(min=1) if mean else total
+
+
+def run_dpo(cfg, progress: bool = True) -> dict:
+    """DPO/IPO on {"prompt", "chosen", "rejected"} JSONL."""
+    from .data import encode_pair, load_jsonl, pad_batch
+    from .runner import load_policy, optimise, prepare_out
+
+    model, tok, _ = load_policy(cfg)
+    rows = load_jsonl(cfg.data, ("prompt", "chosen", "rejected"))
+    chosen = [encode_pair(tok, r["prompt"], r["chosen"], model.max_len) for r in rows]
+    rejected = [encode_pair(tok, r["prompt"], r["rejected"], model.max_len) for r in rows]
+    mean = cfg.dpo_loss == "ipo"
+    # reference log-probs once, from the frozen starting model
+    model.eval()
+    with torch.no_grad():
+        ref_c = torch.cat([_sequence_scores(model, *pad_batch(chosen[i:i + 64], tok.pad_id), mean)
+                           for i in range(0, len(rows), 64)])
+        ref_r = torch.cat([_sequence_scores(model, *pad_batch(rejected[i:i + 64], tok.pad_id), mean)
+                           for i in range(0, len(rows), 64)])
+    out = prepare_out(cfg)
+    g = torch.Generator().manual_seed(cfg.seed)
+
+    def step_fn(step):
+        idx = torch.randint(len(rows), (cfg.batch_size,), generator=g)
+        pc = _sequence_scores(model, *pad_batch([chosen[i] for i in idx], tok.pad_id), mean)
+        pr = _sequence_scores(model, *pad_batch([rejected[i] for i in idx], tok.pad_id), mean)
+        return dpo_loss(pc, pr, ref_c[idx], ref_r[idx], cfg.beta, cfg.dpo_loss)
+
+    stats = optimise(model, cfg, out, ["loss", "accuracy", "margin", "reward_chosen", "reward_rejected"],
+                     step_fn, progress, f"DPO ({cfg.dpo_loss})", ("loss", "accuracy"))
+    return {"algorithm": "dpo", "step": cfg.steps, **stats, "run": str(out)}

@@ -63,3 +63,103 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
         stats = {"clip_low": ((low * mask).sum() / n).item(), "clip_high": ((high * mask).sum() / n).item(),
                  "kl": ((kl * mask).sum() / n).item() if kl is not None else 0.0}
     return loss, stats
+
+
+def run_grpo(cfg, progress: bool = True) -> dict:
+    """GRPO on {"prompt", ...columns} JSONL with reward functions (cfg.rewards)."""
+    import copy
+    import json
+
+    from ..errors import SeqlabError
+    from ..sampling import DecodeRule, generate
+    from .common import entropy_from_logits, group_advantages, token_logprobs
+    from .data import load_jsonl, pad_batch
+    from .rewards import build_rewards
+    from .runner import load_policy, optimise, prepare_out
+    from .template import ReasoningTemplate
+
+    if cfg.temperature <= 0:
+        raise SeqlabError("config key 'post.temperature': GRPO samples, so it must be > 0")
+    model, tok, _ = load_policy(cfg)
+    rows = load_jsonl(cfg.data, ("prompt",))
+    template = ReasoningTemplate(cfg.system, cfg.reasoning_start, cfg.reasoning_end, cfg.solution_start,
+                                 cfg.solution_end)
+    rewards = build_rewards(cfg.rewards, cfg.reward_weights, template)
+    col_names = sorted({k for r in rows for k in r} - {"prompt"})
+    prompt_ids = []
+    for r in rows:
+        tok.check_encodable(r["prompt"], "prompt")
+        prompt_ids.append([tok.bos_id] + tok.encode(r["prompt"]))
+    ref = None
+    if cfg.kl_beta != 0.0:
+        ref = copy.deepcopy(model).eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+    out = prepare_out(cfg)
+    g = torch.Generator().manual_seed(cfg.seed)
+    G = cfg.group_size
+    rule = DecodeRule(temperature=cfg.temperature)  # no truncation: the ratio's denominator is the policy
+    rollout: dict = {}
+    samples_path = out / "samples.jsonl"
+
+    def new_rollout(step):
+        pick = torch.randint(len(rows), (cfg.prompts_per_step,), generator=g).tolist()
+        prompts = [prompt_ids[i] for i in pick for _ in range(G)]
+        gen = generate(model, prompts, cfg.max_new_tokens, rule, tok.eos_id, tok.pad_id, generator=g)
+        completions_ids = gen.rows(strip_eos=True)
+        completions = [tok.decode(c) for c in completions_ids]
+        prompt_text = [rows[i]["prompt"] for i in pick for _ in range(G)]
+        columns = {c: [rows[i].get(c) for i in pick for _ in range(G)] for c in col_names}
+        totals, per_fn = rewards(prompt_text, completions, columns)
+        r = torch.tensor(totals)
+        adv = group_advantages(r, G, cfg.advantage_scale)
+        pairs, old = [], []
+        for b, p in enumerate(prompts):
+            n = int(gen.lengths[b])
+            ids = p + gen.tokens[b, :n].tolist()
+            pairs.append((ids, [0] * len(p) + [1] * n))
+            old.append(gen.sampling_logprobs[b, :n])
+        ids, mask = pad_batch(pairs, tok.pad_id)
+        old_logp = torch.zeros(ids.size(0), ids.size(1) - 1)
+        for b, (p, o) in enumerate(zip(prompts, old)):
+            old_logp[b, len(p) - 1: len(p) - 1 + len(o)] = o
+        ref_logp = None
+        if ref is not None:
+            with torch.no_grad():
+                ref_logits, _ = ref(ids[:, :-1])
+                ref_logp = token_logprobs(ref_logits, ids[:, 1:], cfg.temperature)
+        groups = r.view(-1, G)
+        lengths = gen.lengths.float()
+        stats = {"reward": r.mean().item(), "reward_std": r.std().item() if r.numel() > 1 else 0.0,
+                 "frac_zero_std": (groups.std(1) == 0).float().mean().item() if G > 1 else 1.0,
+                 "completion_len": lengths.mean().item(), "completion_len_min": lengths.min().item(),
+                 "completion_len_max": lengths.max().item(),
+                 "truncated": (~gen.finished).float().mean().item()}
+        for name, vals in per_fn.items():
+            seen = [v for v in vals if v is not None]
+            stats[f"reward/{name}"] = sum(seen) / len(seen) if seen else None
+        if cfg.samples_every and step % cfg.samples_every == 0:
+            with open(samples_path, "a", encoding="utf-8") as f:
+                for b in range(0, len(completions), G):
+                    f.write(json.dumps({"step": step, "prompt": prompt_text[b], "completion": completions[b],
+                                        "reward": totals[b]}) + "\n")
+        return {"ids": ids, "mask": mask[:, 1:], "old": old_logp, "ref": ref_logp, "adv": adv, "stats": stats}
+
+    def step_fn(step):
+        if step % cfg.num_iterations == 0:
+            rollout.update(new_rollout(step))
+        ids, mask = rollout["ids"], rollout["mask"]
+        logits, _ = model(ids[:, :-1])
+        logp = token_logprobs(logits, ids[:, 1:], cfg.temperature)
+        loss, lstats = grpo_loss(logp, rollout["old"], rollout["adv"], mask, cfg.epsilon, cfg.epsilon_high,
+                                 cfg.kl_beta, rollout["ref"], cfg.loss_type, cfg.max_new_tokens)
+        with torch.no_grad():
+            ent = entropy_from_logits(logits)
+            entropy = ((ent * mask).sum() / mask.sum().clamp(min=1)).item()
+        return loss, {**rollout["stats"], **lstats, "entropy": entropy}
+
+    columns = ["loss", "reward", "reward_std", "frac_zero_std", "completion_len", "completion_len_min",
+               "completion_len_max", "truncated", "kl", "clip_low", "clip_high", "entropy",
+               *[f"reward/{n}" for n in rewards.names]]
+    stats = optimise(model, cfg, out, columns, step_fn, progress, f"GRPO ({cfg.loss_type})", ("reward", "kl"))
+    return {"algorithm": "grpo", "step": cfg.steps, **{k: stats.get(k) for k in columns}, "run": str(out)}

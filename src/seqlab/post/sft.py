@@ -19,3 +19,23 @@ def sft_loss(model, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> t
     logp = sequence_logprobs(model, input_ids, completion_mask)  # (B, T-1), 0 outside the mask
     n_tokens = completion_mask[:, 1:].sum()
     return -logp.sum() / n_tokens.clamp(min=1)
+
+
+def run_sft(cfg, progress: bool = True) -> dict:
+    """SFT on {"prompt", "completion"} JSONL; returns the final metrics."""
+    from .data import encode_pair, load_jsonl, pad_batch
+    from .runner import load_policy, optimise, prepare_out
+
+    model, tok, _ = load_policy(cfg)
+    rows = load_jsonl(cfg.data, ("prompt", "completion"))
+    pairs = [encode_pair(tok, r["prompt"], r["completion"], model.max_len) for r in rows]
+    out = prepare_out(cfg)
+    g = torch.Generator().manual_seed(cfg.seed)
+
+    def step_fn(step):
+        idx = torch.randint(len(pairs), (cfg.batch_size,), generator=g).tolist()
+        ids, mask = pad_batch([pairs[i] for i in idx], tok.pad_id)
+        return sft_loss(model, ids, mask), {"completion_tokens": float(mask.sum())}
+
+    stats = optimise(model, cfg, out, ["loss", "completion_tokens"], step_fn, progress, "SFT")
+    return {"algorithm": "sft", "step": cfg.steps, "loss": stats["loss"], "run": str(out)}

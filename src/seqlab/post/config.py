@@ -1,0 +1,69 @@
+"""Typed config for `seqlab post ALGORITHM --config cfg.toml` (table [post]).
+
+One flat table; unknown keys and wrong types fail naming the key (the same
+checker as the training config).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from ..config import load_toml, section_from_dict
+from ..errors import SeqlabError
+
+
+@dataclass
+class PostConfig:
+    policy: str = ""  # run directory of the starting model
+    data: str = ""  # JSONL file
+    out: str = ""
+    steps: int = 100
+    batch_size: int = 16
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    seed: int = 0
+    log_interval: int = 1
+    threads: int = 0
+    # DPO
+    beta: float = 0.1
+    dpo_loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    # GRPO
+    group_size: int = 8
+    prompts_per_step: int = 4
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    epsilon: float = 0.2
+    epsilon_high: Optional[float] = None
+    kl_beta: float = 0.0
+    loss_type: Literal["grpo", "bnpo", "dapo", "dr_grpo"] = "dapo"
+    advantage_scale: Literal["group", "batch", "none"] = "group"
+    num_iterations: int = 1
+    rewards: list[str] = field(default_factory=list)
+    reward_weights: Optional[list[float]] = None
+    samples_every: int = 10  # write prompts/completions/rewards to samples.jsonl every K steps
+    # reasoning template
+    system: str = ""
+    reasoning_start: str = "<start_working_out>"
+    reasoning_end: str = "<end_working_out>"
+    solution_start: str = "<SOLUTION>"
+    solution_end: str = "</SOLUTION>"
+
+
+def load_post_config(path: str | None, overrides: dict) -> PostConfig:
+    data = load_toml(path) if path else {}
+    unknown = set(data) - {"post"}
+    if unknown:
+        raise SeqlabError(f"{path}: unknown table(s) {', '.join(sorted(unknown))} (post-training reads [post])")
+    cfg = section_from_dict(PostConfig, {**data.get("post", {}), **overrides}, prefix="post")
+    for key in ("policy", "data", "out"):
+        if not getattr(cfg, key):
+            raise SeqlabError(f"config key 'post.{key}' is required")
+    for key in ("steps", "batch_size", "group_size", "prompts_per_step", "max_new_tokens", "num_iterations"):
+        if getattr(cfg, key) <= 0:
+            raise SeqlabError(f"config key 'post.{key}': must be positive")
+    return cfg

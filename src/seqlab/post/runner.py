@@ -1,0 +1,82 @@
+"""The loop shared by the post-training algorithms: load the starting run,
+optimise a loss, log metrics, save a normal seqlab run directory (so that
+`seqlab sample` and `seqlab eval` work on the result).
+
+Each algorithm supplies `step_fn(step) -> (loss, stats)`; the loss is written
+out in full in its own module (sft.py, dpo.py, grpo.py, ...).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..checkpoint import load_model, save_best, save_checkpoint
+from ..errors import SeqlabError
+from ..metrics import MetricsLog, read_metrics
+from ..plots import loss_curve
+from ..train import Progress, lr_factor, make_optimizer
+from .config import PostConfig
+
+
+def load_policy(cfg: PostConfig):
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer, run_cfg = load_model(cfg.policy, "best")
+    return model, tokenizer, run_cfg
+
+
+def prepare_out(cfg: PostConfig) -> Path:
+    out = Path(cfg.out)
+    if (out / "best.safetensors").exists() or (out / "checkpoints").exists():
+        raise SeqlabError(f"{out} already holds a run; choose another out")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copyfile(Path(cfg.policy) / name, out / name)
+    return out
+
+
+def optimise(model, cfg: PostConfig, out: Path, columns: list[str], step_fn: Callable[[int], tuple],
+             progress: bool, title: str, progress_keys: tuple[str, ...] = ("loss",)) -> dict:
+    """Run cfg.steps updates of step_fn's loss; returns the last step's stats."""
+    model.train()
+    opt = make_optimizer(model, cfg)
+    cfg_sched = type("S", (), {"warmup_steps": cfg.warmup_steps, "steps": cfg.steps, "min_lr_ratio": 1.0})
+    log = MetricsLog(out / "metrics.csv", ["step", *columns, "lr", "grad_norm", "step_time_s"])
+    bar = Progress(cfg.steps, 0, progress)
+    stats: dict = {}
+    try:
+        for step in range(cfg.steps):
+            t0 = time.perf_counter()
+            lr = cfg.lr * (lr_factor(step, cfg_sched) if cfg.warmup_steps else 1.0)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss, stats = step_fn(step)
+            if not math.isfinite(float(loss.detach())):
+                raise SeqlabError(f"non-finite loss at step {step + 1}; stopped (lower post.lr)")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+            opt.step()
+            stats = {"loss": float(loss.detach()), **stats}
+            row = {"step": step + 1, **{k: stats.get(k) for k in columns}, "lr": lr,
+                   "grad_norm": round(float(grad_norm), 4), "step_time_s": round(time.perf_counter() - t0, 4)}
+            if (step + 1) % cfg.log_interval == 0 or step + 1 == cfg.steps:
+                log.log(row)
+            bar.update(1, **{k: f"{stats[k]:.4f}" for k in progress_keys if stats.get(k) is not None})
+    finally:
+        bar.close()
+        log.close()
+    save_best(out, model, {"step": cfg.steps, "algorithm": title})
+    save_checkpoint(out, cfg.steps, model, {"optimizer": opt.state_dict()}, {"step": cfg.steps}, keep=1)
+    rows = read_metrics(out / "metrics.csv")
+    for r in rows:  # the loss plot reads train_loss
+        r["train_loss"] = r.get("loss", "")
+    loss_curve(rows, out / "loss.png", title=title)
+    return stats
