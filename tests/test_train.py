@@ -178,3 +178,22 @@ while True:
         proc.wait()
         text = target.read_text()
         assert len(text) == 2_000_000 and len(set(text)) == 1
+
+
+def test_bf16_autocast_trains_on_cpu(words_file, tmp_path):
+    cfg = cfg_for(words_file, steps=20, dtype="bfloat16", checkpoint_interval=20)
+    res = train(cfg, tmp_path / "bf16", progress=False)
+    fp32 = train(cfg_for(words_file, steps=20, checkpoint_interval=20), tmp_path / "fp32", progress=False)
+    assert res["step"] == 20 and abs(res["val_loss"] - fp32["val_loss"]) < 0.1
+    assert res["val_loss"] != fp32["val_loss"]  # bf16 really was used
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager(words_file, tmp_path):
+    cfg = cfg_for(words_file, steps=10, compile=True, checkpoint_interval=10)
+    cfg.model.dropout = 0.0
+    res = train(cfg, tmp_path / "c", progress=False)
+    eager = cfg_for(words_file, steps=10, checkpoint_interval=10)
+    eager.model.dropout = 0.0
+    ref = train(eager, tmp_path / "e", progress=False)
+    assert res["val_loss"] == pytest.approx(ref["val_loss"], abs=2e-2)
