@@ -23,10 +23,10 @@ def loss_curve(rows: list[dict], path: Path, title: str = "") -> None:
     train = [float(r["train_loss"]) for r in rows if r.get("train_loss")]
     val_steps = [int(r["step"]) for r in rows if r.get("val_loss")]
     val = [float(r["val_loss"]) for r in rows if r.get("val_loss")]
-    smooth, acc = [], None
-    for v in train:
-        acc = v if acc is None else 0.95 * acc + 0.05 * v
-        smooth.append(acc)
+    smooth, acc = [], 0.0
+    for k, v in enumerate(train, start=1):
+        acc = 0.95 * acc + 0.05 * v
+        smooth.append(acc / (1 - 0.95**k))  # bias-corrected: no lag from a zero start
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, train, color="tab:blue", alpha=0.25, lw=0.8, label="train (per step)")
     ax.plot(steps, smooth, color="tab:blue", lw=1.5, label="train (EMA 0.95)")
