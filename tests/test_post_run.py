@@ -40,7 +40,7 @@ def bases(tmp_path_factory):
     (d / "toyrewards.py").write_text(
         "def count_ones(prompts, completions, **kw):\n"
         "    return [float(c.count('1')) for c in completions]\n")
-    return d, runs, {"sft": sft, "dpo": pref, "grpo": rl}
+    return d, runs, {"sft": sft, "dpo": pref, "grpo": rl, "rejection": rl}
 
 
 def params_before(run):
@@ -49,20 +49,22 @@ def params_before(run):
 
 
 @pytest.mark.parametrize("model", ["transformer", "gru"])
-@pytest.mark.parametrize("algorithm", ["sft", "dpo", "grpo"])
+@pytest.mark.parametrize("algorithm", ["sft", "dpo", "grpo", "rejection"])
 def test_algorithm_changes_every_parameter(bases, model, algorithm, monkeypatch):
     d, runs, data = bases
     monkeypatch.syspath_prepend(str(d))
     out = d / f"{algorithm}-{model}"
     over = {"policy": str(runs[model]), "data": str(data[algorithm]), "out": str(out), "steps": 2,
             "batch_size": 8, "lr": 1e-2, "group_size": 4, "prompts_per_step": 2, "max_new_tokens": 6,
-            "rewards": ["toyrewards:count_ones"]}
+            "rewards": ["toyrewards:count_ones"], "rounds": 1, "reward_threshold": -1.0}
     cfg = load_post_config(None, over)
     from seqlab.post.dpo import run_dpo
     from seqlab.post.grpo import run_grpo
+    from seqlab.post.rejection import run_rejection
     from seqlab.post.sft import run_sft
 
-    result = {"sft": run_sft, "dpo": run_dpo, "grpo": run_grpo}[algorithm](cfg, progress=False)
+    run = {"sft": run_sft, "dpo": run_dpo, "grpo": run_grpo, "rejection": run_rejection}[algorithm]
+    result = run(cfg, progress=False)
     assert result["step"] == 2 and result["loss"] == result["loss"]  # not NaN
     before = params_before(runs[model])
     after, _, _ = load_model(out)

@@ -29,6 +29,9 @@ class PostConfig:
     seed: int = 0
     log_interval: int = 1
     threads: int = 0
+    # rejection sampling
+    rounds: int = 3  # sampling rounds; steps are split evenly between them
+    reward_threshold: float = 0.0  # keep completions with reward >= this
     # DPO
     beta: float = 0.1
     dpo_loss: Literal["sigmoid", "ipo"] = "sigmoid"

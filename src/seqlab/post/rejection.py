@@ -1,0 +1,69 @@
+"""Rejection-sampling fine-tuning (expert iteration; "Reinforce: SFT the policy on
+its successful solutions"; Anthony et al. 2017, Zelikman et al. 2022 STaR).
+
+    repeat `rounds` times:
+        sample k = group_size completions per prompt from the current policy
+        keep (prompt, completion) pairs with total reward >= reward_threshold
+        SFT on the kept pairs for steps / rounds steps:
+            loss = - sum m log pi(y | x) / max(sum m, 1)   (sft.sft_loss)
+
+Sampling uses temperature only (no truncation). A round that keeps nothing
+makes no update (loss 0) and says so in metrics.csv (`kept` = 0).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .sft import sft_loss
+
+
+def run_rejection(cfg, progress: bool = True) -> dict:
+    from ..sampling import DecodeRule, generate
+    from .data import load_jsonl, pad_batch
+    from .rewards import build_rewards
+    from .runner import load_policy, optimise, prepare_out
+    from .template import ReasoningTemplate
+
+    model, tok, _ = load_policy(cfg)
+    rows = load_jsonl(cfg.data, ("prompt",))
+    template = ReasoningTemplate(cfg.system, cfg.reasoning_start, cfg.reasoning_end, cfg.solution_start,
+                                 cfg.solution_end)
+    rewards = build_rewards(cfg.rewards, cfg.reward_weights, template)
+    col_names = sorted({k for r in rows for k in r} - {"prompt"})
+    out = prepare_out(cfg)
+    g = torch.Generator().manual_seed(cfg.seed)
+    per_round = max(1, cfg.steps // cfg.rounds)
+    state: dict = {"kept": [], "reward": 0.0}
+
+    def resample():
+        prompts = [[tok.bos_id] + tok.encode(r["prompt"]) for r in rows for _ in range(cfg.group_size)]
+        gen = generate(model, prompts, cfg.max_new_tokens, DecodeRule(temperature=cfg.temperature),
+                       tok.eos_id, tok.pad_id, generator=g)
+        texts = [tok.decode(c) for c in gen.rows()]
+        prompt_text = [r["prompt"] for r in rows for _ in range(cfg.group_size)]
+        columns = {c: [r.get(c) for r in rows for _ in range(cfg.group_size)] for c in col_names}
+        totals, _ = rewards(prompt_text, texts, columns)
+        kept = {}
+        for b, total in enumerate(totals):
+            if total >= cfg.reward_threshold and bool(gen.finished[b]):
+                n = int(gen.lengths[b])
+                ids = prompts[b] + gen.tokens[b, :n].tolist()
+                kept[tuple(ids)] = (ids, [0] * len(prompts[b]) + [1] * n)
+        state["kept"] = list(kept.values())
+        state["reward"] = sum(totals) / len(totals)
+
+    def step_fn(step):
+        if step % per_round == 0:
+            resample()
+        kept = state["kept"]
+        stats = {"kept": float(len(kept)), "reward": state["reward"]}
+        if not kept:
+            return sum(p.sum() * 0.0 for p in model.parameters()), stats
+        idx = torch.randint(len(kept), (cfg.batch_size,), generator=g).tolist()
+        ids, mask = pad_batch([kept[i] for i in idx], tok.pad_id)
+        return sft_loss(model, ids, mask), stats
+
+    stats = optimise(model, cfg, out, ["loss", "kept", "reward"], step_fn, progress, "rejection sampling",
+                     ("loss", "reward"))
+    return {"algorithm": "rejection", "step": cfg.steps, **stats, "run": str(out)}
