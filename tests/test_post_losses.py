@@ -122,3 +122,31 @@ def test_grpo_on_policy_gradient_is_reinforce_with_group_baseline():
     loss.backward()
     assert loss.item() == pytest.approx(0.0)
     assert torch.allclose(logp.grad, torch.tensor([[-0.25, -0.25], [0.25, 0.25]]))
+
+
+def test_ppo_clipped_surrogate_and_value_clip_hand_computed():
+    from seqlab.post.ppo import ppo_losses
+
+    logp = torch.log(torch.tensor([[0.6, 0.3]]))
+    old = torch.log(torch.tensor([[0.4, 0.6]]))  # ratios 1.5 and 0.5
+    A = torch.tensor([[1.0, -1.0]])
+    mask = torch.ones(1, 2)
+    V, V_old, R = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.5, 0.0]]), torch.tensor([[2.0, 0.1]])
+    pg, vf, stats = ppo_losses(logp, old, A, V, V_old, R, mask, clip_coef=0.2, vf_clip=0.2)
+    # token 0: max(-1.5, -1.2) = -1.2; token 1: max(0.5, 0.8) = 0.8 -> mean -0.2
+    assert pg.item() == pytest.approx(-0.2)
+    # token 0: V=1 vs clipped 0.7: max((1-2)^2, (0.7-2)^2) = 1.69; token 1: max(.01, .01) = .01
+    assert vf.item() == pytest.approx(0.5 * (1.69 + 0.01) / 2)
+    assert stats["clip_frac"] == 1.0
+
+
+def test_ppo_token_rewards_put_the_score_at_the_last_token_and_kl_everywhere():
+    from seqlab.post.ppo import token_rewards
+
+    old = torch.log(torch.tensor([[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]))
+    ref = torch.log(torch.tensor([[0.25, 0.25, 0.25], [0.25, 0.25, 0.25]]))
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    r = token_rewards(torch.tensor([1.0, 2.0]), old, ref, mask, kl_beta=0.1, kind="k1")
+    kl = math.log(2)
+    assert r[0].tolist() == pytest.approx([-0.1 * kl, -0.1 * kl, 1.0 - 0.1 * kl])
+    assert r[1].tolist() == pytest.approx([-0.1 * kl, 2.0 - 0.1 * kl, 0.0])

@@ -40,7 +40,7 @@ def bases(tmp_path_factory):
     (d / "toyrewards.py").write_text(
         "def count_ones(prompts, completions, **kw):\n"
         "    return [float(c.count('1')) for c in completions]\n")
-    return d, runs, {"sft": sft, "dpo": pref, "grpo": rl, "rejection": rl}
+    return d, runs, {"sft": sft, "dpo": pref, "grpo": rl, "rejection": rl, "ppo": rl, "rm": pref}
 
 
 def params_before(run):
@@ -49,26 +49,33 @@ def params_before(run):
 
 
 @pytest.mark.parametrize("model", ["transformer", "gru"])
-@pytest.mark.parametrize("algorithm", ["sft", "dpo", "grpo", "rejection"])
+@pytest.mark.parametrize("algorithm", ["sft", "dpo", "grpo", "rejection", "ppo", "rm"])
 def test_algorithm_changes_every_parameter(bases, model, algorithm, monkeypatch):
     d, runs, data = bases
     monkeypatch.syspath_prepend(str(d))
     out = d / f"{algorithm}-{model}"
     over = {"policy": str(runs[model]), "data": str(data[algorithm]), "out": str(out), "steps": 2,
             "batch_size": 8, "lr": 1e-2, "group_size": 4, "prompts_per_step": 2, "max_new_tokens": 6,
-            "rewards": ["toyrewards:count_ones"], "rounds": 1, "reward_threshold": -1.0}
+            "rewards": ["toyrewards:count_ones"], "rounds": 1, "reward_threshold": -1.0, "kl_beta": 0.05,
+            "minibatches": 1, "ppo_epochs": 1}
     cfg = load_post_config(None, over)
     from seqlab.post.dpo import run_dpo
     from seqlab.post.grpo import run_grpo
+    from seqlab.post.ppo import run_ppo
     from seqlab.post.rejection import run_rejection
+    from seqlab.post.reward_model import run_reward_model
     from seqlab.post.sft import run_sft
 
-    run = {"sft": run_sft, "dpo": run_dpo, "grpo": run_grpo, "rejection": run_rejection}[algorithm]
+    run = {"sft": run_sft, "dpo": run_dpo, "grpo": run_grpo, "rejection": run_rejection, "ppo": run_ppo,
+           "rm": run_reward_model}[algorithm]
     result = run(cfg, progress=False)
     assert result["step"] == 2 and result["loss"] == result["loss"]  # not NaN
     before = params_before(runs[model])
     after, _, _ = load_model(out)
-    unchanged = [n for n, p in after.named_parameters() if torch.equal(p, before[n])]
+    from seqlab.post.reward_model import FROZEN
+
+    frozen = FROZEN if algorithm == "rm" else ()  # provably gradient-free there (see reward_model.py)
+    unchanged = [n for n, p in after.named_parameters() if torch.equal(p, before[n]) and n not in frozen]
     assert unchanged == []
     rows = (out / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3
@@ -96,8 +103,6 @@ def test_post_cli_json_and_errors(bases, tmp_path):
     bad.write_text("[post]\nstepz = 3\n")
     r = subprocess.run(seqlab_cmd("post", "sft", "--config", bad), capture_output=True, text=True)
     assert r.returncode != 0 and r.stderr.startswith("error: unknown config key 'post.stepz'")
-    r = subprocess.run(seqlab_cmd("post", "ppo", "--config", cfg), capture_output=True, text=True)
-    assert r.returncode != 0 and "not implemented yet" in r.stderr
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"prompt": "1+1=", "completion": "2"}\n{"prompt": 3}\n')
     cfg.write_text(f'[post]\npolicy = "{runs["gru"]}"\ndata = "{broken}"\nout = "{tmp_path / "o2"}"\n')

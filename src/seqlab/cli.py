@@ -279,9 +279,10 @@ def cmd_post(args) -> None:
         from .post.grpo import run_grpo as run
     elif args.algorithm == "rejection":
         from .post.rejection import run_rejection as run
+    elif args.algorithm == "ppo":
+        from .post.ppo import run_ppo as run
     else:
-        raise SeqlabError(f"seqlab post {args.algorithm} is not implemented yet "
-                          f"(available: sft, rejection, dpo, grpo)")
+        from .post.reward_model import run_reward_model as run
     result = run(cfg, progress=not args.quiet)
     _emit(args, result, " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                  for k, v in result.items()))
@@ -406,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_sample)
 
-    po = sub.add_parser("post", help="post-train a run: sft, rejection, dpo, grpo (rm, ppo: coming)")
+    po = sub.add_parser("post", help="post-train a run: sft, rejection, rm, ppo, grpo, dpo")
     po.add_argument("algorithm", choices=POST_ALGORITHMS)
     po.add_argument("--config", required=True, help="TOML file with a [post] table")
     po.add_argument("--out", help="run directory for the result (overrides post.out)")

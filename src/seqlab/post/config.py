@@ -32,6 +32,20 @@ class PostConfig:
     # rejection sampling
     rounds: int = 3  # sampling rounds; steps are split evenly between them
     reward_threshold: float = 0.0  # keep completions with reward >= this
+    # PPO
+    ppo_epochs: int = 2
+    minibatches: int = 2
+    vf_coef: float = 0.5
+    vf_clip: float = 0.2
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    kl_in_reward: bool = True  # False: add kl_beta * KL to the loss instead
+    whiten_advantages: bool = True
+    reward_model: str = ""  # run directory written by `seqlab post rm`; empty: use `rewards`
+    # reward model
+    margin: float = 0.0
+    val_fraction: float = 0.1
     # DPO
     beta: float = 0.1
     dpo_loss: Literal["sigmoid", "ipo"] = "sigmoid"

@@ -19,6 +19,12 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
     return -F.logsigmoid(r_chosen - r_rejected - margin).mean()
 
 
+# The output layer's bias adds the same vector to the features of chosen and
+# rejected sequences, so it cancels in r_w - r_l: its gradient is exactly 0.
+# It is frozen rather than left as a "trainable" parameter that cannot train.
+FROZEN = ("lm_head.bias",)
+
+
 class ScalarHead(nn.Module):
     """Wraps a seqlab model: hidden features come from its logits (B, T, V) through one
     linear layer, so any model in the zoo works without knowing its internals."""
@@ -32,3 +38,76 @@ class ScalarHead(nn.Module):
         logits, _ = self.body(input_ids)
         last = logits[torch.arange(input_ids.size(0), device=input_ids.device), lengths - 1]
         return self.head(last.float()).squeeze(-1)
+
+
+def run_reward_model(cfg, progress: bool = True) -> dict:
+    """Train a scalar reward head on the policy's architecture from preference pairs."""
+    from safetensors.torch import save_model
+
+    from .. import atomic
+    from .data import encode_pair, load_jsonl, pad_batch
+    from .runner import load_policy, optimise, prepare_out
+
+    body, tok, _ = load_policy(cfg)
+    for name, p in body.named_parameters():
+        if name in FROZEN:
+            p.requires_grad_(False)
+    rows = load_jsonl(cfg.data, ("prompt", "chosen", "rejected"))
+    g = torch.Generator().manual_seed(cfg.seed)
+    perm = torch.randperm(len(rows), generator=g).tolist()
+    n_val = max(1, int(len(rows) * cfg.val_fraction)) if len(rows) > 1 else 0
+    val_idx, train_idx = perm[:n_val], perm[n_val:] or perm
+    enc = [(encode_pair(tok, r["prompt"], r["chosen"], body.max_len),
+            encode_pair(tok, r["prompt"], r["rejected"], body.max_len), float(r.get("margin", cfg.margin)))
+           for r in rows]
+    model = ScalarHead(body, tok.vocab_size)
+    out = prepare_out(cfg)
+
+    def scores(items):
+        ids_w, _ = pad_batch([c for c, _, _ in items], tok.pad_id)
+        ids_l, _ = pad_batch([r for _, r, _ in items], tok.pad_id)
+        len_w = torch.tensor([len(c[0]) for c, _, _ in items])
+        len_l = torch.tensor([len(r[0]) for _, r, _ in items])
+        return model(ids_w, len_w), model(ids_l, len_l), torch.tensor([m for _, _, m in items])
+
+    def accuracy(idx) -> float:
+        if not idx:
+            return float("nan")
+        model.eval()
+        with torch.no_grad():
+            rw, rl, _ = scores([enc[i] for i in idx])
+        model.train()
+        return (rw > rl).float().mean().item()
+
+    def step_fn(step):
+        pick = [train_idx[i] for i in torch.randint(len(train_idx), (cfg.batch_size,), generator=g).tolist()]
+        rw, rl, margin = scores([enc[i] for i in pick])
+        stats = {"train_accuracy": (rw > rl).float().mean().item()}
+        if (step + 1) % max(1, cfg.steps // 10) == 0 or step + 1 == cfg.steps:
+            stats["val_accuracy"] = accuracy(val_idx)
+        return bradley_terry_loss(rw, rl, margin), stats
+
+    stats = optimise(body, cfg, out, ["loss", "train_accuracy", "val_accuracy"], step_fn, progress,
+                     "reward model (Bradley-Terry)", ("loss", "val_accuracy"), trained=model)
+    with atomic.atomic_path(out / "reward_head.safetensors") as tmp:
+        save_model(model.head, str(tmp))
+    return {"algorithm": "rm", "step": cfg.steps, "loss": stats["loss"], "accuracy": accuracy(val_idx),
+            "train_accuracy": stats["train_accuracy"], "run": str(out)}
+
+
+def load_reward_model(run_dir: str) -> ScalarHead:
+    from pathlib import Path
+
+    from safetensors.torch import load_model as st_load
+
+    from ..checkpoint import load_model
+    from ..errors import SeqlabError
+
+    head_path = Path(run_dir) / "reward_head.safetensors"
+    if not head_path.exists():
+        raise SeqlabError(f"{run_dir}: not a reward model run (no reward_head.safetensors; train one with "
+                          f"`seqlab post rm`)")
+    body, tok, _ = load_model(run_dir, "best")
+    rm = ScalarHead(body, tok.vocab_size)
+    st_load(rm.head, str(head_path))
+    return rm.eval()

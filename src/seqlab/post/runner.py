@@ -43,10 +43,15 @@ def prepare_out(cfg: PostConfig) -> Path:
 
 
 def optimise(model, cfg: PostConfig, out: Path, columns: list[str], step_fn: Callable[[int], tuple],
-             progress: bool, title: str, progress_keys: tuple[str, ...] = ("loss",)) -> dict:
-    """Run cfg.steps updates of step_fn's loss; returns the last step's stats."""
-    model.train()
-    opt = make_optimizer(model, cfg)
+             progress: bool, title: str, progress_keys: tuple[str, ...] = ("loss",),
+             trained: torch.nn.Module | None = None) -> dict:
+    """Run cfg.steps updates of step_fn's loss; returns the last step's stats.
+
+    `trained` (default: model) is what the optimizer updates, e.g. policy + value
+    model for PPO; `model` is what gets saved as the run's weights."""
+    trained = trained if trained is not None else model
+    trained.train()
+    opt = make_optimizer(trained, cfg)
     cfg_sched = type("S", (), {"warmup_steps": cfg.warmup_steps, "steps": cfg.steps, "min_lr_ratio": 1.0})
     log = MetricsLog(out / "metrics.csv", ["step", *columns, "lr", "grad_norm", "step_time_s"])
     bar = Progress(cfg.steps, 0, progress)
@@ -62,7 +67,7 @@ def optimise(model, cfg: PostConfig, out: Path, columns: list[str], step_fn: Cal
                 raise SeqlabError(f"non-finite loss at step {step + 1}; stopped (lower post.lr)")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+            grad_norm = torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.grad_clip or float("inf"))
             opt.step()
             stats = {"loss": float(loss.detach()), **stats}
             row = {"step": step + 1, **{k: stats.get(k) for k in columns}, "lr": lr,

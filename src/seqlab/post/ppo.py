@@ -1,0 +1,161 @@
+"""Proximal Policy Optimization for sequence models (Schulman et al. 2017; the
+RLHF form of Ouyang et al. 2022 / TRL's PPOTrainer), with rewards from reward
+functions or from a reward model.
+
+Rollout: sample one completion per prompt; score it (a sequence-level reward s).
+Per-token rewards, KL in the reward (kl_in_reward = true):
+    r_t = - kl_beta * KL_t            KL_t = k1: logp_old - logp_ref,  k3: exp(d) - d - 1, d = ref - old
+    r_T += s                          (at the completion's last token)
+GAE over completion tokens with a value model V (the policy's architecture,
+its own weights, a linear head on its output):
+    delta_t = r_t + gamma V_{t+1} - V_t,   A_t = delta_t + gamma lambda A_{t+1},   R_t = A_t + V_t
+Advantages are whitened over valid tokens (whiten_advantages). For ppo_epochs
+epochs over `minibatches` shuffled minibatches:
+    rho     = exp(logp - logp_old)
+    pg_loss = masked_mean( max(-A rho, -A clip(rho, 1 - epsilon, 1 + epsilon)) )
+    V_clip  = V_old + clip(V - V_old, -vf_clip, vf_clip)
+    vf_loss = 1/2 masked_mean( max((V - R)^2, (V_clip - R)^2) )
+    loss    = pg_loss + vf_coef vf_loss  (+ kl_beta masked_mean(k3(logp, logp_ref)) if not kl_in_reward)
+Logged: reward, KL, clip fraction, approx KL = 1/2 mean (logp - logp_old)^2, entropy, value loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .common import gae, kl_estimate, masked_mean, masked_whiten
+
+
+def ppo_losses(logp, old_logp, advantages, values, old_values, returns, mask, clip_coef: float,
+               vf_clip: float) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """All (B, T). Returns (pg_loss, vf_loss, stats)."""
+    ratio = torch.exp(logp - old_logp)
+    pg = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef))
+    pg_loss = masked_mean(pg, mask)
+    v_clipped = old_values + (values - old_values).clamp(-vf_clip, vf_clip)
+    vf = torch.max((values - returns) ** 2, (v_clipped - returns) ** 2)
+    vf_loss = 0.5 * masked_mean(vf, mask)
+    with torch.no_grad():
+        stats = {"clip_frac": masked_mean(((ratio - 1).abs() > clip_coef).float(), mask).item(),
+                 "approx_kl": (0.5 * masked_mean((logp - old_logp) ** 2, mask)).item(),
+                 "value_loss": vf_loss.item(), "policy_loss": pg_loss.item()}
+    return pg_loss, vf_loss, stats
+
+
+def token_rewards(scores: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
+                  mask: torch.Tensor, kl_beta: float, kind: str) -> torch.Tensor:
+    """Per-token rewards (B, T): -kl_beta * KL_t on every token, the score added at the last one."""
+    r = torch.zeros_like(old_logp)
+    if ref_logp is not None and kl_beta:
+        r = -kl_beta * kl_estimate(old_logp, ref_logp, kind) * mask
+    last = (mask.sum(1).long() - 1).clamp(min=0)
+    r[torch.arange(r.size(0)), last] += scores * (mask.sum(1) > 0)
+    return r
+
+
+class ValueModel(nn.Module):
+    """V(prefix) for every position: a copy of the policy with a linear head on its logits."""
+
+    def __init__(self, body: nn.Module, vocab_size: int):
+        super().__init__()
+        self.body = body
+        self.head = nn.Linear(vocab_size, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids):
+        logits, _ = self.body(input_ids)
+        return self.head(logits.float()).squeeze(-1)
+
+
+def run_ppo(cfg, progress: bool = True) -> dict:
+    import copy
+
+    from ..sampling import DecodeRule, generate
+    from .common import entropy_from_logits, token_logprobs
+    from .data import load_jsonl, pad_batch
+    from .rewards import build_rewards
+    from .runner import load_policy, optimise, prepare_out
+    from .template import ReasoningTemplate
+
+    model, tok, _ = load_policy(cfg)
+    rows = load_jsonl(cfg.data, ("prompt",))
+    col_names = sorted({k for r in rows for k in r} - {"prompt"})
+    if cfg.reward_model:
+        from .reward_model import load_reward_model
+
+        rm = load_reward_model(cfg.reward_model)
+        rewards = None
+    else:
+        template = ReasoningTemplate(cfg.system, cfg.reasoning_start, cfg.reasoning_end, cfg.solution_start,
+                                     cfg.solution_end)
+        rewards = build_rewards(cfg.rewards, cfg.reward_weights, template)
+    ref = copy.deepcopy(model).eval() if cfg.kl_beta else None
+    value = ValueModel(copy.deepcopy(model), tok.vocab_size)
+    both = nn.ModuleDict({"policy": model, "value": value})
+    out = prepare_out(cfg)
+    g = torch.Generator().manual_seed(cfg.seed)
+    B = cfg.batch_size
+    updates_per_rollout = cfg.ppo_epochs * cfg.minibatches
+    roll: dict = {}
+
+    def new_rollout():
+        pick = torch.randint(len(rows), (B,), generator=g).tolist()
+        prompts = [[tok.bos_id] + tok.encode(rows[i]["prompt"]) for i in pick]
+        gen = generate(model, prompts, cfg.max_new_tokens, DecodeRule(temperature=cfg.temperature),
+                       tok.eos_id, tok.pad_id, generator=g)
+        texts = [tok.decode(c) for c in gen.rows()]
+        pairs = []
+        for b, p in enumerate(prompts):
+            n = int(gen.lengths[b])
+            pairs.append((p + gen.tokens[b, :n].tolist(), [0] * len(p) + [1] * n))
+        ids, mask = pad_batch(pairs, tok.pad_id)
+        mask = mask[:, 1:]
+        with torch.no_grad():
+            logits, _ = model(ids[:, :-1])
+            old_logp = token_logprobs(logits, ids[:, 1:], cfg.temperature) * mask
+            ref_logp = token_logprobs(ref(ids[:, :-1])[0], ids[:, 1:], cfg.temperature) if ref else None
+            old_values = value(ids[:, :-1]) * mask
+            if rewards is None:
+                lengths = torch.tensor([len(p[0]) for p in pairs])
+                scores = rm(ids, lengths)
+            else:
+                prompt_text = [rows[i]["prompt"] for i in pick]
+                columns = {c: [rows[i].get(c) for i in pick] for c in col_names}
+                scores = torch.tensor(rewards(prompt_text, texts, columns)[0])
+            r = token_rewards(scores, old_logp, ref_logp if cfg.kl_in_reward else None, mask, cfg.kl_beta,
+                              cfg.kl_estimator)
+            adv, returns = gae(r, old_values, mask, cfg.gamma, cfg.gae_lambda)
+            if cfg.whiten_advantages:
+                adv = masked_whiten(adv, mask) * mask
+            kl = masked_mean(kl_estimate(old_logp, ref_logp, cfg.kl_estimator), mask).item() if ref else 0.0
+        roll.update(ids=ids, mask=mask, old_logp=old_logp, ref_logp=ref_logp, old_values=old_values, adv=adv,
+                    returns=returns, order=torch.randperm(B, generator=g),
+                    stats={"reward": scores.mean().item(), "kl": kl,
+                           "completion_len": gen.lengths.float().mean().item(),
+                           "truncated": (~gen.finished).float().mean().item()})
+
+    def step_fn(step):
+        k = step % updates_per_rollout
+        if k == 0:
+            new_rollout()
+        mb = roll["order"].chunk(cfg.minibatches)[k % cfg.minibatches]
+        ids, mask = roll["ids"][mb], roll["mask"][mb]
+        logits, _ = model(ids[:, :-1])
+        logp = token_logprobs(logits, ids[:, 1:], cfg.temperature)
+        values = value(ids[:, :-1])
+        pg_loss, vf_loss, stats = ppo_losses(logp, roll["old_logp"][mb], roll["adv"][mb], values,
+                                             roll["old_values"][mb], roll["returns"][mb], mask, cfg.epsilon,
+                                             cfg.vf_clip)
+        loss = pg_loss + cfg.vf_coef * vf_loss
+        if roll["ref_logp"] is not None and not cfg.kl_in_reward:
+            loss = loss + cfg.kl_beta * masked_mean(kl_estimate(logp, roll["ref_logp"][mb], "k3"), mask)
+        with torch.no_grad():
+            stats["entropy"] = masked_mean(entropy_from_logits(logits), mask).item()
+        return loss, {**roll["stats"], **stats}
+
+    columns = ["loss", "reward", "kl", "policy_loss", "value_loss", "clip_frac", "approx_kl", "entropy",
+               "completion_len", "truncated"]
+    stats = optimise(model, cfg, out, columns, step_fn, progress, "PPO", ("reward", "kl"), trained=both)
+    return {"algorithm": "ppo", "step": cfg.steps, **{k: stats.get(k) for k in columns}, "run": str(out)}
