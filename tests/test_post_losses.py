@@ -64,7 +64,7 @@ def test_bradley_terry_hand_computed():
 
 def test_scalar_head_on_any_model_scores_the_last_real_token():
     body = build_model(ModelConfig(type="gru", n_embd=8), 7)
-    rm = ScalarHead(body, 7)
+    rm = ScalarHead(body, 7).eval()  # no dropout
     ids = torch.tensor([[1, 3, 4, 0], [1, 3, 4, 5]])
     scores = rm(ids, torch.tensor([3, 3]))
     assert scores[0].item() == pytest.approx(scores[1].item(), abs=1e-6)  # padding after length ignored

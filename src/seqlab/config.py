@@ -42,7 +42,7 @@ class ModelConfig:
     rope_base: float = 10000.0
     tie_weights: bool = False
     bias: bool = False  # no biases in linears and norms (nanoGPT/Llama style): fewer ops per step
-    dropout: float = 0.0
+    dropout: float = 0.1  # small data overfits fast (see docs/experiments.md)
 
 
 @dataclass
@@ -62,7 +62,7 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
-    weight_decay: float = 0.01  # applied to matrices (dim >= 2) only
+    weight_decay: float = 0.1  # applied to matrices (dim >= 2) only
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # 0 disables
