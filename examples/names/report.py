@@ -21,4 +21,4 @@ for run in map(Path, sys.argv[1:]):
     with safe_open(str(run / "best.safetensors"), "pt") as f:
         params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
     print(f"| {cfg['model']['type']} | {params:,} | {cfg['train']['steps']:,} | {best['val_loss']:.4f} | "
-          f"{best['step']:,} | {at_best / 60:.1f} min | {total / 60:.1f} min |")
+          f"{best['step']:,} | {at_best:.0f} s | {total:.0f} s |")

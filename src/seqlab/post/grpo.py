@@ -74,18 +74,14 @@ def run_grpo(cfg, progress: bool = True) -> dict:
     from ..sampling import DecodeRule, generate
     from .common import entropy_from_logits, group_advantages, token_logprobs
     from .data import load_jsonl, pad_batch
-    from .rewards import build_rewards
-    from .runner import load_policy, optimise, prepare_out
-    from .template import ReasoningTemplate
+    from .runner import extra_columns, load_policy, optimise, prepare_out, rewards_for
 
     if cfg.temperature <= 0:
         raise SeqlabError("config key 'post.temperature': GRPO samples, so it must be > 0")
     model, tok, _ = load_policy(cfg)
     rows = load_jsonl(cfg.data, ("prompt",))
-    template = ReasoningTemplate(cfg.system, cfg.reasoning_start, cfg.reasoning_end, cfg.solution_start,
-                                 cfg.solution_end)
-    rewards = build_rewards(cfg.rewards, cfg.reward_weights, template)
-    col_names = sorted({k for r in rows for k in r} - {"prompt"})
+    rewards = rewards_for(cfg)
+    col_names = extra_columns(rows)
     prompt_ids = []
     for r in rows:
         tok.check_encodable(r["prompt"], "prompt")

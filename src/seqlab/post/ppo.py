@@ -75,22 +75,18 @@ def run_ppo(cfg, progress: bool = True) -> dict:
     from ..sampling import DecodeRule, generate
     from .common import entropy_from_logits, token_logprobs
     from .data import load_jsonl, pad_batch
-    from .rewards import build_rewards
-    from .runner import load_policy, optimise, prepare_out
-    from .template import ReasoningTemplate
+    from .runner import extra_columns, load_policy, optimise, prepare_out, rewards_for
 
     model, tok, _ = load_policy(cfg)
     rows = load_jsonl(cfg.data, ("prompt",))
-    col_names = sorted({k for r in rows for k in r} - {"prompt"})
+    col_names = extra_columns(rows)
     if cfg.reward_model:
         from .reward_model import load_reward_model
 
         rm = load_reward_model(cfg.reward_model)
         rewards = None
     else:
-        template = ReasoningTemplate(cfg.system, cfg.reasoning_start, cfg.reasoning_end, cfg.solution_start,
-                                     cfg.solution_end)
-        rewards = build_rewards(cfg.rewards, cfg.reward_weights, template)
+            rewards = rewards_for(cfg)
     ref = copy.deepcopy(model).eval() if cfg.kl_beta else None
     value = ValueModel(copy.deepcopy(model), tok.vocab_size)
     both = nn.ModuleDict({"policy": model, "value": value})

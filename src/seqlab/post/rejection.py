@@ -21,16 +21,12 @@ from .sft import sft_loss
 def run_rejection(cfg, progress: bool = True) -> dict:
     from ..sampling import DecodeRule, generate
     from .data import load_jsonl, pad_batch
-    from .rewards import build_rewards
-    from .runner import load_policy, optimise, prepare_out
-    from .template import ReasoningTemplate
+    from .runner import extra_columns, load_policy, optimise, prepare_out, rewards_for
 
     model, tok, _ = load_policy(cfg)
     rows = load_jsonl(cfg.data, ("prompt",))
-    template = ReasoningTemplate(cfg.system, cfg.reasoning_start, cfg.reasoning_end, cfg.solution_start,
-                                 cfg.solution_end)
-    rewards = build_rewards(cfg.rewards, cfg.reward_weights, template)
-    col_names = sorted({k for r in rows for k in r} - {"prompt"})
+    rewards = rewards_for(cfg)
+    col_names = extra_columns(rows)
     out = prepare_out(cfg)
     g = torch.Generator().manual_seed(cfg.seed)
     per_round = max(1, cfg.steps // cfg.rounds)

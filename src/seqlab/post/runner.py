@@ -32,6 +32,21 @@ def load_policy(cfg: PostConfig):
     return model, tokenizer, run_cfg
 
 
+def rewards_for(cfg: PostConfig):
+    """The config's reward functions, with its reasoning template."""
+    from .rewards import build_rewards
+    from .template import ReasoningTemplate
+
+    template = ReasoningTemplate(cfg.system, cfg.reasoning_start, cfg.reasoning_end, cfg.solution_start,
+                                 cfg.solution_end)
+    return build_rewards(cfg.rewards, cfg.reward_weights, template)
+
+
+def extra_columns(rows: list[dict]) -> list[str]:
+    """Dataset columns other than the prompt: passed to reward functions as keyword lists."""
+    return sorted({k for r in rows for k in r} - {"prompt"})
+
+
 def prepare_out(cfg: PostConfig) -> Path:
     out = Path(cfg.out)
     if (out / "best.safetensors").exists() or (out / "checkpoints").exists():
