@@ -86,7 +86,7 @@ def run_ppo(cfg, progress: bool = True) -> dict:
         rm = load_reward_model(cfg.reward_model)
         rewards = None
     else:
-            rewards = rewards_for(cfg)
+        rewards = rewards_for(cfg)
     ref = copy.deepcopy(model).eval() if cfg.kl_beta else None
     value = ValueModel(copy.deepcopy(model), tok.vocab_size)
     both = nn.ModuleDict({"policy": model, "value": value})
