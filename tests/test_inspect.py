@@ -45,6 +45,7 @@ def test_eval_sampling_json_keys(rule_run):
     for key in ("success_rate", "wellformed_rate", "novelty", "distinct", "val_loss", "entropy_floor"):
         assert key in p
     assert 0 <= p["success_rate"] <= p["wellformed_rate"] <= 1
+    assert (out / "loss_vs_floor.png").read_bytes()[:4] == b"\x89PNG" and p["plot"].endswith("loss_vs_floor.png")
 
 
 def test_user_verifier_module_function(rule_run, tmp_path):

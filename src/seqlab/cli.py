@@ -213,6 +213,14 @@ def cmd_eval(args) -> None:
     result["val_loss"] = evaluate(model, data.val, tokenizer.pad_id, device)
     result["entropy_floor"] = verifier.entropy_floor() if verifier.entropy_floor else None
     result["source"] = source
+    if result["entropy_floor"] is not None and (Path(args.run) / "metrics.csv").exists():
+        from .metrics import read_metrics
+        from .plots import loss_curve
+
+        loss_curve(read_metrics(Path(args.run) / "metrics.csv"), Path(args.run) / "loss_vs_floor.png",
+                   f"{verifier.name}: train and validation loss against the entropy floor",
+                   floor=result["entropy_floor"])
+        result["plot"] = str(Path(args.run) / "loss_vs_floor.png")
     if args.json:
         _emit(args, result)
         return

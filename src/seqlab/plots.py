@@ -16,8 +16,9 @@ def _plt():
     return plt
 
 
-def loss_curve(rows: list[dict], path: Path, title: str = "") -> None:
-    """Train loss (raw and smoothed) and validation loss against step."""
+def loss_curve(rows: list[dict], path: Path, title: str = "", floor: float | None = None) -> None:
+    """Train loss (raw and smoothed) and validation loss against step; with `floor`,
+    the data's entropy (the best loss any model can reach) as a dashed line."""
     plt = _plt()
     steps = [int(r["step"]) for r in rows if r.get("train_loss")]
     train = [float(r["train_loss"]) for r in rows if r.get("train_loss")]
@@ -32,6 +33,9 @@ def loss_curve(rows: list[dict], path: Path, title: str = "") -> None:
     ax.plot(steps, smooth, color="tab:blue", lw=1.5, label="train (EMA 0.95)")
     if val:
         ax.plot(val_steps, val, "o-", color="tab:orange", ms=3, label=f"validation (best {min(val):.4f})")
+    if floor is not None:
+        ax.axhline(floor, color="black", ls="--", lw=1, label=f"entropy floor {floor:.4f}")
+        ax.set_ylim(bottom=min([floor] + train) - 0.05, top=max(floor * 1.6, min(val or [floor]) + 0.2))
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(title)
