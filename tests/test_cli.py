@@ -7,7 +7,8 @@ import pytest
 
 from conftest import seqlab_cmd
 
-VERBS = [[], ["quickstart"], ["train"], ["sample"], ["data"], ["data", "tasks"], ["data", "make"]]
+VERBS = [[], ["quickstart"], ["train"], ["sample"], ["data"], ["data", "tasks"], ["data", "make"], ["data", "check"],
+         ["eval"], ["heatmap"], ["post"], ["bench"]]
 
 
 def run(*args, check=False):
@@ -136,3 +137,10 @@ def test_errors_are_one_line(tmp_path, trained_run):
     ]
     for args, fragments in cases:
         assert_one_error_line(run(*args), *fragments)
+
+
+def test_bench_json():
+    r = run("bench", "--repeats", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    p = json.loads(r.stdout)
+    assert p["train_step_ms"] > 0 and p["sample_tokens_per_s"] > 0 and p["device"] == "cpu"
