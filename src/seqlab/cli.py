@@ -72,11 +72,9 @@ def cmd_train(args) -> None:
     base = load_toml(args.config) if args.config else {}
     cfg = run_config_from_dict(merge(base, _train_overrides(args)))
     if args.resume and args.steps is None and "steps" not in base.get("train", {}):
-        cfg.train.steps = -1  # keep the saved run's step target
-    if args.resume and cfg.train.steps == -1:
         from .checkpoint import load_run_files
 
-        cfg.train.steps = load_run_files(Path(args.out))[0].train.steps
+        cfg.train.steps = load_run_files(Path(args.out))[0].train.steps  # keep the run's own target
     result = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
     payload = {k: result[k] for k in ("step", "train_loss", "val_loss", "seconds")}
     payload.update(best_val_loss=result["best_val_loss"], params=result["params"], run=str(args.out))

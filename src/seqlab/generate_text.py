@@ -5,6 +5,7 @@ The layer between the CLI (strings) and sampling.py (token ids).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +33,8 @@ def sample_text(model, tokenizer: Tokenizer, n: int, prompt: str = "", max_new_t
         gen = beam_search(model, [ids] * n, limit, beam, tokenizer.eos_id, tokenizer.pad_id)
     else:
         g = torch.Generator(device=device)
-        g.manual_seed(seed if seed is not None else torch.seed() % 2**62)
+        # no seed: a fresh one from the OS (torch.seed() would also reseed the global RNG)
+        g.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 2)
         gen = generate(model, [ids] * n, limit, rule, tokenizer.eos_id, tokenizer.pad_id, generator=g)
     texts = [prompt + tokenizer.decode(row) for row in gen.rows()]
     return TextSamples(texts, gen.total_logprob().tolist(), gen.finished.tolist(), gen.rule, gen)
