@@ -229,7 +229,8 @@ def seqlab_transformer(vocab: int, block: int, seed: int):
     from seqlab.models import build_model
 
     torch.manual_seed(seed)
-    return build_model(ModelConfig(type="transformer", n_layer=4, n_head=4, n_embd=64, block_size=block),
+    # dropout 0 like the peers (seqlab's default is 0.1); no biases (seqlab's default)
+    return build_model(ModelConfig(type="transformer", n_layer=4, n_head=4, n_embd=64, block_size=block, dropout=0.0),
                        vocab_size=vocab)
 
 

@@ -29,7 +29,7 @@ def _median_time(fn, repeats: int) -> float:
 
 def run_bench(device: str = "cpu", repeats: int = 5, vocab: int = 32) -> dict:
     dev = torch.device(device)
-    cfg = ModelConfig(type="transformer", n_layer=4, n_head=4, n_embd=64, block_size=256)
+    cfg = ModelConfig(type="transformer", n_layer=4, n_head=4, n_embd=64, block_size=256, dropout=0.0)
     torch.manual_seed(0)
     model = build_model(cfg, vocab).to(dev)
     opt = make_optimizer(model, TrainConfig())
