@@ -2,7 +2,7 @@
 
 import pytest
 
-from seqlab.config import RunConfig, load_toml, run_config_from_dict, run_config_to_dict
+from seqlab.config import load_toml, run_config_from_dict, run_config_to_dict
 from seqlab.errors import SeqlabError
 
 

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from seqlab.config import ModelConfig, TrainConfig
 from seqlab.models import build_model, token_loss
@@ -102,7 +101,6 @@ def test_token_loss_ignores_minus_one_and_never_nans():
 
 
 def test_rmsnorm_hand_computed():
-    cfg = ModelConfig(norm="rmsnorm", n_embd=2)
     from seqlab.models.layers import make_norm
 
     norm = make_norm("rmsnorm", 2, True)

@@ -21,7 +21,6 @@ else:  # pragma: no cover
 
 from .errors import SeqlabError
 
-MODEL_TYPES = ("bigram", "mlp", "rnn", "lstm", "gru", "transformer")
 
 
 @dataclass
