@@ -100,7 +100,8 @@ def test_resume_via_cli_extends_training(trained_run, tmp_path):
 
 def test_data_tasks_and_make(tmp_path):
     tasks = json.loads(run("data", "tasks", "--json").stdout)["tasks"]
-    assert "rule-13-22" in [t["name"] for t in tasks]
+    names = [t["name"] for t in tasks]
+    assert "rule-13-22" in names and "positions" in names and len(names) == 12
     out = tmp_path / "r.txt"
     r = run("data", "make", "rule-13-22", "--out", out, "--n", "50", "--seed", "1", "--json")
     assert json.loads(r.stdout)["lines"] == 50

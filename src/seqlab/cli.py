@@ -144,7 +144,10 @@ def cmd_sample(args) -> None:
 def cmd_data_tasks(args) -> None:
     from .data.tasks import BUILTIN
 
+    from .data.tasks import POSITIONS_HELP
+
     rows = [{"name": t.name, "description": t.description, "default_n": t.default_n} for t in BUILTIN.values()]
+    rows.append({"name": "positions", "description": POSITIONS_HELP, "default_n": 1000})
     _emit(args, {"tasks": rows}, "\n".join(f"{r['name']:<16} {r['description']}" for r in rows))
 
 
