@@ -79,6 +79,7 @@ def test_algorithm_changes_every_parameter(bases, model, algorithm, monkeypatch)
     assert unchanged == []
     rows = (out / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3
+    assert (out / "dashboard.png").read_bytes()[:4] == b"\x89PNG"
     if algorithm == "grpo":
         header = rows[0].split(",")
         for col in ("reward", "reward_std", "frac_zero_std", "completion_len", "truncated", "kl", "clip_low",

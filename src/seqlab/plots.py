@@ -45,3 +45,31 @@ def loss_curve(rows: list[dict], path: Path, title: str = "", floor: float | Non
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def dashboard(rows: list[dict], columns: list[str], path: Path, title: str = "") -> None:
+    """One small panel per metric column against step (post-training runs)."""
+    plt = _plt()
+    series = []
+    for col in columns:
+        pts = [(int(r["step"]), float(r[col])) for r in rows if r.get(col) not in (None, "")]
+        if pts:
+            series.append((col, pts))
+    if not series:
+        return
+    n = len(series)
+    ncols = min(4, n)
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.4 * nrows), squeeze=False)
+    for ax, (col, pts) in zip(axes.flat, series):
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.2)
+        ax.set_title(col, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

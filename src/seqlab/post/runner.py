@@ -19,7 +19,7 @@ import torch
 from ..checkpoint import load_model, save_best, save_checkpoint
 from ..errors import SeqlabError
 from ..metrics import MetricsLog, read_metrics
-from ..plots import loss_curve
+from ..plots import dashboard, loss_curve
 from ..train import Progress, lr_factor, make_optimizer
 from .config import PostConfig
 
@@ -99,4 +99,6 @@ def optimise(model, cfg: PostConfig, out: Path, columns: list[str], step_fn: Cal
     for r in rows:  # the loss plot reads train_loss
         r["train_loss"] = r.get("loss", "")
     loss_curve(rows, out / "loss.png", title=title)
+    dashboard(rows, [c for c in columns if c != "loss"] + ["loss", "lr", "grad_norm", "step_time_s"],
+              out / "dashboard.png", title=title)
     return stats
