@@ -105,12 +105,10 @@ def cmd_sample(args) -> None:
     import torch
 
     from .checkpoint import load_model
-    from .config import load_toml, section_from_dict
+    from .config import SampleConfig, load_toml, section_from_dict
     from .generate_text import sample_text
     from .sampling import DecodeRule
     from .train import resolve_device
-
-    from .config import SampleConfig
 
     base = load_toml(args.config).get("sample", {}) if args.config else {}
     flags = {k: getattr(args, k) for k in ("n", "prompt", "max_new_tokens", "seed", "temperature", "top_k",

@@ -179,7 +179,7 @@ def generate(
         alive = ~finished
         col = tok.unsqueeze(1)
         model_lp[:, t] = lp.gather(1, col).squeeze(1).masked_fill(finished, 0.0)
-        if slp is not None:
+        if slp is not None and not plain:  # plain sampling: the two log-probs are the same numbers
             sample_lp[:, t] = slp.gather(1, col).squeeze(1).masked_fill(finished, 0.0)
         tok = tok.masked_fill(finished, pad_id)
         tokens[:, t] = tok
@@ -190,6 +190,8 @@ def generate(
         logits, state = model.step(tok, state)
     model.train(was_training)
     L = t + 1
+    if plain and not rule.greedy:
+        sample_lp = model_lp
     return Generation(tokens[:, :L], n_new, model_lp[:, :L], sample_lp[:, :L], finished, rule.describe())
 
 

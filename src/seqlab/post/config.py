@@ -25,6 +25,7 @@ class PostConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     warmup_steps: int = 0
+    min_lr_ratio: float = 1.0  # 1.0: constant after warmup; < 1: cosine decay to that fraction
     grad_clip: float = 1.0
     seed: int = 0
     log_interval: int = 1

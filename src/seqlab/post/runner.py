@@ -67,14 +67,13 @@ def optimise(model, cfg: PostConfig, out: Path, columns: list[str], step_fn: Cal
     trained = trained if trained is not None else model
     trained.train()
     opt = make_optimizer(trained, cfg)
-    cfg_sched = type("S", (), {"warmup_steps": cfg.warmup_steps, "steps": cfg.steps, "min_lr_ratio": 1.0})
     log = MetricsLog(out / "metrics.csv", ["step", *columns, "lr", "grad_norm", "step_time_s"])
     bar = Progress(cfg.steps, 0, progress)
     stats: dict = {}
     try:
         for step in range(cfg.steps):
             t0 = time.perf_counter()
-            lr = cfg.lr * (lr_factor(step, cfg_sched) if cfg.warmup_steps else 1.0)
+            lr = cfg.lr * lr_factor(step, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
             loss, stats = step_fn(step)
