@@ -109,3 +109,62 @@ def test_post_cli_json_and_errors(bases, tmp_path):
     cfg.write_text(f'[post]\npolicy = "{runs["gru"]}"\ndata = "{broken}"\nout = "{tmp_path / "o2"}"\n')
     r = subprocess.run(seqlab_cmd("post", "sft", "--config", cfg), capture_output=True, text=True)
     assert r.stderr.strip() == f"error: {broken}:2: missing key(s) completion"
+
+
+@pytest.mark.parametrize("algorithm", ["sft", "grpo"])
+def test_lora_trains_only_adapters_and_merges(bases, algorithm, monkeypatch):
+    """LoRA (peft): the base weights are frozen, so after merging only the targeted
+    matrices moved (W + alpha/r B A) and everything else is bit-identical; the
+    adapter file holds r x in and out x r matrices per targeted layer."""
+    from safetensors.torch import load_file
+
+    d, runs, data = bases
+    monkeypatch.syspath_prepend(str(d))
+    out = d / f"lora-{algorithm}"
+    cfg = load_post_config(None, {"policy": str(runs["transformer"]), "data": str(data[algorithm]),
+                                  "out": str(out), "steps": 3, "batch_size": 8, "lr": 5e-2, "group_size": 4,
+                                  "prompts_per_step": 2, "max_new_tokens": 6, "rewards": ["toyrewards:count_ones"],
+                                  "lora_rank": 2, "lora_targets": ["qkv", "fc"]})
+    from seqlab.post.grpo import run_grpo
+    from seqlab.post.sft import run_sft
+
+    (run_sft if algorithm == "sft" else run_grpo)(cfg, progress=False)
+    before = params_before(runs["transformer"])
+    after, _, _ = load_model(out)
+    changed = sorted(n for n, p in after.named_parameters() if not torch.equal(p, before[n]))
+    assert changed == ["blocks.0.attn.qkv.weight", "blocks.0.mlp.fc.weight"]
+    adapter = load_file(str(out / "adapter.safetensors"))
+    shapes = {k: tuple(v.shape) for k, v in adapter.items()}
+    assert shapes == {"blocks.0.attn.qkv.lora_A.weight": (2, 16), "blocks.0.attn.qkv.lora_B.weight": (48, 2),
+                      "blocks.0.mlp.fc.lora_A.weight": (2, 16), "blocks.0.mlp.fc.lora_B.weight": (64, 2)}
+    # merged delta == (alpha / r) B A with the default alpha = 2 r
+    A, B = adapter["blocks.0.mlp.fc.lora_A.weight"], adapter["blocks.0.mlp.fc.lora_B.weight"]
+    delta = after.blocks[0].mlp.fc.weight - before["blocks.0.mlp.fc.weight"]
+    torch.testing.assert_close(delta, 2.0 * B @ A, atol=1e-6, rtol=1e-5)
+
+
+def test_lora_sampler_sees_adapters_and_rejects_recurrent(bases):
+    """The cached decode path must call the LoRA-wrapped layers (not the bare weights):
+    cached sampling log-probs equal the full forward's, with a non-zero adapter."""
+    from seqlab.errors import SeqlabError
+    from seqlab.post.lora import apply_lora
+    from seqlab.sampling import DecodeRule, generate
+
+    _, runs, _ = bases
+    model, tok, _ = load_model(runs["transformer"])
+    apply_lora(model, 2)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    model.eval()
+    gen = generate(model, [[tok.bos_id, 5, 6]] * 3, 5, DecodeRule(temperature=1.0), -1, tok.pad_id,
+                   generator=torch.Generator().manual_seed(0))
+    ids = torch.cat([torch.tensor([[tok.bos_id, 5, 6]] * 3), gen.tokens], 1)
+    with torch.no_grad():
+        logits, _ = model(ids[:, :-1])
+    full = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)[:, 2:]
+    torch.testing.assert_close(gen.model_logprobs, full, atol=1e-5, rtol=1e-5)
+    gru, _, _ = load_model(runs["gru"])
+    with pytest.raises(SeqlabError, match="post.lora_rank"):
+        apply_lora(gru, 2)

@@ -25,6 +25,15 @@ def norm_fn(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, norm.normalized_shape, norm.weight, norm.eps)
 
 
+def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a linear layer in the decode loop: a plain nn.Linear runs functionally
+    (no Module.__call__ overhead); anything else (e.g. a peft LoRA wrapper) is called,
+    so adapters are never bypassed while sampling."""
+    if type(layer) is nn.Linear:
+        return F.linear(x, layer.weight, layer.bias)
+    return layer(x)
+
+
 def rope_tables(head_dim: int, max_len: int, base: float = 10000.0):
     """cos/sin tables (max_len, head_dim/2) for rotary position embeddings (RoPE).
 
@@ -59,7 +68,7 @@ class GeluMLP(nn.Module):
         return self.dropout(self.proj(F.gelu(self.fc(x))))
 
     def decode(self, x):  # eval-time, functional: no dropout, no module-call overhead
-        return F.linear(F.gelu(F.linear(x, self.fc.weight, self.fc.bias)), self.proj.weight, self.proj.bias)
+        return linear(self.proj, F.gelu(linear(self.fc, x)))
 
 
 class SwiGLU(nn.Module):
@@ -77,5 +86,5 @@ class SwiGLU(nn.Module):
         return self.dropout(self.proj(F.silu(gate) * up))
 
     def decode(self, x):
-        gate, up = F.linear(x, self.gate_up.weight, self.gate_up.bias).split(self.hidden, dim=-1)
-        return F.linear(F.silu(gate) * up, self.proj.weight, self.proj.bias)
+        gate, up = linear(self.gate_up, x).split(self.hidden, dim=-1)
+        return linear(self.proj, F.silu(gate) * up)

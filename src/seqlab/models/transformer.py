@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import SeqModel
-from .layers import GeluMLP, SwiGLU, apply_rope, make_norm, norm_fn, rope_tables
+from .layers import GeluMLP, SwiGLU, apply_rope, linear, make_norm, norm_fn, rope_tables
 
 
 @dataclass
@@ -83,7 +83,7 @@ class CausalSelfAttention(nn.Module):
         B = h.size(0)
         H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
         G = H // Hkv
-        q, k, v = F.linear(h, self.qkv.weight, self.qkv.bias).split([H * D, Hkv * D, Hkv * D], dim=-1)
+        q, k, v = linear(self.qkv, h).split([H * D, Hkv * D, Hkv * D], dim=-1)
         q, k = q.view(B, H, D), k.view(B, Hkv, D)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -102,7 +102,7 @@ class CausalSelfAttention(nn.Module):
             scores = scores.view(B, H, pos + 1).masked_fill(~key_mask[:, None, : pos + 1], float("-inf"))
             scores = scores.view(B * Hkv, G, pos + 1)
         y = torch.bmm(scores.softmax(-1), vals)  # (B*Hkv, G, D)
-        return F.linear(y.view(B, H * D), self.proj.weight, self.proj.bias)
+        return linear(self.proj, y.view(B, H * D))
 
 
 class Block(nn.Module):

@@ -30,6 +30,11 @@ class PostConfig:
     seed: int = 0
     log_interval: int = 1
     threads: int = 0
+    # LoRA (peft) on the transformer's linear layers; 0 = full fine-tuning
+    lora_rank: int = 0
+    lora_alpha: Optional[float] = None  # default 2 x lora_rank
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "fc", "gate_up"])
     # rejection sampling
     rounds: int = 3  # sampling rounds; steps are split evenly between them
     reward_threshold: float = 0.0  # keep completions with reward >= this
@@ -81,6 +86,8 @@ def load_post_config(path: str | None, overrides: dict) -> PostConfig:
     for key in ("policy", "data", "out"):
         if not getattr(cfg, key):
             raise SeqlabError(f"config key 'post.{key}' is required")
+    if cfg.lora_rank < 0:
+        raise SeqlabError("config key 'post.lora_rank': must be >= 0 (0 = full fine-tuning)")
     for key in ("steps", "batch_size", "group_size", "prompts_per_step", "max_new_tokens", "num_iterations"):
         if getattr(cfg, key) <= 0:
             raise SeqlabError(f"config key 'post.{key}': must be positive")

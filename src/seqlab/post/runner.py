@@ -29,6 +29,10 @@ def load_policy(cfg: PostConfig):
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model, tokenizer, run_cfg = load_model(cfg.policy, "best")
+    if cfg.lora_rank > 0:
+        from .lora import apply_lora
+
+        model = apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
     return model, tokenizer, run_cfg
 
 
@@ -92,7 +96,11 @@ def optimise(model, cfg: PostConfig, out: Path, columns: list[str], step_fn: Cal
     finally:
         bar.close()
         log.close()
-    save_best(out, model, {"step": cfg.steps, "algorithm": title})
+    if cfg.lora_rank > 0:  # LoRA: keep the adapter, save merged weights as an ordinary run
+        from .lora import merge_and_save
+
+        model = merge_and_save(model, out)
+    save_best(out, model, {"step": cfg.steps, "algorithm": title, "lora_rank": cfg.lora_rank})
     save_checkpoint(out, cfg.steps, model, {"optimizer": opt.state_dict()}, {"step": cfg.steps}, keep=1)
     rows = read_metrics(out / "metrics.csv")
     for r in rows:  # the loss plot reads train_loss
