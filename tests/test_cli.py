@@ -8,7 +8,7 @@ import pytest
 from conftest import seqlab_cmd
 
 VERBS = [[], ["quickstart"], ["train"], ["sample"], ["data"], ["data", "tasks"], ["data", "make"], ["data", "check"],
-         ["eval"], ["heatmap"], ["post"], ["bench"]]
+         ["eval"], ["heatmap"], ["post"], ["bench"], ["recipe"], ["recipe", "arithmetic"]]
 
 
 def run(*args, check=False):

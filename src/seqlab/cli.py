@@ -269,6 +269,21 @@ def cmd_quickstart(args) -> None:
     _emit(args, result)
 
 
+# ---------------------------------------------------------------- recipe
+def cmd_recipe(args) -> None:
+    from .recipes.arithmetic import ArithmeticConfig, run_arithmetic
+
+    compare = [] if args.compare in ("", "none") else [a.strip() for a in args.compare.split(",")]
+    cfg = ArithmeticConfig(seed=args.seed, rl_minutes=args.rl_minutes, compare=compare or [],
+                           threads=args.threads, **({"pretrain_steps": args.pretrain_steps}
+                                                    if args.pretrain_steps else {}))
+    if args.rl_minutes <= 0:
+        raise SeqlabError("--rl-minutes must be > 0")
+    result = run_arithmetic(args.out, cfg, progress=not args.quiet,
+                            log=(lambda s: print(s, file=sys.stderr)) if args.json else print)
+    _emit(args, result)
+
+
 # ---------------------------------------------------------------- post
 POST_ALGORITHMS = ("sft", "rejection", "rm", "ppo", "grpo", "dpo")
 
@@ -362,6 +377,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="print one JSON object of results on stdout")
     _takes_toml(q, "quickstart")
     q.set_defaults(func=cmd_quickstart)
+
+    rc = sub.add_parser("recipe", help="end-to-end recipes (pretrain -> SFT -> RL) with a held-out evaluation")
+    rsub = rc.add_subparsers(dest="recipe", metavar="RECIPE")
+    rsub.required = True
+    ra = rsub.add_parser("arithmetic", help="arithmetic word problems: pretrain, SFT, GRPO, and rejection "
+                                            "sampling / PPO / DPO compared at the same wall-clock budget")
+    ra.add_argument("--out", required=True, help="recipe directory (data, one run per stage, results)")
+    ra.add_argument("--seed", type=int, default=0)
+    ra.add_argument("--rl-minutes", type=float, default=4.0, help="wall-clock budget of each RL algorithm")
+    ra.add_argument("--compare", default="rejection,ppo,dpo",
+                    help="algorithms run against GRPO from the same SFT model ('none' to skip)")
+    ra.add_argument("--pretrain-steps", type=int, default=0, help="pretraining steps (default: the recipe's)")
+    ra.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these sizes)")
+    ra.add_argument("--quiet", action="store_true", help="no progress bars")
+    ra.add_argument("--json", action="store_true", help="print one JSON object of results on stdout")
+    _takes_toml(ra, "recipe")
+    ra.set_defaults(func=cmd_recipe)
 
     t = sub.add_parser("train", help="train a model on a text file (one example per line)")
     t.add_argument("--data", help="UTF-8 text file, one example per line")

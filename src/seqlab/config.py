@@ -51,6 +51,7 @@ class DataConfig:
     val_fraction: float = 0.1
     val_max: int = 1000  # makemore's split: min(1000, 10%) of lines
     truncate: bool = False  # cut over-long lines instead of failing
+    specials: list[str] = field(default_factory=list)  # extra special tokens, e.g. reasoning tags
 
 
 @dataclass

@@ -106,9 +106,9 @@ def prepare_data(cfg: RunConfig, tokenizer: Tokenizer | None = None) -> Prepared
     opts = cfg.data_opts
     if tokenizer is None:
         if opts.tokenizer == "bpe":
-            tokenizer = BPETokenizer.train(lines, opts.bpe_vocab_size)
+            tokenizer = BPETokenizer.train(lines, opts.bpe_vocab_size, opts.specials)
         else:
-            tokenizer = CharTokenizer.train(lines)
+            tokenizer = CharTokenizer.train(lines, opts.specials)
     train_lines, val_lines = split_lines(lines, opts.val_fraction, opts.val_max, cfg.train.seed)
     block_size = cfg.model.block_size
     if block_size <= 0:

@@ -19,6 +19,7 @@ class PostConfig:
     data: str = ""  # JSONL file
     out: str = ""
     steps: int = 100
+    max_seconds: float = 0.0  # wall-clock budget: stop after the update that crosses it (0 = none)
     batch_size: int = 16
     lr: float = 1e-4
     weight_decay: float = 0.0
@@ -37,6 +38,7 @@ class PostConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "fc", "gate_up"])
     # rejection sampling
     rounds: int = 3  # sampling rounds; steps are split evenly between them
+    round_prompts: int = 0  # prompts drawn (each sampled group_size times) per round; 0 = all
     reward_threshold: float = 0.0  # keep completions with reward >= this
     # PPO
     ppo_epochs: int = 2

@@ -72,4 +72,4 @@ def run_dpo(cfg, progress: bool = True) -> dict:
 
     stats = optimise(model, cfg, out, ["loss", "accuracy", "margin", "reward_chosen", "reward_rejected"],
                      step_fn, progress, f"DPO ({cfg.dpo_loss})", ("loss", "accuracy"))
-    return {"algorithm": "dpo", "step": cfg.steps, **stats, "run": str(out)}
+    return {"algorithm": "dpo", "step": stats["steps_done"], **stats, "run": str(out)}

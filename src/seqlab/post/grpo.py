@@ -158,4 +158,4 @@ def run_grpo(cfg, progress: bool = True) -> dict:
                "completion_len_max", "truncated", "kl", "clip_low", "clip_high", "entropy",
                *[f"reward/{n}" for n in rewards.names]]
     stats = optimise(model, cfg, out, columns, step_fn, progress, f"GRPO ({cfg.loss_type})", ("reward", "kl"))
-    return {"algorithm": "grpo", "step": cfg.steps, **{k: stats.get(k) for k in columns}, "run": str(out)}
+    return {"algorithm": "grpo", "step": stats["steps_done"], **{k: stats.get(k) for k in columns}, "run": str(out)}

@@ -154,4 +154,4 @@ def run_ppo(cfg, progress: bool = True) -> dict:
     columns = ["loss", "reward", "kl", "policy_loss", "value_loss", "clip_frac", "approx_kl", "entropy",
                "completion_len", "truncated"]
     stats = optimise(model, cfg, out, columns, step_fn, progress, "PPO", ("reward", "kl"), trained=both)
-    return {"algorithm": "ppo", "step": cfg.steps, **{k: stats.get(k) for k in columns}, "run": str(out)}
+    return {"algorithm": "ppo", "step": stats["steps_done"], **{k: stats.get(k) for k in columns}, "run": str(out)}

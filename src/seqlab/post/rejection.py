@@ -33,12 +33,15 @@ def run_rejection(cfg, progress: bool = True) -> dict:
     state: dict = {"kept": [], "reward": 0.0}
 
     def resample():
-        prompts = [[tok.bos_id] + tok.encode(r["prompt"]) for r in rows for _ in range(cfg.group_size)]
+        picked = rows
+        if cfg.round_prompts and cfg.round_prompts < len(rows):
+            picked = [rows[i] for i in torch.randperm(len(rows), generator=g)[: cfg.round_prompts].tolist()]
+        prompts = [[tok.bos_id] + tok.encode(r["prompt"]) for r in picked for _ in range(cfg.group_size)]
         gen = generate(model, prompts, cfg.max_new_tokens, DecodeRule(temperature=cfg.temperature),
                        tok.eos_id, tok.pad_id, generator=g)
         texts = [tok.decode(c) for c in gen.rows()]
-        prompt_text = [r["prompt"] for r in rows for _ in range(cfg.group_size)]
-        columns = {c: [r.get(c) for r in rows for _ in range(cfg.group_size)] for c in col_names}
+        prompt_text = [r["prompt"] for r in picked for _ in range(cfg.group_size)]
+        columns = {c: [r.get(c) for r in picked for _ in range(cfg.group_size)] for c in col_names}
         totals, _ = rewards(prompt_text, texts, columns)
         kept = {}
         for b, total in enumerate(totals):
@@ -62,4 +65,4 @@ def run_rejection(cfg, progress: bool = True) -> dict:
 
     stats = optimise(model, cfg, out, ["loss", "kept", "reward"], step_fn, progress, "rejection sampling",
                      ("loss", "reward"))
-    return {"algorithm": "rejection", "step": cfg.steps, **stats, "run": str(out)}
+    return {"algorithm": "rejection", "step": stats["steps_done"], **stats, "run": str(out)}

@@ -91,7 +91,7 @@ def run_reward_model(cfg, progress: bool = True) -> dict:
                      "reward model (Bradley-Terry)", ("loss", "val_accuracy"), trained=model)
     with atomic.atomic_path(out / "reward_head.safetensors") as tmp:
         save_model(model.head, str(tmp))
-    return {"algorithm": "rm", "step": cfg.steps, "loss": stats["loss"], "accuracy": accuracy(val_idx),
+    return {"algorithm": "rm", "step": stats["steps_done"], "loss": stats["loss"], "accuracy": accuracy(val_idx),
             "train_accuracy": stats["train_accuracy"], "run": str(out)}
 
 

@@ -71,11 +71,15 @@ def optimise(model, cfg: PostConfig, out: Path, columns: list[str], step_fn: Cal
     trained = trained if trained is not None else model
     trained.train()
     opt = make_optimizer(trained, cfg)
-    log = MetricsLog(out / "metrics.csv", ["step", *columns, "lr", "grad_norm", "step_time_s"])
+    log = MetricsLog(out / "metrics.csv", ["step", *columns, "lr", "grad_norm", "step_time_s", "elapsed_s"])
     bar = Progress(cfg.steps, 0, progress)
     stats: dict = {}
+    started = time.perf_counter()
+    done = 0
     try:
         for step in range(cfg.steps):
+            if cfg.max_seconds and time.perf_counter() - started >= cfg.max_seconds:
+                break
             t0 = time.perf_counter()
             lr = cfg.lr * lr_factor(step, cfg)
             for g in opt.param_groups:
@@ -89,10 +93,13 @@ def optimise(model, cfg: PostConfig, out: Path, columns: list[str], step_fn: Cal
             opt.step()
             stats = {"loss": float(loss.detach()), **stats}
             row = {"step": step + 1, **{k: stats.get(k) for k in columns}, "lr": lr,
-                   "grad_norm": round(float(grad_norm), 4), "step_time_s": round(time.perf_counter() - t0, 4)}
-            if (step + 1) % cfg.log_interval == 0 or step + 1 == cfg.steps:
+                   "grad_norm": round(float(grad_norm), 4), "step_time_s": round(time.perf_counter() - t0, 4),
+                   "elapsed_s": round(time.perf_counter() - started, 2)}
+            last = step + 1 == cfg.steps or (cfg.max_seconds and time.perf_counter() - started >= cfg.max_seconds)
+            if (step + 1) % cfg.log_interval == 0 or last:
                 log.log(row)
             bar.update(1, **{k: f"{stats[k]:.4f}" for k in progress_keys if stats.get(k) is not None})
+            done = step + 1
     finally:
         bar.close()
         log.close()
@@ -100,12 +107,12 @@ def optimise(model, cfg: PostConfig, out: Path, columns: list[str], step_fn: Cal
         from .lora import merge_and_save
 
         model = merge_and_save(model, out)
-    save_best(out, model, {"step": cfg.steps, "algorithm": title, "lora_rank": cfg.lora_rank})
-    save_checkpoint(out, cfg.steps, model, {"optimizer": opt.state_dict()}, {"step": cfg.steps}, keep=1)
+    save_best(out, model, {"step": done, "algorithm": title, "lora_rank": cfg.lora_rank})
+    save_checkpoint(out, done, model, {"optimizer": opt.state_dict()}, {"step": done}, keep=1)
     rows = read_metrics(out / "metrics.csv")
     for r in rows:  # the loss plot reads train_loss
         r["train_loss"] = r.get("loss", "")
     loss_curve(rows, out / "loss.png", title=title)
     dashboard(rows, [c for c in columns if c != "loss"] + ["loss", "lr", "grad_norm", "step_time_s"],
               out / "dashboard.png", title=title)
-    return stats
+    return {**stats, "steps_done": done, "seconds": round(time.perf_counter() - started, 2)}

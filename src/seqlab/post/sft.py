@@ -38,4 +38,4 @@ def run_sft(cfg, progress: bool = True) -> dict:
         return sft_loss(model, ids, mask), {"completion_tokens": float(mask.sum())}
 
     stats = optimise(model, cfg, out, ["loss", "completion_tokens"], step_fn, progress, "SFT")
-    return {"algorithm": "sft", "step": cfg.steps, "loss": stats["loss"], "run": str(out)}
+    return {"algorithm": "sft", "step": stats["steps_done"], "loss": stats["loss"], "run": str(out)}
