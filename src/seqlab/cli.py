@@ -285,7 +285,7 @@ def cmd_recipe(args) -> None:
 
 
 # ---------------------------------------------------------------- post
-POST_ALGORITHMS = ("sft", "rejection", "rm", "ppo", "grpo", "dpo")
+POST_ALGORITHMS = ("sft", "rejection", "rm", "ppo", "grpo", "dpo")  # == tuple(post.RUNNERS)
 
 
 def cmd_post(args) -> None:
@@ -293,18 +293,9 @@ def cmd_post(args) -> None:
 
     overrides = {"out": args.out} if args.out else {}
     cfg = load_post_config(args.config, overrides)
-    if args.algorithm == "sft":
-        from .post.sft import run_sft as run
-    elif args.algorithm == "dpo":
-        from .post.dpo import run_dpo as run
-    elif args.algorithm == "grpo":
-        from .post.grpo import run_grpo as run
-    elif args.algorithm == "rejection":
-        from .post.rejection import run_rejection as run
-    elif args.algorithm == "ppo":
-        from .post.ppo import run_ppo as run
-    else:
-        from .post.reward_model import run_reward_model as run
+    from .post import get_runner
+
+    run = get_runner(args.algorithm)
     result = run(cfg, progress=not args.quiet)
     _emit(args, result, " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                  for k, v in result.items()))
