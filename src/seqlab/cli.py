@@ -292,6 +292,8 @@ def cmd_post(args) -> None:
     from .post.config import load_post_config
 
     overrides = {"out": args.out} if args.out else {}
+    if args.resume:
+        overrides["resume"] = True
     cfg = load_post_config(args.config, overrides)
     from .post import get_runner
 
@@ -441,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     po.add_argument("algorithm", choices=POST_ALGORITHMS)
     po.add_argument("--config", required=True, help="TOML file with a [post] table")
     po.add_argument("--out", help="run directory for the result (overrides post.out)")
+    po.add_argument("--resume", action="store_true", help="continue the run in out from its last checkpoint")
     po.add_argument("--quiet", action="store_true")
     po.add_argument("--json", action="store_true")
     po.set_defaults(func=cmd_post)

@@ -30,6 +30,8 @@ class PostConfig:
     grad_clip: float = 1.0
     seed: int = 0
     log_interval: int = 1
+    checkpoint_interval: int = 50  # updates between checkpoints (rounded up to the algorithm's rollout period)
+    resume: bool = False  # continue the run in `out` from its last checkpoint (CLI: --resume)
     threads: int = 0
     # LoRA (peft) on the transformer's linear layers; 0 = full fine-tuning
     lora_rank: int = 0

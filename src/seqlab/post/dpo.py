@@ -71,5 +71,5 @@ def run_dpo(cfg, progress: bool = True) -> dict:
         return dpo_loss(pc, pr, ref_c[idx], ref_r[idx], cfg.beta, cfg.dpo_loss)
 
     stats = optimise(model, cfg, out, ["loss", "accuracy", "margin", "reward_chosen", "reward_rejected"],
-                     step_fn, progress, f"DPO ({cfg.dpo_loss})", ("loss", "accuracy"))
+                     step_fn, progress, f"DPO ({cfg.dpo_loss})", ("loss", "accuracy"), generator=g)
     return {"algorithm": "dpo", "step": stats["steps_done"], **stats, "run": str(out)}

@@ -157,5 +157,6 @@ def run_grpo(cfg, progress: bool = True) -> dict:
     columns = ["loss", "reward", "reward_std", "frac_zero_std", "completion_len", "completion_len_min",
                "completion_len_max", "truncated", "kl", "clip_low", "clip_high", "entropy",
                *[f"reward/{n}" for n in rewards.names]]
-    stats = optimise(model, cfg, out, columns, step_fn, progress, f"GRPO ({cfg.loss_type})", ("reward", "kl"))
+    stats = optimise(model, cfg, out, columns, step_fn, progress, f"GRPO ({cfg.loss_type})", ("reward", "kl"),
+                     generator=g, boundary=cfg.num_iterations)
     return {"algorithm": "grpo", "step": stats["steps_done"], **{k: stats.get(k) for k in columns}, "run": str(out)}

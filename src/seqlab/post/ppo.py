@@ -153,5 +153,6 @@ def run_ppo(cfg, progress: bool = True) -> dict:
 
     columns = ["loss", "reward", "kl", "policy_loss", "value_loss", "clip_frac", "approx_kl", "entropy",
                "completion_len", "truncated"]
-    stats = optimise(model, cfg, out, columns, step_fn, progress, "PPO", ("reward", "kl"), trained=both)
+    stats = optimise(model, cfg, out, columns, step_fn, progress, "PPO", ("reward", "kl"), trained=both,
+                     generator=g, boundary=updates_per_rollout)
     return {"algorithm": "ppo", "step": stats["steps_done"], **{k: stats.get(k) for k in columns}, "run": str(out)}

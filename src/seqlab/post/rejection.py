@@ -64,5 +64,5 @@ def run_rejection(cfg, progress: bool = True) -> dict:
         return sft_loss(model, ids, mask), stats
 
     stats = optimise(model, cfg, out, ["loss", "kept", "reward"], step_fn, progress, "rejection sampling",
-                     ("loss", "reward"))
+                     ("loss", "reward"), generator=g, boundary=per_round)
     return {"algorithm": "rejection", "step": stats["steps_done"], **stats, "run": str(out)}

@@ -88,7 +88,8 @@ def run_reward_model(cfg, progress: bool = True) -> dict:
         return bradley_terry_loss(rw, rl, margin), stats
 
     stats = optimise(body, cfg, out, ["loss", "train_accuracy", "val_accuracy"], step_fn, progress,
-                     "reward model (Bradley-Terry)", ("loss", "val_accuracy"), trained=model)
+                     "reward model (Bradley-Terry)", ("loss", "val_accuracy"), trained=model,
+                     generator=g)
     with atomic.atomic_path(out / "reward_head.safetensors") as tmp:
         save_model(model.head, str(tmp))
     return {"algorithm": "rm", "step": stats["steps_done"], "loss": stats["loss"], "accuracy": accuracy(val_idx),

@@ -4,10 +4,19 @@ optimise a loss, log metrics, save a normal seqlab run directory (so that
 
 Each algorithm supplies `step_fn(step) -> (loss, stats)`; the loss is written
 out in full in its own module (sft.py, dpo.py, grpo.py, ...).
+
+Checkpoints (every `checkpoint_interval` updates, rounded up to the algorithm's
+`boundary`: a rollout's reuse period, a rejection round) hold the trained
+modules, the optimizer, the global RNG and the algorithm's sampling generator,
+so `resume = true` (CLI `--resume`) continues exactly where an interrupted run
+stopped: at a boundary the algorithm regenerates its rollout state from the
+restored generator, and everything built from the starting policy before the
+loop (reference model, DPO reference log-probs) is rebuilt from `policy`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -16,7 +25,11 @@ from typing import Callable
 
 import torch
 
-from ..checkpoint import load_model, save_best, save_checkpoint
+from safetensors.torch import load_model as st_load_model
+from safetensors.torch import save_model as st_save_model
+
+from .. import atomic
+from ..checkpoint import latest_checkpoint, load_model, save_best
 from ..errors import SeqlabError
 from ..metrics import MetricsLog, read_metrics
 from ..plots import dashboard, loss_curve
@@ -53,31 +66,70 @@ def extra_columns(rows: list[dict]) -> list[str]:
 
 def prepare_out(cfg: PostConfig) -> Path:
     out = Path(cfg.out)
+    if cfg.resume:
+        if latest_checkpoint(out) is None:
+            raise SeqlabError(f"{out}: nothing to resume (no checkpoint found)")
+        return out
     if (out / "best.safetensors").exists() or (out / "checkpoints").exists():
-        raise SeqlabError(f"{out} already holds a run; choose another out")
+        raise SeqlabError(f"{out} already holds a run; pass --resume to continue it or choose another out")
     out.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "tokenizer.json"):
         shutil.copyfile(Path(cfg.policy) / name, out / name)
     return out
 
 
+def save_post_checkpoint(out: Path, step: int, trained: torch.nn.Module, opt, generator, elapsed: float) -> None:
+    root = out / "checkpoints"
+    name = f"step-{step:08d}"
+    with atomic.atomic_dir(root / name) as tmp:
+        st_save_model(trained, str(tmp / "trained.safetensors"))
+        torch.save({"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+                    "generator": generator.get_state() if generator is not None else None}, tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "elapsed_s": elapsed}), encoding="utf-8")
+    atomic.write_text(root / "latest", name + "\n")
+    for old in sorted(p for p in root.glob("step-*") if p.is_dir() and p.name != name):
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _restore(out: Path, trained, opt, generator) -> tuple[int, float]:
+    path = latest_checkpoint(out)
+    st_load_model(trained, str(path / "trained.safetensors"))
+    extra = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+    opt.load_state_dict(extra["optimizer"])
+    torch.set_rng_state(extra["torch_rng"])
+    if generator is not None and extra["generator"] is not None:
+        generator.set_state(extra["generator"])
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    samples = out / "samples.jsonl"
+    if samples.exists():  # drop samples logged after the checkpoint: they are logged again
+        lines = samples.read_text(encoding="utf-8").splitlines()
+        atomic.write_text(samples, "".join(x + "\n" for x in lines if json.loads(x).get("step", 0) < state["step"]))
+    return state["step"], state["elapsed_s"]
+
+
 def optimise(model, cfg: PostConfig, out: Path, columns: list[str], step_fn: Callable[[int], tuple],
              progress: bool, title: str, progress_keys: tuple[str, ...] = ("loss",),
-             trained: torch.nn.Module | None = None) -> dict:
+             trained: torch.nn.Module | None = None, generator: torch.Generator | None = None,
+             boundary: int = 1) -> dict:
     """Run cfg.steps updates of step_fn's loss; returns the last step's stats.
 
     `trained` (default: model) is what the optimizer updates, e.g. policy + value
-    model for PPO; `model` is what gets saved as the run's weights."""
+    model for PPO; `model` is what gets saved as the run's weights. `generator` is
+    the algorithm's sampling RNG (saved for resume); checkpoints fall on multiples
+    of `boundary` updates, where step_fn keeps no state from earlier updates."""
     trained = trained if trained is not None else model
     trained.train()
     opt = make_optimizer(trained, cfg)
-    log = MetricsLog(out / "metrics.csv", ["step", *columns, "lr", "grad_norm", "step_time_s", "elapsed_s"])
-    bar = Progress(cfg.steps, 0, progress)
+    start, elapsed_before = (_restore(out, trained, opt, generator) if cfg.resume else (0, 0.0))
+    interval = max(1, math.ceil(cfg.checkpoint_interval / boundary)) * boundary
+    log = MetricsLog(out / "metrics.csv", ["step", *columns, "lr", "grad_norm", "step_time_s", "elapsed_s"],
+                     keep_until_step=start if cfg.resume else None)
+    bar = Progress(cfg.steps, start, progress)
     stats: dict = {}
-    started = time.perf_counter()
-    done = 0
+    started = time.perf_counter() - elapsed_before
+    done = start
     try:
-        for step in range(cfg.steps):
+        for step in range(start, cfg.steps):
             if cfg.max_seconds and time.perf_counter() - started >= cfg.max_seconds:
                 break
             t0 = time.perf_counter()
@@ -100,15 +152,18 @@ def optimise(model, cfg: PostConfig, out: Path, columns: list[str], step_fn: Cal
                 log.log(row)
             bar.update(1, **{k: f"{stats[k]:.4f}" for k in progress_keys if stats.get(k) is not None})
             done = step + 1
+            if done % interval == 0 and done < cfg.steps:
+                save_post_checkpoint(out, done, trained, opt, generator, time.perf_counter() - started)
     finally:
         bar.close()
         log.close()
+    if done > start or not cfg.resume:
+        save_post_checkpoint(out, done, trained, opt, generator, time.perf_counter() - started)
     if cfg.lora_rank > 0:  # LoRA: keep the adapter, save merged weights as an ordinary run
         from .lora import merge_and_save
 
         model = merge_and_save(model, out)
     save_best(out, model, {"step": done, "algorithm": title, "lora_rank": cfg.lora_rank})
-    save_checkpoint(out, done, model, {"optimizer": opt.state_dict()}, {"step": done}, keep=1)
     rows = read_metrics(out / "metrics.csv")
     for r in rows:  # the loss plot reads train_loss
         r["train_loss"] = r.get("loss", "")

@@ -37,5 +37,5 @@ def run_sft(cfg, progress: bool = True) -> dict:
         ids, mask = pad_batch([pairs[i] for i in idx], tok.pad_id)
         return sft_loss(model, ids, mask), {"completion_tokens": float(mask.sum())}
 
-    stats = optimise(model, cfg, out, ["loss", "completion_tokens"], step_fn, progress, "SFT")
+    stats = optimise(model, cfg, out, ["loss", "completion_tokens"], step_fn, progress, "SFT", generator=g)
     return {"algorithm": "sft", "step": stats["steps_done"], "loss": stats["loss"], "run": str(out)}

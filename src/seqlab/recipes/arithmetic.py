@@ -212,8 +212,11 @@ def run_arithmetic(out: str | Path, cfg: ArithmeticConfig | None = None, progres
     for alg in cfg.compare:
         t0 = time.perf_counter()
         if alg == "rejection":
-            r = run_rejection(post_config(cfg, out=str(out / alg), **{**rl, "lr": 3e-4}, rounds=5000,
-                                          round_prompts=64, reward_threshold=7.0, batch_size=32),
+            # rounds of 256 prompts x G samples; the ~10-30% right ones (reward >= 7 of 8) are
+            # trained on for 10 updates of 32 (about 1-2 epochs: more overfits the few kept
+            # samples and the policy collapses, measured)
+            r = run_rejection(post_config(cfg, out=str(out / alg), **rl, rounds=10000, round_prompts=256,
+                                          reward_threshold=7.0, batch_size=32),
                               progress=progress)
         elif alg == "ppo":
             r = run_ppo(post_config(cfg, out=str(out / alg), **rl, batch_size=cfg.group_size * cfg.prompts_per_step,
