@@ -150,3 +150,14 @@ def test_ppo_token_rewards_put_the_score_at_the_last_token_and_kl_everywhere():
     kl = math.log(2)
     assert r[0].tolist() == pytest.approx([-0.1 * kl, -0.1 * kl, 1.0 - 0.1 * kl])
     assert r[1].tolist() == pytest.approx([-0.1 * kl, 2.0 - 0.1 * kl, 0.0])
+
+
+def test_ppo_token_rewards_after_a_prompt():
+    """Completions start after the prompt: the score goes to the last *masked-in*
+    position (index 4 here: prompt 0-1, completion 2-4, padding 5), not to index
+    (completion length - 1) = 2, and an empty row gets nothing."""
+    from seqlab.post.ppo import token_rewards
+
+    mask = torch.tensor([[0.0, 0.0, 1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 1.0, 1.0, 1.0], [0.0] * 6])
+    r = token_rewards(torch.tensor([3.0, 5.0, 7.0]), torch.zeros(3, 6), None, mask, kl_beta=0.0, kind="k1")
+    assert r.tolist() == [[0, 0, 0, 0, 3.0, 0], [0, 0, 0, 0, 0, 5.0], [0] * 6]

@@ -141,8 +141,14 @@ class Progress:
             self.bar.close()
 
 
-def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
-    """Train (or resume) a model into run directory `out_dir`. Returns final metrics."""
+def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
+          tokenizer: Tokenizer | None = None, init_from: SeqModel | None = None) -> dict:
+    """Train (or resume) a model into run directory `out_dir`. Returns final metrics.
+
+    `tokenizer`: use this one instead of building one from the data (e.g. a fixed
+    vocabulary). `init_from`: start from this model's weights instead of a random
+    initialisation (same config and vocabulary), e.g. PatternBoost keeping its
+    transformer between generations."""
     out = Path(out_dir)
     tc = cfg.train
     device = resolve_device(tc.device)
@@ -158,14 +164,20 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     else:
         if last is not None or (out / "best.safetensors").exists():
             raise SeqlabError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-        data = prepare_data(cfg)
-        cfg.model.block_size = data.block_size
+        data = prepare_data(cfg, tokenizer)
+        if init_from is None:
+            cfg.model.block_size = data.block_size
+        elif data.block_size > cfg.model.block_size:
+            raise SeqlabError(f"{cfg.data}: lines need block_size {data.block_size}, the initial model has "
+                              f"{cfg.model.block_size}")
     tokenizer = data.tokenizer
 
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
     model = build_model(cfg.model, tokenizer.vocab_size).to(device)
+    if init_from is not None and not resume:
+        model.load_state_dict(init_from.state_dict())
     optimizer = make_optimizer(model, tc)
     batch_gen = torch.Generator().manual_seed(tc.seed + 1)
     step, best_val, elapsed_before, tokens_seen = 0, float("inf"), 0.0, 0

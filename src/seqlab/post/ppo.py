@@ -49,7 +49,10 @@ def token_rewards(scores: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.
     r = torch.zeros_like(old_logp)
     if ref_logp is not None and kl_beta:
         r = -kl_beta * kl_estimate(old_logp, ref_logp, kind) * mask
-    last = (mask.sum(1).long() - 1).clamp(min=0)
+    # the last completion token: the highest position where the mask is 1 (completions
+    # start after the prompt, so this is not the completion length - 1)
+    positions = torch.arange(1, mask.size(1) + 1, device=mask.device)
+    last = (mask * positions).argmax(1)
     r[torch.arange(r.size(0)), last] += scores * (mask.sum(1) > 0)
     return r
 
