@@ -57,3 +57,20 @@ def test_recipe_end_to_end_tiny(tmp_path):
     # every RL stage stopped at its wall-clock budget, long before its step limit
     for alg in ("grpo", "rejection", "ppo"):
         assert 1 <= saved["stages"][alg]["steps"] < 100000
+
+
+def test_recipe_resume_keeps_finished_stages(tmp_path):
+    import shutil
+
+    cfg = ArithmeticConfig(n_test=10, n_pretrain=200, n_sft=10, n_rl=20, pretrain_steps=10, sft_steps=2,
+                           rl_minutes=0.01, n_layer=1, n_head=2, n_embd=16, group_size=2, prompts_per_step=2,
+                           compare=["rejection"])
+    first = run_arithmetic(tmp_path / "r", cfg, progress=False, log=lambda s: None)
+    shutil.rmtree(tmp_path / "r" / "rejection")  # as if killed while running rejection sampling
+    logs = []
+    again = run_arithmetic(tmp_path / "r", cfg, progress=False, log=logs.append, resume=True)
+    kept = [line.split(":")[0].strip() for line in logs if "kept from the earlier run" in line]
+    assert kept == ["pretrain", "sft", "grpo"]
+    for stage in ("pretrain", "sft", "grpo"):
+        assert again["stages"][stage] == first["stages"][stage]
+    assert (tmp_path / "r" / "rejection" / "best.safetensors").exists()

@@ -280,7 +280,7 @@ def cmd_recipe(args) -> None:
     if args.rl_minutes <= 0:
         raise SeqlabError("--rl-minutes must be > 0")
     result = run_arithmetic(args.out, cfg, progress=not args.quiet,
-                            log=(lambda s: print(s, file=sys.stderr)) if args.json else print)
+                            log=(lambda s: print(s, file=sys.stderr)) if args.json else print, resume=args.resume)
     _emit(args, result)
 
 
@@ -383,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="algorithms run against GRPO from the same SFT model ('none' to skip)")
     ra.add_argument("--pretrain-steps", type=int, default=0, help="pretraining steps (default: the recipe's)")
     ra.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these sizes)")
+    ra.add_argument("--resume", action="store_true",
+                    help="keep the stages an earlier run of --out finished; run the rest")
     ra.add_argument("--quiet", action="store_true", help="no progress bars")
     ra.add_argument("--json", action="store_true", help="print one JSON object of results on stdout")
     _takes_toml(ra, "recipe")

@@ -17,6 +17,8 @@ OUT/results.json, OUT/results.md and OUT/reward_curve.png.
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -145,7 +147,10 @@ def dpo_pairs(policy: Path, rows: list[dict], template: ReasoningTemplate, cfg: 
 
 
 def run_arithmetic(out: str | Path, cfg: ArithmeticConfig | None = None, progress: bool = True,
-                   log: Callable[[str], None] = print) -> dict:
+                   log: Callable[[str], None] = print, resume: bool = False) -> dict:
+    """The whole recipe into `out`. resume: keep every stage an earlier run of this
+    directory finished (its record in results.json[.partial] and its run), and run
+    the others; a stage interrupted midway starts again."""
     from ..post.data import load_jsonl
     from ..post.dpo import run_dpo
     from ..post.grpo import run_grpo
@@ -159,8 +164,13 @@ def run_arithmetic(out: str | Path, cfg: ArithmeticConfig | None = None, progres
         raise SeqlabError(f"recipe arithmetic: unknown algorithm(s) {sorted(unknown)} to compare "
                           f"(choose from {', '.join(COMPARED)})")
     out = Path(out)
-    if (out / "results.json").exists():
-        raise SeqlabError(f"{out} already holds a finished recipe; choose another --out")
+    if (out / "results.json").exists() and not resume:
+        raise SeqlabError(f"{out} already holds a finished recipe; pass --resume or choose another --out")
+    previous: dict = {}
+    for name in ("results.json", "results.json.partial"):
+        if resume and (out / name).exists():
+            previous = json.loads((out / name).read_text(encoding="utf-8"))["stages"]
+            break
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
@@ -168,6 +178,16 @@ def run_arithmetic(out: str | Path, cfg: ArithmeticConfig | None = None, progres
     paths, test_problems = make_data(cfg, out, template)
     test_rows = load_jsonl(paths["test"], ("prompt", "answer"))
     results: dict = {"config": asdict(cfg), "stages": {}}
+
+    def kept(stage: str) -> bool:
+        """resume: reuse a finished stage; clear an interrupted one."""
+        if stage in previous and (out / stage / "best.safetensors").exists():
+            results["stages"][stage] = previous[stage]
+            log(f"  {stage}: kept from the earlier run ({previous[stage]['accuracy']:.1%})")
+            return True
+        if resume and (out / stage).exists():
+            shutil.rmtree(out / stage)
+        return False
 
     def record(stage: str, run: Path, seconds: float, extra: dict | None = None) -> dict:
         model, tok, _ = load_model(run)
@@ -182,35 +202,41 @@ def run_arithmetic(out: str | Path, cfg: ArithmeticConfig | None = None, progres
 
     log(f"[1/5] pretraining a {cfg.n_layer}-layer transformer on {cfg.n_pretrain} arithmetic lines")
     t0 = time.perf_counter()
-    pre_cfg = run_config_from_dict({
+    pre_cfg = None if kept("pretrain") else run_config_from_dict({
         "data": {"path": str(paths["pretrain"]), "specials": template.tags},
         "model": {"type": "transformer", "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
                   "block_size": 64, "dropout": 0.0},
         "train": {"steps": cfg.pretrain_steps, "batch_size": 64, "lr": 2e-3, "eval_interval": 500,
                   "checkpoint_interval": 1000, "seed": cfg.seed, "threads": cfg.threads, "warmup_steps": 100},
     })
-    train(pre_cfg, out / "pretrain", progress=progress)
-    model, tok, _ = load_model(out / "pretrain")
-    plain = plain_accuracy(model, tok, test_problems)
-    log(f"  pretrain: held-out exact accuracy in its own format (\"question a+b=\") {plain:.1%}")
-    record("pretrain", out / "pretrain", time.perf_counter() - t0, {"plain_text_accuracy": plain})
+    if pre_cfg is not None:
+        train(pre_cfg, out / "pretrain", progress=progress)
+        model, tok, _ = load_model(out / "pretrain")
+        plain = plain_accuracy(model, tok, test_problems)
+        log(f"  pretrain: held-out exact accuracy in its own format (\"question a+b=\") {plain:.1%}")
+        record("pretrain", out / "pretrain", time.perf_counter() - t0, {"plain_text_accuracy": plain})
 
     log(f"[2/5] SFT on {cfg.n_sft} worked examples in the reasoning template")
     t0 = time.perf_counter()
-    run_sft(post_config(cfg, policy=str(out / "pretrain"), data=str(paths["sft"]), out=str(out / "sft"),
-                        steps=cfg.sft_steps, batch_size=32, lr=1e-3, warmup_steps=10), progress=progress)
-    sft = record("sft", out / "sft", time.perf_counter() - t0)
+    if not kept("sft"):
+        run_sft(post_config(cfg, policy=str(out / "pretrain"), data=str(paths["sft"]), out=str(out / "sft"),
+                            steps=cfg.sft_steps, batch_size=32, lr=1e-3, warmup_steps=10), progress=progress)
+        record("sft", out / "sft", time.perf_counter() - t0)
+    sft = results["stages"]["sft"]
 
     budget = cfg.rl_minutes * 60
     log(f"[3/5] GRPO for {cfg.rl_minutes:g} min (rewards: {', '.join(REWARDS)})")
     t0 = time.perf_counter()
     rl = dict(policy=str(out / "sft"), data=str(paths["rl"]), steps=100000, max_seconds=budget, lr=cfg.rl_lr)
-    g = run_grpo(post_config(cfg, out=str(out / "grpo"), **rl), progress=progress)
-    record("grpo", out / "grpo", time.perf_counter() - t0, {"steps": g["step"]})
+    if not kept("grpo"):
+        g = run_grpo(post_config(cfg, out=str(out / "grpo"), **rl), progress=progress)
+        record("grpo", out / "grpo", time.perf_counter() - t0, {"steps": g["step"]})
 
     log(f"[4/5] comparison from the same SFT model, {cfg.rl_minutes:g} min each: {', '.join(cfg.compare)}")
     for alg in cfg.compare:
         t0 = time.perf_counter()
+        if kept(alg):
+            continue
         if alg == "rejection":
             # rounds of 256 prompts x G samples; the ~10-30% right ones (reward >= 7 of 8) are
             # trained on for 10 updates of 32 (about 1-2 epochs: more overfits the few kept
@@ -223,15 +249,19 @@ def run_arithmetic(out: str | Path, cfg: ArithmeticConfig | None = None, progres
                                     ppo_epochs=2, minibatches=2, kl_beta=0.0), progress=progress)
         else:
             rows = load_jsonl(paths["rl"], ("prompt", "answer"))
-            pairs = dpo_pairs(out / "sft", rows, template, cfg)
+            pairs = dpo_pairs(out / "sft", rows, template, cfg, n_prompts=2048)
             _write_jsonl(out / "data" / "dpo_pairs.jsonl", pairs)
             if not pairs:
                 results.setdefault("notes", []).append("dpo skipped: the SFT model's samples gave no right/wrong pair")
                 log("  dpo: skipped (no right/wrong pair among the SFT model's samples)")
                 continue
             left = max(1.0, budget - (time.perf_counter() - t0))
+            # two epochs over the pairs, within the budget: training DPO on a few hundred
+            # pairs for the whole budget (~150 epochs) drove the chosen log-probs down with
+            # the rejected ones (likelihood displacement) and the policy collapsed (measured)
+            epochs2 = max(1, math.ceil(2 * len(pairs) / 32))
             r = run_dpo(post_config(cfg, policy=str(out / "sft"), data=str(out / "data" / "dpo_pairs.jsonl"),
-                                    out=str(out / alg), steps=100000, max_seconds=left, batch_size=32, lr=3e-5,
+                                    out=str(out / alg), steps=epochs2, max_seconds=left, batch_size=32, lr=3e-5,
                                     beta=0.1), progress=progress)
             r["pairs"] = len(pairs)
         record(alg, out / alg, time.perf_counter() - t0, {"steps": r["step"], **({"pairs": r["pairs"]} if "pairs" in r else {})})
