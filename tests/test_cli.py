@@ -8,7 +8,8 @@ import pytest
 from conftest import seqlab_cmd
 
 VERBS = [[], ["quickstart"], ["train"], ["sample"], ["data"], ["data", "tasks"], ["data", "make"], ["data", "check"],
-         ["eval"], ["heatmap"], ["post"], ["bench"], ["recipe"], ["recipe", "arithmetic"]]
+         ["eval"], ["heatmap"], ["post"], ["bench"], ["recipe"], ["recipe", "arithmetic"],
+         ["discover"]]
 
 
 def run(*args, check=False):

@@ -390,6 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     _takes_toml(ra, "recipe")
     ra.set_defaults(func=cmd_recipe)
 
+    from .discover.command import add_parser as add_discover_parser
+
+    add_discover_parser(sub)
+
     t = sub.add_parser("train", help="train a model on a text file (one example per line)")
     t.add_argument("--data", help="UTF-8 text file, one example per line")
     t.add_argument("--out", required=True, help="run directory")

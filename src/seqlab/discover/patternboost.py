@@ -1,0 +1,189 @@
+"""The PatternBoost loop (Charton, Ellenberg, Wagner, Williamson 2024), and its
+GRPO variant.
+
+    generation 0   local search fills the pool (run_local)
+    generation g   keep the best `train_fraction` of the pool (+ their symmetric
+                   images) -> train the transformer on them, starting from the
+                   previous generation's weights -> sample `samples` strings with
+                   the cached sampler -> decode -> repair + local search
+                   (improve_many) -> merge into the pool (deduplicated)
+    grpo searcher  the same, but after the first PatternBoost generation the model
+                   is also optimised directly on the score with GRPO (reward: the
+                   score of the repaired decoded sample; undecodable: a penalty)
+
+CPU defaults, and why (the paper's are for a GPU: 500k local searches and the
+best 50k kept per generation, a 4-layer 8-head 64-wide model trained 20k steps):
+a 10-minute budget on 2 cores affords a few generations of ~300 training steps
+of a 2-layer 64-wide model (~10-20 s), 512 samples (~1-3 s with the KV cache)
+and one local search per sample (most of the time). The pool keeps 2000 distinct
+constructions; the model trains on the best half of them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .. import atomic
+from ..config import run_config_from_dict
+from ..data.tokenizer import CharTokenizer
+from ..sampling import DecodeRule, generate
+from ..train import train
+from .local import Elite, LocalPool, LocalResult, decode_many, improve_many, pool_stats, run_local
+
+
+@dataclass
+class PatternBoostConfig:
+    init_fraction: float = 0.25  # share of the budget for the initial local-search pool
+    keep: int = 2000  # distinct constructions kept in the pool
+    train_fraction: float = 0.5  # the model trains on this best share of the pool
+    augment: bool = True  # add the symmetric images of the training constructions
+    first_steps: int = 600  # training steps of generation 1 (from scratch)
+    steps: int = 300  # training steps of later generations (weights kept)
+    batch_size: int = 32
+    lr: float = 1e-3
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 64
+    samples: int = 512  # model samples per generation
+    temperature: float = 1.0
+    moves_per_start: int = 20000  # local-search moves spent on each decoded sample
+    grpo_steps: int = 20  # grpo searcher: GRPO updates per generation
+    grpo_group: int = 16
+    grpo_lr: float = 1e-4
+    threads: int = 1
+
+
+def _training_lines(problem, elite: Elite, cfg: PatternBoostConfig) -> list[str]:
+    ranked = elite.ranked()
+    top = ranked[: max(1, int(len(ranked) * cfg.train_fraction))]
+    lines = []
+    for _, c in top:
+        images = problem.symmetries(c) if cfg.augment else [c]
+        lines.extend(dict.fromkeys(problem.encode(x) for x in images))  # distinct, order kept
+    return lines
+
+
+class ModelSide:
+    """The transformer of the loop: a fixed character vocabulary (the problem's), its
+    weights carried from generation to generation."""
+
+    def __init__(self, problem, out: Path, cfg: PatternBoostConfig, seed: int):
+        self.problem, self.out, self.cfg, self.seed = problem, out, cfg, seed
+        self.tokenizer = CharTokenizer(sorted(set(problem.vocabulary())))
+        self.model = None
+        self.block_size = 0
+
+    def fit(self, lines: list[str], generation: int) -> dict:
+        t0 = time.perf_counter()
+        gdir = self.out / f"gen-{generation:03d}"
+        gdir.mkdir(parents=True, exist_ok=True)
+        data = gdir / "train.txt"
+        atomic.write_text(data, "\n".join(lines) + "\n")
+        if self.model is None:  # room for samples somewhat longer than today's best
+            self.block_size = int(max(len(x) for x in lines) * 1.5) + 2
+        cfg = run_config_from_dict({
+            "data": {"path": str(data), "val_fraction": 0.02, "val_max": 200},
+            "model": {"type": "transformer", "n_layer": self.cfg.n_layer, "n_head": self.cfg.n_head,
+                      "n_embd": self.cfg.n_embd, "block_size": self.block_size, "dropout": 0.0},
+            "train": {"steps": self.cfg.first_steps if self.model is None else self.cfg.steps,
+                      "batch_size": self.cfg.batch_size, "lr": self.cfg.lr, "warmup_steps": 20,
+                      "eval_interval": 10**9, "checkpoint_interval": 10**9, "seed": self.seed + generation,
+                      "threads": self.cfg.threads, "log_interval": 50},
+        })
+        usable = [x for x in lines if len(x) < self.block_size]
+        if len(usable) < len(lines):  # longer than the model's context: leave them out of training
+            atomic.write_text(data, "\n".join(usable) + "\n")
+        result = train(cfg, gdir / "model", progress=False, tokenizer=self.tokenizer, init_from=self.model)
+        from ..checkpoint import load_model
+
+        self.model, _, _ = load_model(gdir / "model", "last")
+        return {"train_s": time.perf_counter() - t0, "train_loss": result.get("train_loss")}
+
+    def sample(self, n: int, generator: torch.Generator) -> list[str]:
+        tok = self.tokenizer
+        self.model.eval()
+        with torch.inference_mode():
+            gen = generate(self.model, [[tok.bos_id]] * n, self.block_size - 1,
+                           DecodeRule(temperature=self.cfg.temperature), tok.eos_id, tok.pad_id, generator=generator)
+        return [tok.decode(ids) for ids in gen.rows(strip_eos=True)]
+
+
+def run_patternboost(problem, out: Path, seconds: float, seed: int = 0, workers: int | None = None,
+                     cfg: PatternBoostConfig | None = None, init: list | None = None, target: float | None = None,
+                     progress: Callable[[dict], None] | None = None, pool_out: Path | None = None,
+                     use_grpo: bool = False) -> LocalResult:
+    """PatternBoost (or, with use_grpo, PatternBoost + GRPO on the score) for `seconds`
+    of wall clock. Returns the pool as a LocalResult; `progress` gets one dict per
+    generation (generation 0 is the initial local search)."""
+    cfg = cfg or PatternBoostConfig()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    out.mkdir(parents=True, exist_ok=True)
+    log: list[dict] = []
+
+    def emit(entry: dict, elite: Elite) -> None:
+        stats = pool_stats([s for s, _ in elite.items.values()])
+        entry = {**entry, "seconds": round(time.perf_counter() - t0, 3), "pool_size": stats["size"],
+                 "mean": stats["mean"], "median": stats["median"], "top20": stats["top20"], "max": stats["max"],
+                 "best": elite.best_score(), "scores": sorted(s for s, _ in elite.items.values())}
+        log.append(entry)
+        if pool_out is not None:
+            elite.write(pool_out)
+        if progress is not None:
+            progress(entry)
+
+    def reached() -> bool:
+        best = elite.best_score()
+        return target is not None and best is not None and best >= target
+
+    local0 = run_local(problem, seconds=seconds * cfg.init_fraction, seed=seed, workers=workers, keep=cfg.keep,
+                       init=init, target=target)
+    elite = Elite(problem, cfg.keep)
+    elite.add(local0.best)
+    emit({"generation": 0, "moves": local0.moves, "local_s": round(local0.seconds, 2), "train_s": 0.0,
+          "sample_s": 0.0, "grpo_s": 0.0, "new": len(local0.best), "distinct": len(local0.best),
+          "valid_before_repair": None, "decodable": None, "novelty": None}, elite)
+    side = ModelSide(problem, out, cfg, seed)
+    g = torch.Generator().manual_seed(seed)
+    moves = local0.moves
+    generation = 0
+    with LocalPool(problem, workers) as pool:
+        while time.perf_counter() < end and not reached():
+            generation += 1
+            fit = side.fit(_training_lines(problem, elite, cfg), generation)
+            grpo_s = 0.0
+            if use_grpo and generation > 1 and time.perf_counter() < end:
+                from .score_rl import grpo_on_score
+
+                t1 = time.perf_counter()
+                grpo_on_score(side, problem, cfg, g, deadline=end)
+                grpo_s = time.perf_counter() - t1
+            if time.perf_counter() >= end:
+                break
+            t1 = time.perf_counter()
+            strings = side.sample(cfg.samples, g)
+            sample_s = time.perf_counter() - t1
+            decoded, bad = decode_many(problem, strings)
+            valid = [c for c in decoded if problem.is_valid(c)]
+            novel = sum(problem.key(c) not in elite.items for c in valid)
+            t1 = time.perf_counter()
+            improved = improve_many(problem, decoded, seed=seed * 1_000_003 + generation,
+                                    moves_per_start=cfg.moves_per_start, pool=pool, target=target)
+            local_s = time.perf_counter() - t1
+            moves += cfg.moves_per_start * len(decoded)
+            new = elite.add(improved)
+            emit({"generation": generation, "moves": moves, "local_s": round(local_s, 2),
+                  "train_s": round(fit["train_s"], 2), "sample_s": round(sample_s, 2), "grpo_s": round(grpo_s, 2),
+                  "new": len(improved), "distinct": new,
+                  "valid_before_repair": len(valid) / len(strings), "decodable": 1 - bad / len(strings),
+                  "novelty": novel / len(valid) if valid else 0.0}, elite)
+    ranked = elite.ranked()
+    return LocalResult(best=[c for _, c in ranked], scores=[s for s, _ in ranked], log=log, moves=moves,
+                       seconds=time.perf_counter() - t0)

@@ -1,0 +1,74 @@
+"""`isosceles-free`: the largest set of points of the n x n grid with no isosceles
+triangle, flat ones included (PatternBoost, Charton-Ellenberg-Wagner-Williamson
+2024; AlphaEvolve problem 59; Ellenberg's 2021 Riddler).
+
+No three distinct chosen points a, b, c with |ab| = |bc|. On a line the only
+equality is b = midpoint of a and c, so flat triangles forbid midpoints; the
+integer grid has no equilateral triangle, so every bad triple has one apex.
+Equivalently: from every chosen point, the squared distances to the other
+chosen points are pairwise distinct. violations(c) = number of bad (apex,
+{a, c}) triples.
+
+Construction: sorted int64 cell indices r * n + c. Encoding: 2 characters
+per point (row, column); see `_grid.py`. Score: the number of points.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._grid import KIND_ISOSCELES, GridPointProblem
+
+
+def _ring_table(n: int) -> np.ndarray:
+    """tab[d, 0] = number of offsets (dr, dc) with dr^2 + dc^2 = d (|dr|, |dc| < n);
+    tab[d, 1 + 2t], tab[d, 2 + 2t] = the t-th offset."""
+    D = 2 * (n - 1) ** 2 + 1
+    rings: list[list[tuple[int, int]]] = [[] for _ in range(D)]
+    for dr in range(-n + 1, n):
+        for dc in range(-n + 1, n):
+            if dr or dc:
+                rings[dr * dr + dc * dc].append((dr, dc))
+    width = max(len(r) for r in rings)
+    tab = np.zeros((D, 1 + 2 * width), dtype=np.int32)
+    for d, r in enumerate(rings):
+        tab[d, 0] = len(r)
+        for t, (dr, dc) in enumerate(r):
+            tab[d, 1 + 2 * t] = dr
+            tab[d, 2 + 2 * t] = dc
+    return tab
+
+
+class IsoscelesFree(GridPointProblem):
+    name = "isosceles-free"
+    description = "points of the n x n grid, no isosceles triangle (flat ones included); maximise points"
+    kind = KIND_ISOSCELES
+    max_n = 64  # the kernel keeps an n^2 x 2n^2 table of distance counts
+    # cool cycles (V ~ 1-8 at k ~ 2n) with a kick of 16 random relocations at the start
+    # of each: hotter cycles melt the set (V ~ 15 at T = 1) and cost O(n^2) per accepted move
+    t_hi, t_lo, period, focus, kick = 0.35, 0.1, 500_000, 0.9, 16
+    # Sources (see shared/reference/discovery-problems.md, section 2):
+    #   n=1..7: exact, recomputed by ILP (HiGHS) and the Riddler's brute force;
+    #   n=8..10: printed in the PatternBoost paper (and the makemore-for-maths lecture);
+    #   n=11..18, 21, 23, 25, 27, 32: PatternBoost's figure (the paper says SAT solvers
+    #     settle n <= ~32); n=11..13 re-derived by exhaustive branch and bound
+    #     (Kevin11Kaikai/grid_no_isosceles_bigbang); 16: 28, 27: 48 and 32: 56 are printed;
+    #   n=64: 112 and n=100: 164: AlphaEvolve (2025) constructions, checked valid
+    #     (previous records 110 and 160 by PatternBoost).
+    best_known_table = {1: 1, 2: 2, 3: 4, 4: 6, 5: 7, 6: 9, 7: 10, 8: 13, 9: 16, 10: 18,
+                        11: 18, 12: 20, 13: 22, 14: 23, 15: 25, 16: 28, 17: 30, 18: 32,
+                        21: 36, 23: 40, 25: 44, 27: 48, 32: 56, 64: 112, 100: 164}
+
+    def _aux(self):
+        n, N = self.n, self.N
+        return _ring_table(n), (N, 2 * (n - 1) ** 2 + 1), 1, min(N, 3 * n + 10)
+
+    def violations(self, c) -> int:
+        p = self.points(c)
+        total = 0
+        for i in range(len(p)):
+            d = ((p - p[i]) ** 2).sum(axis=1)
+            d = np.delete(d, i)
+            _, counts = np.unique(d, return_counts=True)
+            total += int((counts * (counts - 1) // 2).sum())
+        return total
