@@ -50,6 +50,7 @@ import types
 from pathlib import Path
 
 import torch
+from machine_load import CpuMeter, wait_for_quiet
 import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
@@ -489,49 +490,6 @@ def report(results: dict) -> tuple[str, dict]:
         out += "\n\nTargets (medians):\n" + "\n".join(
             f"- {name}: {'MET' if ok else 'MISSED'}" for name, ok in targets.items())
     return out, targets
-
-
-class CpuMeter:
-    """How much of the machine's CPU other processes used while a section ran.
-
-    (system busy time from /proc/stat - this process's CPU time) / (wall * cpus).
-    A shared machine makes 2-thread timings of tiny ops very noisy: every
-    parallel region waits for both threads to be scheduled.
-    """
-
-    def __init__(self):
-        self.start = self._snap()
-
-    @staticmethod
-    def _snap():
-        try:
-            f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-            busy = (sum(f) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
-        except (OSError, ValueError, IndexError):
-            busy = None
-        t = os.times()
-        return busy, t.user + t.system, time.perf_counter()
-
-    def others_share(self) -> float | None:
-        busy1, own1, w1 = self._snap()
-        busy0, own0, w0 = self.start
-        if busy0 is None or busy1 is None or w1 - w0 < 1.0:  # /proc/stat ticks are 10 ms
-            return None
-        ncpu = os.cpu_count() or 1
-        return min(1.0, max(0.0, ((busy1 - busy0) - (own1 - own0)) / ((w1 - w0) * ncpu)))
-
-
-def wait_for_quiet(max_wait_s: float, threshold: float = 0.10) -> float | None:
-    """Block (up to max_wait_s) until other processes use < threshold of the machine over 2 s."""
-    t0 = time.perf_counter()
-    share = None
-    while True:
-        meter = CpuMeter()
-        time.sleep(2.0)
-        share = meter.others_share()
-        if share is None or share < threshold or time.perf_counter() - t0 > max_wait_s:
-            return share
-        log(f"  machine busy (other processes use {share:.0%}); waiting for a quiet moment ...")
 
 
 def main(argv=None) -> int:

@@ -72,6 +72,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from machine_load import CpuMeter, wait_for_quiet
 
 HERE = Path(__file__).resolve().parent
 CHARS = string.ascii_lowercase + string.digits + " ."  # the character vocabulary (+ <pad> <bos> <eos>)
@@ -227,47 +228,6 @@ def target_fraction(prompts, completions, **kwargs):
 
 
 # --------------------------------------------------------------------------- machine
-
-
-class CpuMeter:
-    """Share of the whole machine's CPU used by other processes since construction.
-
-    (system busy time from /proc/stat - this process's CPU time) / (wall * cpus),
-    as in bench_core.py.
-    """
-
-    def __init__(self):
-        self.start = self._snap()
-
-    @staticmethod
-    def _snap():
-        try:
-            f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-            busy = (sum(f) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
-        except (OSError, ValueError, IndexError):
-            busy = None
-        t = os.times()
-        return busy, t.user + t.system, time.perf_counter()
-
-    def others_share(self) -> float | None:
-        busy1, own1, w1 = self._snap()
-        busy0, own0, w0 = self.start
-        if busy0 is None or busy1 is None or w1 - w0 < 0.5:
-            return None
-        ncpu = os.cpu_count() or 1
-        return min(1.0, max(0.0, ((busy1 - busy0) - (own1 - own0)) / ((w1 - w0) * ncpu)))
-
-
-def wait_for_quiet(max_wait_s: float, threshold: float = 0.10) -> float | None:
-    """Block (up to max_wait_s) until other processes use < threshold of the machine over 2 s."""
-    t0 = time.perf_counter()
-    while True:
-        meter = CpuMeter()
-        time.sleep(2.0)
-        share = meter.others_share()
-        if share is None or share < threshold or time.perf_counter() - t0 > max_wait_s:
-            return share
-        log(f"  machine busy (other processes use {share:.0%}); waiting ...")
 
 
 def machine_info() -> dict:
@@ -501,7 +461,7 @@ def one_run(name: str, fn, warmup: int, limit: float | None = None) -> dict | No
     """Run `fn` with the phase timers on; None when the machine got busier than `limit`."""
     PHASES.reset()
     PHASES.active = True
-    meter = CpuMeter()
+    meter = CpuMeter(min_wall=0.5)
     PHASES.guard = None if limit is None else (meter, limit)
     PHASES.last_check = time.perf_counter()
     t0 = time.perf_counter()
