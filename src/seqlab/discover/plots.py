@@ -24,7 +24,10 @@ def draw_progress(entries: list[dict], path: Path, title: str, best_known: float
     left.set_xlabel("score")
     left.set_ylabel("constructions in the pool")
     left.set_title("pool score histogram per generation")
-    left.legend(fontsize=8)
+    if shown:
+        left.legend(fontsize=8)
+    else:
+        left.text(0.5, 0.5, "no per-generation pool scores logged", ha="center", transform=left.transAxes)
     xs = [e["seconds"] for e in entries if e.get("best") is not None]
     ys = [e["best"] for e in entries if e.get("best") is not None]
     right.step(xs, ys, where="post", label="best so far")
