@@ -353,9 +353,11 @@ def test_kernel_violation_count_is_exact():
         pts, in_set, sc, ac = st[0], st[1], st[2], st[6]
         G._load(p.kind, p.n, np.zeros(0, np.int64), *st)
         for _ in range(5):
-            G._anneal(p.kind, p.n, *st, 5000, 10**9, np.array([2.0, 0.5, 1000, 0.5, 0.3, 0.3, 3, 2]))
+            G._anneal(p.kind, p.n, *st, 5000, 10**9, np.array([2.0, 0.5, 1000, 0.5, 0.3, 0.3, 3, 2, 0.2]))
             chosen = np.sort(pts[: sc[G.K]])
             assert int(sc[G.V]) == p.violations(chosen), name
+            if name == "isosceles-free":
+                continue  # keeps no per-cell counts
             # the per-cell conflict counts: what each cell is in, or would add
             for x in range(81):
                 others = chosen[chosen != x]

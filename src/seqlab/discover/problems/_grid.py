@@ -48,12 +48,14 @@ KIND_DIST45 = 2
 # scratch stamps
 K, V, BEST_K, T, EPOCH = 0, 1, 2, 3, 4
 
-# Every kind keeps ac[x] for every cell x: the violations x is in (x chosen) or would
-# create (x free) with the chosen set. Then removing p saves ac[p], adding c costs
-# ac[c], and the exact cost of a swap p -> c is ac[c] - ac[p] minus the violations
-# that hold both c and p, found in O(k). Keeping ac costs O(k n) (lines), O(n^2 +
-# k * ring) (isosceles) or O(1) (distance-4-5) per accepted move, and moves are
-# accepted far less often than proposed.
+# no-three-in-line and distance-4-5 keep ac[x] for every cell x: the violations x is
+# in (x chosen) or would create (x free). Removing p saves ac[p], adding c costs
+# ac[c], and a swap p -> c costs ac[c] - ac[p] minus the violations holding both,
+# found in O(k); keeping ac costs O(k n) (lines) or O(1) (distance-4-5) per
+# accepted move, and far fewer moves are accepted than proposed. isosceles-free
+# instead keeps, per chosen point, the number of chosen points at each squared
+# distance (O(k) per accepted move) and scores a move in O(k): keeping ac for all
+# cells costs O(n^2) per accepted move, too slow in the hot part of a cycle.
 
 
 # ------------------------------------------------------------------ kernel
@@ -67,10 +69,12 @@ def _dist(n, a, b):
 
 
 @njit
-def _add_delta(kind, n, c, skip, pts, k, tab, ac):
+def _add_delta(kind, n, c, skip, pts, k, tab, cnt, ac, mult, stamp, sc):
     """Violations created by adding free cell c to the set pts[:k] minus slot `skip`
     (skip = -1: nothing removed). With c = pts[skip] it is the number of
     violations that involve that point (what removing it would save)."""
+    if kind == KIND_ISOSCELES:
+        return _iso_delta(n, c, skip, pts, k, cnt, mult, stamp, sc)
     v = ac[c]
     if skip < 0 or pts[skip] == c:
         return v
@@ -79,21 +83,38 @@ def _add_delta(kind, n, c, skip, pts, k, tab, ac):
         d = _dist(n, c, p)
         if d == 16 or d == 25:
             v -= 1
-    elif kind == KIND_LINES:
+    else:
         dp = tab[c, p]  # the pairs {p, q} on the line cp are gone
         for j in range(k):
             if j != skip and tab[c, pts[j]] == dp:
                 v -= 1
-    else:  # isosceles triples {c, p, r}, apex c, p or r (never two: no equilateral)
-        dcp = _dist(n, c, p)
-        for j in range(k):
-            if j == skip:
-                continue
-            r = pts[j]
-            dcr = _dist(n, c, r)
-            dpr = _dist(n, p, r)
-            if dcr == dcp or dpr == dcp or dcr == dpr:
-                v -= 1
+    return v
+
+
+@njit
+def _iso_delta(n, c, skip, pts, k, cnt, mult, stamp, sc):
+    """isosceles, in O(k): triples with apex c (equal distances seen from c, counted
+    with scratch stamps) and triples with apex q in which c is a leg (cnt[j, d] =
+    chosen points at squared distance d from the point in slot j)."""
+    sc[EPOCH] += 1
+    e = sc[EPOCH]
+    v = 0
+    p = pts[skip] if skip >= 0 else -1
+    for j in range(k):
+        if j == skip:
+            continue
+        q = pts[j]
+        d = _dist(n, c, q)
+        if stamp[d] != e:
+            stamp[d] = e
+            mult[d] = 1
+        else:
+            v += mult[d]
+            mult[d] += 1
+        w = cnt[j, d]
+        if p >= 0 and _dist(n, q, p) == d:
+            w -= 1  # the removed point no longer counts
+        v += w
     return v
 
 
@@ -139,39 +160,18 @@ def _walk_lines(n, c, pts, k, skip, in_set, tab, ac, mult, stamp, sc, sign):
 
 
 @njit
-def _iso_update(n, c, pts, k, skip, in_set, tab, cnt, ac, sign):
-    """isosceles: cell c joins (+1) or leaves (-1) the set pts[:k] minus slot `skip`
-    (the set S without c). cnt[x, d] = chosen points at squared distance d from x.
-    Triples {x, c, q}, q in S - {x}: apex x (cnt[x, d(x,c)]), apex c (cnt[c, d(c,x)],
-    less x itself), apex q (x on the ring of radius d(q,c) around q: tab[d] offsets)."""
-    N = n * n
-    if sign < 0:
-        for x in range(N):
-            if x != c:
-                cnt[x, _dist(n, x, c)] -= 1
-    for x in range(N):
-        if x == c:
-            continue
-        d = _dist(n, x, c)
-        ac[x] += sign * (cnt[x, d] + cnt[c, d] - in_set[x])
-    if sign > 0:
-        for x in range(N):
-            if x != c:
-                cnt[x, _dist(n, x, c)] += 1
+def _iso_rows(n, c, i, pts, k, cnt, sign):
+    """isosceles: the point c in slot i joins (+1) or leaves (-1): update the distance
+    counts of the other slots, and fill (clear) row i."""
     for j in range(k):
-        if j == skip:
+        if j == i:
             continue
-        q = pts[j]
-        rq = q // n
-        cq = q - rq * n
-        d = _dist(n, q, c)
-        for t in range(tab[d, 0]):
-            r = rq + tab[d, 1 + 2 * t]
-            col = cq + tab[d, 2 + 2 * t]
-            if 0 <= r < n and 0 <= col < n:
-                x = r * n + col
-                if x != c:
-                    ac[x] += sign
+        d = _dist(n, c, pts[j])
+        cnt[j, d] += sign
+        if sign > 0:
+            cnt[i, d] += 1
+        else:
+            cnt[i, d] = 0
 
 
 @njit
@@ -185,7 +185,7 @@ def _remove(kind, n, i, pts, k, in_set, tab, cnt, ac, mult, stamp, sc):
     elif kind == KIND_LINES:
         _walk_lines(n, p, pts, k, i, in_set, tab, ac, mult, stamp, sc, -1)
     else:
-        _iso_update(n, p, pts, k, i, in_set, tab, cnt, ac, -1)
+        _iso_rows(n, p, i, pts, k, cnt, -1)
 
 
 @njit
@@ -196,9 +196,9 @@ def _place(kind, n, c, i, pts, k, in_set, tab, cnt, ac, mult, stamp, sc):
             ac[tab[c, 1 + t]] += 1
     elif kind == KIND_LINES:
         _walk_lines(n, c, pts, k, i, in_set, tab, ac, mult, stamp, sc, 1)
-    else:
-        _iso_update(n, c, pts, k, i, in_set, tab, cnt, ac, 1)
     pts[i] = c
+    if kind == KIND_ISOSCELES:
+        _iso_rows(n, c, i, pts, k, cnt, 1)
     in_set[c] = 1
 
 
@@ -210,6 +210,11 @@ def _drop_slot(kind, n, i, pts, k, in_set, tab, cnt, ac, mult, stamp, sc):
         tmp = pts[i]
         pts[i] = pts[last]
         pts[last] = tmp
+        if kind == KIND_ISOSCELES:  # rows of cnt belong to slots
+            for d in range(cnt.shape[1]):
+                t = cnt[i, d]
+                cnt[i, d] = cnt[last, d]
+                cnt[last, d] = t
     _remove(kind, n, last, pts, k, in_set, tab, cnt, ac, mult, stamp, sc)
     return last
 
@@ -240,7 +245,7 @@ def _load(kind, n, cells, pts, in_set, sc, best, tab, cnt, ac, mult, stamp, rng)
         c = order[j]
         if k >= cap or in_set[c]:
             continue
-        v += _add_delta(kind, n, c, -1, pts, k, tab, ac)
+        v += _add_delta(kind, n, c, -1, pts, k, tab, cnt, ac, mult, stamp, sc)
         _place(kind, n, c, k, pts, k + 1, in_set, tab, cnt, ac, mult, stamp, sc)
         k += 1
     while v > 0:
@@ -248,7 +253,7 @@ def _load(kind, n, cells, pts, in_set, sc, best, tab, cnt, ac, mult, stamp, rng)
         ties = 0
         wi = 0
         for i in range(k):
-            r = _add_delta(kind, n, pts[i], i, pts, k, tab, ac)
+            r = _add_delta(kind, n, pts[i], i, pts, k, tab, cnt, ac, mult, stamp, sc)
             if r > worst:
                 worst = r
                 wi = i
@@ -281,7 +286,7 @@ def _complete(kind, n, pts, in_set, sc, best, tab, cnt, ac, mult, stamp, rng):
         c = order[j]
         if in_set[c] or k >= cap:
             continue
-        if _add_delta(kind, n, c, -1, pts, k, tab, ac) == 0:
+        if _add_delta(kind, n, c, -1, pts, k, tab, cnt, ac, mult, stamp, sc) == 0:
             _place(kind, n, c, k, pts, k + 1, in_set, tab, cnt, ac, mult, stamp, sc)
             k += 1
     sc[K] = k
@@ -295,6 +300,7 @@ def _anneal(kind, n, pts, in_set, sc, best, tab, cnt, ac, mult, stamp, rng, move
     t_hi, t_lo, period, focus, line_moves, swap_moves = prm[0], prm[1], prm[2], prm[3], prm[4], prm[5]
     tour = int(prm[6])
     kick = int(prm[7])
+    near_moves = prm[8]
     period_i = max(1, int(period))
     N = n * n
     cap = pts.shape[0]
@@ -312,7 +318,7 @@ def _anneal(kind, n, pts, in_set, sc, best, tab, cnt, ac, mult, stamp, rng, move
             for c in range(N):
                 if in_set[c]:
                     continue
-                d = _add_delta(kind, n, c, -1, pts, k, tab, ac)
+                d = _add_delta(kind, n, c, -1, pts, k, tab, cnt, ac, mult, stamp, sc)
                 if d < bestd:
                     bestd = d
                     choice = c
@@ -334,16 +340,17 @@ def _anneal(kind, n, pts, in_set, sc, best, tab, cnt, ac, mult, stamp, rng, move
                 c = rand_int(rng, N)
                 while in_set[c]:
                     c = rand_int(rng, N)
-                sc[V] += _add_delta(kind, n, c, i, pts, k, tab, ac) - ac[pts[i]]
+                sc[V] += (_add_delta(kind, n, c, i, pts, k, tab, cnt, ac, mult, stamp, sc)
+                          - _add_delta(kind, n, pts[i], i, pts, k, tab, cnt, ac, mult, stamp, sc))
                 _remove(kind, n, i, pts, k, in_set, tab, cnt, ac, mult, stamp, sc)
                 _place(kind, n, c, i, pts, k, in_set, tab, cnt, ac, mult, stamp, sc)
         # the point to move: with probability `focus`, one in a violation
         i = rand_int(rng, k)
-        rem = _add_delta(kind, n, pts[i], i, pts, k, tab, ac)
+        rem = _add_delta(kind, n, pts[i], i, pts, k, tab, cnt, ac, mult, stamp, sc)
         if rem == 0 and rand_float(rng) < focus:
             for _ in range(4 * k):
                 i = rand_int(rng, k)
-                rem = _add_delta(kind, n, pts[i], i, pts, k, tab, ac)
+                rem = _add_delta(kind, n, pts[i], i, pts, k, tab, cnt, ac, mult, stamp, sc)
                 if rem > 0:
                     break
         p = pts[i]
@@ -364,11 +371,11 @@ def _anneal(kind, n, pts, in_set, sc, best, tab, cnt, ac, mult, stamp, rng, move
             c2 = rj * n + ci
             if ri == rj or ci == cj or in_set[c1] or in_set[c2]:
                 continue
-            d = _add_delta(kind, n, c1, i, pts, k, tab, ac) - rem
+            d = _add_delta(kind, n, c1, i, pts, k, tab, cnt, ac, mult, stamp, sc) - rem
             _remove(kind, n, i, pts, k, in_set, tab, cnt, ac, mult, stamp, sc)
             _place(kind, n, c1, i, pts, k, in_set, tab, cnt, ac, mult, stamp, sc)
-            d += (_add_delta(kind, n, c2, j, pts, k, tab, ac)
-                  - _add_delta(kind, n, q, j, pts, k, tab, ac))
+            d += (_add_delta(kind, n, c2, j, pts, k, tab, cnt, ac, mult, stamp, sc)
+                  - _add_delta(kind, n, q, j, pts, k, tab, cnt, ac, mult, stamp, sc))
             if d <= 0 or rand_float(rng) < math.exp(-d / T_now):
                 _remove(kind, n, j, pts, k, in_set, tab, cnt, ac, mult, stamp, sc)
                 _place(kind, n, c2, j, pts, k, in_set, tab, cnt, ac, mult, stamp, sc)
@@ -377,7 +384,18 @@ def _anneal(kind, n, pts, in_set, sc, best, tab, cnt, ac, mult, stamp, rng, move
                 _remove(kind, n, i, pts, k, in_set, tab, cnt, ac, mult, stamp, sc)
                 _place(kind, n, p, i, pts, k, in_set, tab, cnt, ac, mult, stamp, sc)
             continue
-        if u < swap_moves + line_moves:
+        if u < swap_moves + near_moves:
+            # a step to a cell at most 2 rows and 2 columns away
+            rp = p // n
+            cp = p - rp * n
+            r = rp + rand_int(rng, 5) - 2
+            col = cp + rand_int(rng, 5) - 2
+            if r < 0 or r >= n or col < 0 or col >= n:
+                continue
+            c = r * n + col
+            if in_set[c]:
+                continue
+        elif u < swap_moves + near_moves + line_moves:
             # slide along the point's row or column: keeps the other line's count
             rp = p // n
             cp = p - rp * n
@@ -396,16 +414,16 @@ def _anneal(kind, n, pts, in_set, sc, best, tab, cnt, ac, mult, stamp, rng, move
             while in_set[c]:
                 c = rand_int(rng, N)
             if tour > 1:
-                cost = _add_delta(kind, n, c, -1, pts, k, tab, ac)
+                cost = _add_delta(kind, n, c, -1, pts, k, tab, cnt, ac, mult, stamp, sc)
                 for _ in range(tour - 1):
                     x = rand_int(rng, N)
                     while in_set[x]:
                         x = rand_int(rng, N)
-                    cx = _add_delta(kind, n, x, -1, pts, k, tab, ac)
+                    cx = _add_delta(kind, n, x, -1, pts, k, tab, cnt, ac, mult, stamp, sc)
                     if cx < cost:
                         cost = cx
                         c = x
-        d = _add_delta(kind, n, c, i, pts, k, tab, ac) - rem
+        d = _add_delta(kind, n, c, i, pts, k, tab, cnt, ac, mult, stamp, sc) - rem
         if d <= 0 or rand_float(rng) < math.exp(-d / T_now):
             _remove(kind, n, i, pts, k, in_set, tab, cnt, ac, mult, stamp, sc)
             _place(kind, n, c, i, pts, k, in_set, tab, cnt, ac, mult, stamp, sc)
@@ -461,10 +479,11 @@ class GridPointProblem(KernelProblem):
     swap_moves = 0.0  # probability of a rook swap (two points exchange columns)
     tournament = 1  # a move's new cell: the least conflicted of this many random free cells
     kick = 0  # at the start of each temperature cycle, relocate this many random points
+    near_moves = 0.0  # probability that a move steps a point at most 2 rows and columns
 
     def params(self) -> np.ndarray:
         return np.array([self.t_hi, self.t_lo, self.period, self.focus, self.line_moves, self.swap_moves,
-                         self.tournament, self.kick], dtype=np.float64)
+                         self.tournament, self.kick, self.near_moves], dtype=np.float64)
 
     def __init__(self, n: int):
         super().__init__(n)

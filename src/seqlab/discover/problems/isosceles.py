@@ -20,30 +20,11 @@ import numpy as np
 from ._grid import KIND_ISOSCELES, GridPointProblem
 
 
-def _ring_table(n: int) -> np.ndarray:
-    """tab[d, 0] = number of offsets (dr, dc) with dr^2 + dc^2 = d (|dr|, |dc| < n);
-    tab[d, 1 + 2t], tab[d, 2 + 2t] = the t-th offset."""
-    D = 2 * (n - 1) ** 2 + 1
-    rings: list[list[tuple[int, int]]] = [[] for _ in range(D)]
-    for dr in range(-n + 1, n):
-        for dc in range(-n + 1, n):
-            if dr or dc:
-                rings[dr * dr + dc * dc].append((dr, dc))
-    width = max(len(r) for r in rings)
-    tab = np.zeros((D, 1 + 2 * width), dtype=np.int32)
-    for d, r in enumerate(rings):
-        tab[d, 0] = len(r)
-        for t, (dr, dc) in enumerate(r):
-            tab[d, 1 + 2 * t] = dr
-            tab[d, 2 + 2 * t] = dc
-    return tab
-
-
 class IsoscelesFree(GridPointProblem):
     name = "isosceles-free"
     description = "points of the n x n grid, no isosceles triangle (flat ones included); maximise points"
     kind = KIND_ISOSCELES
-    max_n = 64  # the kernel keeps an n^2 x 2n^2 table of distance counts
+    max_n = 128
     # cool cycles (V ~ 1-8 at k ~ 2n) with a kick of 16 random relocations at the start
     # of each: hotter cycles melt the set (V ~ 15 at T = 1) and cost O(n^2) per accepted move
     t_hi, t_lo, period, focus, kick = 0.35, 0.1, 500_000, 0.9, 16
@@ -61,7 +42,9 @@ class IsoscelesFree(GridPointProblem):
 
     def _aux(self):
         n, N = self.n, self.N
-        return _ring_table(n), (N, 2 * (n - 1) ** 2 + 1), 1, min(N, 3 * n + 10)
+        D = 2 * (n - 1) ** 2 + 1  # squared distances 0..D-1
+        cap = min(N, 3 * n + 10)  # more than any isosceles-free set holds
+        return np.zeros((1, 1), dtype=np.int32), (cap, D), D, cap
 
     def violations(self, c) -> int:
         p = self.points(c)
