@@ -73,8 +73,8 @@ def cmd_list(args) -> None:
                                        for r in rows]}))
         return
     for r in rows:
-        bk = r["best_known"]
-        shown = ", ".join(f"{n}:{v:g}" for n, v in bk.items())
+        items = [f"{n}:{v:g}" for n, v in r["best_known"].items()]
+        shown = ", ".join(items if len(items) <= 14 else items[:9] + ["..."] + items[-4:])
         print(f"{r['name']:<18} {r['description']}")
         print(f"{'':<18} best known (n:score): {shown}")
 

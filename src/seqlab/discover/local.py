@@ -219,9 +219,14 @@ def improve_many(problem, starts: Sequence, seed=0, moves_per_start: int = 1000,
     """Decode (strings) -> repair -> local search for a batch of starts (e.g. model
     samples); one valid construction per usable start, in order. Start i is
     seeded from (seed, i), so the result does not depend on `workers`."""
-    starts = list(starts)
-    if starts and all(isinstance(s, str) for s in starts):
-        starts, _ = decode_many(problem, starts)
+    usable = []
+    for s in starts:
+        if isinstance(s, str):  # a model sample: decode; unusable ones are dropped
+            decoded, _ = decode_many(problem, [s])
+            s = decoded[0] if decoded else None
+        if s is not None:
+            usable.append(s)
+    starts = usable
     if not starts:
         return []
     seeds = [derive_seed(seed, i) for i in range(len(starts))]
