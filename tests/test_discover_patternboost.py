@@ -19,7 +19,8 @@ def test_model_samples_reach_the_local_search(tmp_path, monkeypatch):
     real = pb.improve_many
 
     def spy(problem_, starts, **kw):
-        seen.append(list(starts))
+        if any(s is not None for s in starts):  # generation 0 starts from scratch (None)
+            seen.append(list(starts))
         return real(problem_, starts, **kw)
 
     monkeypatch.setattr(pb, "improve_many", spy)
@@ -73,3 +74,42 @@ def test_user_problem_runs_a_generation(tmp_path, monkeypatch, use_grpo):
     assert [e["generation"] for e in log][:2] == [0, 1]
     assert all(problem.is_valid(c) for c in result.best)
     assert result.best_score == max(problem.score(c) for c in result.best) >= 4
+
+
+def test_generation_zero_pool_is_diverse(tmp_path):
+    # many short searches from random starts, as in the paper: a pool of many distinct
+    # good constructions for the model to learn from, not a handful of long anneals
+    problem = get_problem("golomb", 8)
+    log = []
+    run_patternboost(problem, tmp_path / "run", seconds=3, seed=0, workers=1, cfg=TINY, progress=log.append)
+    g0 = log[0]
+    assert g0["generation"] == 0 and g0["new"] >= TINY.samples
+    assert g0["pool_size"] >= TINY.samples // 2
+    assert g0["max"] >= problem.best_known(8) - 15  # score = minus the length; optimal length 34
+
+
+def test_resume_continues_with_the_pool_and_the_model(tmp_path, monkeypatch):
+    problem = get_problem("golomb", 6)
+    first = []
+    result = run_patternboost(problem, tmp_path / "run", seconds=10, seed=0, workers=1, cfg=TINY,
+                              progress=first.append)
+    last_gen = first[-1]["generation"]
+    assert last_gen >= 1
+    # (a generation cut off by the budget after training has saved its model too)
+    newest = max(int(d.name[4:]) for d in (tmp_path / "run").glob("gen-*") if (d / "model").is_dir())
+    assert newest in (last_gen, last_gen + 1)
+    models_at_fit = []
+    real_fit = pb.ModelSide.fit
+
+    def spy(self, lines, generation):
+        models_at_fit.append((generation, self.model is not None))
+        return real_fit(self, lines, generation)
+
+    monkeypatch.setattr(pb.ModelSide, "fit", spy)
+    second = []
+    run_patternboost(problem, tmp_path / "run", seconds=6, seed=0, workers=1, cfg=TINY, init=result.best,
+                     progress=second.append)
+    # no new generation 0; the first resumed generation trains the newest saved model further
+    assert second and second[0]["generation"] == newest + 1
+    assert models_at_fit[0] == (newest + 1, True)
+    assert second[0]["max"] >= result.best_score

@@ -203,7 +203,7 @@ def run_search(args, problem, out: Path, best_known, target, init, round0: int, 
         result = run_local(problem, seconds=args.minutes * 60, seed=args.seed, workers=args.workers,
                            pool_out=pool_out, round_seconds=args.round_seconds, target=target, keep=args.keep,
                            init=init, progress=on_round)
-    else:  # the model's weights are not resumed: a resumed run retrains from the kept pool
+    else:  # a resumed run continues from its pool and its newest generation's model
         from .patternboost import run_patternboost
 
         result = run_patternboost(problem, out, seconds=args.minutes * 60, seed=args.seed, workers=args.workers,

@@ -59,14 +59,19 @@ def _init_worker(ref, stop_event) -> None:
     _W["stop"] = stop_event
 
 
-def _search(problem, starts, seeds, moves, seconds, target, stop):
-    """Run local_search start by start (each with its own seed); returns (results, moves)."""
+def _search(problem, starts, seeds, moves, seconds, target, stop, until=None):
+    """Run local_search start by start (each with its own seed); returns (results, moves).
+    `seconds` bounds this call; `until` (a time.time() value, shared by all workers)
+    bounds every start of a batch that was queued at once."""
     kw = {}
     params = inspect.signature(problem.local_search).parameters
     if stop is not None and "stop" in params:
         kw["stop"] = stop
     out, total = [], 0
     deadline = None if seconds is None else time.perf_counter() + seconds
+    if until is not None:
+        left = max(0.0, until - time.time())
+        deadline = time.perf_counter() + (left if deadline is None else min(left, deadline - time.perf_counter()))
     for st, sd in zip(starts, seeds):
         left = None if deadline is None else max(0.0, deadline - time.perf_counter())
         res = problem.local_search([st], seed=sd, max_moves=moves, seconds=left, target=target, **kw)
@@ -76,11 +81,11 @@ def _search(problem, starts, seeds, moves, seconds, target, stop):
 
 
 def _job(args):
-    starts, seeds, moves, seconds, target = args
+    starts, seeds, moves, seconds, target, *until = args
     stop = _W.get("stop")
     problem = _W["problem"]
     res, total = _search(problem, starts, seeds, moves, seconds, target,
-                         (stop.is_set if stop is not None else None))
+                         (stop.is_set if stop is not None else None), *until)
     if stop is not None and target is not None and any(problem.score(c) >= target for c in res):
         stop.set()
     return res, total
@@ -109,11 +114,11 @@ class LocalPool:
                                   initargs=(_problem_ref(problem), self._stop))
 
     def run(self, jobs: list, use_stop: bool = False) -> list:
-        """jobs: (starts, seeds, moves, seconds, target) tuples; results in job order."""
+        """jobs: (starts, seeds, moves, seconds, target[, until]) tuples; results in job order."""
         if self._pool is None:
             out = []
-            for starts, seeds, moves, seconds, target in jobs:
-                out.append(_search(self.problem, starts, seeds, moves, seconds, target, None))
+            for starts, seeds, moves, seconds, target, *until in jobs:
+                out.append(_search(self.problem, starts, seeds, moves, seconds, target, None, *until))
             return out
         self._stop.clear()
         try:
@@ -135,8 +140,8 @@ class LocalPool:
 
 
 def _job_nostop(args):
-    starts, seeds, moves, seconds, target = args
-    return _search(_W["problem"], starts, seeds, moves, seconds, target, None)
+    starts, seeds, moves, seconds, target, *until = args
+    return _search(_W["problem"], starts, seeds, moves, seconds, target, None, *until)
 
 
 # ------------------------------------------------------------------ helpers
@@ -215,27 +220,32 @@ class LocalResult:
 
 # ------------------------------------------------------------------ the searchers
 def improve_many(problem, starts: Sequence, seed=0, moves_per_start: int = 1000, workers: int | None = 1,
-                 pool: LocalPool | None = None, target: float | None = None) -> list:
+                 pool: LocalPool | None = None, target: float | None = None,
+                 deadline: float | None = None) -> list:
     """Decode (strings) -> repair -> local search for a batch of starts (e.g. model
-    samples); one valid construction per usable start, in order. Start i is
-    seeded from (seed, i), so the result does not depend on `workers`."""
+    samples); one valid construction per usable start, in order. A string that
+    does not decode is dropped; None starts from scratch (randomised greedy).
+    Start i is seeded from (seed, i), so the result does not depend on `workers`.
+    `deadline` (a time.perf_counter() value) cuts the searches short when it passes."""
     usable = []
     for s in starts:
         if isinstance(s, str):  # a model sample: decode; unusable ones are dropped
             decoded, _ = decode_many(problem, [s])
-            s = decoded[0] if decoded else None
-        if s is not None:
-            usable.append(s)
+            if not decoded:
+                continue
+            s = decoded[0]
+        usable.append(s)
     starts = usable
     if not starts:
         return []
     seeds = [derive_seed(seed, i) for i in range(len(starts))]
+    until = None if deadline is None else time.time() + max(0.0, deadline - time.perf_counter())
     own = pool is None
     pool = LocalPool(problem, workers) if own else pool
     try:
         n_chunks = min(len(starts), pool.workers * 4)
         bounds = np.linspace(0, len(starts), n_chunks + 1).astype(int)
-        jobs = [(starts[a:b], seeds[a:b], int(moves_per_start), None, target)
+        jobs = [(starts[a:b], seeds[a:b], int(moves_per_start), None, target, until)
                 for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
         out = []
         for res, _ in pool.run(jobs):

@@ -1,7 +1,9 @@
 """The PatternBoost loop (Charton, Ellenberg, Wagner, Williamson 2024), and its
 GRPO variant.
 
-    generation 0   local search fills the pool (run_local)
+    generation 0   many short local searches from random greedy starts fill the
+                   pool (improve_many; a diverse pool of good constructions, as in
+                   the paper, not the few long anneals of the `local` searcher)
     generation g   keep the best `train_fraction` of the pool (+ their symmetric
                    images) -> train the transformer on them, starting from the
                    previous generation's weights -> sample `samples` strings with
@@ -33,7 +35,8 @@ from ..config import run_config_from_dict
 from ..data.tokenizer import CharTokenizer
 from ..sampling import DecodeRule, generate
 from ..train import train
-from .local import Elite, LocalPool, LocalResult, decode_many, improve_many, pool_stats, run_local
+from .local import Elite, LocalPool, LocalResult, decode_many, improve_many, pool_stats
+from .problem import derive_seed
 
 
 @dataclass
@@ -77,6 +80,20 @@ class ModelSide:
         self.tokenizer = CharTokenizer(sorted(set(problem.vocabulary())))
         self.model = None
         self.block_size = 0
+
+    def resume(self) -> int:
+        """Load the newest generation's model of a run in `out`; returns its generation (0: none)."""
+        from ..checkpoint import load_model
+
+        for gdir in sorted(self.out.glob("gen-[0-9][0-9][0-9]"), reverse=True):
+            if (gdir / "model").is_dir():
+                try:
+                    self.model, _, _ = load_model(gdir / "model", "last")
+                except Exception:  # an interrupted generation: fall back to the one before
+                    continue
+                self.block_size = self.model.max_len
+                return int(gdir.name[4:])
+        return 0
 
     def fit(self, lines: list[str], generation: int) -> dict:
         t0 = time.perf_counter()
@@ -143,18 +160,27 @@ def run_patternboost(problem, out: Path, seconds: float, seed: int = 0, workers:
         best = elite.best_score()
         return target is not None and best is not None and best >= target
 
-    local0 = run_local(problem, seconds=seconds * cfg.init_fraction, seed=seed, workers=workers, keep=cfg.keep,
-                       init=init, target=target)
     elite = Elite(problem, cfg.keep)
-    elite.add(local0.best)
-    emit({"generation": 0, "moves": local0.moves, "local_s": round(local0.seconds, 2), "train_s": 0.0,
-          "sample_s": 0.0, "grpo_s": 0.0, "new": len(local0.best), "distinct": len(local0.best),
-          "valid_before_repair": None, "decodable": None, "novelty": None}, elite)
+    elite.add(init or [])
     side = ModelSide(problem, out, cfg, seed)
-    g = torch.Generator().manual_seed(seed)
-    moves = local0.moves
-    generation = 0
+    generation = side.resume() if init else 0  # a resumed run keeps its pool and its model
+    g = torch.Generator().manual_seed(derive_seed(seed, generation))
+    moves = 0
     with LocalPool(problem, workers) as pool:
+        if generation == 0:
+            init_end = t0 + seconds * cfg.init_fraction
+            found, batch = 0, 0
+            while batch == 0 or (time.perf_counter() < init_end and not reached()):
+                improved = improve_many(problem, [None] * cfg.samples, seed=derive_seed(derive_seed(seed, 7919), batch),
+                                        moves_per_start=cfg.moves_per_start, pool=pool, target=target,
+                                        deadline=init_end)
+                moves += cfg.moves_per_start * len(improved)
+                found += len(improved)
+                elite.add(improved)
+                batch += 1
+            emit({"generation": 0, "moves": moves, "local_s": round(time.perf_counter() - t0, 2), "train_s": 0.0,
+                  "sample_s": 0.0, "grpo_s": 0.0, "new": found, "distinct": len(elite.items),
+                  "valid_before_repair": None, "decodable": None, "novelty": None}, elite)
         while time.perf_counter() < end and not reached():
             generation += 1
             fit = side.fit(_training_lines(problem, elite, cfg), generation)
@@ -175,7 +201,8 @@ def run_patternboost(problem, out: Path, seconds: float, seed: int = 0, workers:
             novel = sum(problem.key(c) not in elite.items for c in valid)
             t1 = time.perf_counter()
             improved = improve_many(problem, decoded, seed=seed * 1_000_003 + generation,
-                                    moves_per_start=cfg.moves_per_start, pool=pool, target=target)
+                                    moves_per_start=cfg.moves_per_start, pool=pool, target=target,
+                                    deadline=end)
             local_s = time.perf_counter() - t1
             moves += cfg.moves_per_start * len(decoded)
             new = elite.add(improved)
