@@ -113,3 +113,11 @@ def test_resume_continues_with_the_pool_and_the_model(tmp_path, monkeypatch):
     assert second and second[0]["generation"] == newest + 1
     assert models_at_fit[0] == (newest + 1, True)
     assert second[0]["max"] >= result.best_score
+
+
+def test_local_search_budget_follows_the_measured_speed():
+    speed = pb._Throughput(workers=2)
+    assert speed.moves_for(0.5) == 500_000  # nothing measured yet: 1e6 moves/s assumed
+    speed.add(moves=4_000_000, seconds=1.0)  # 2 workers for 1 s: 2e6 moves per worker-second
+    assert speed.moves_for(0.25) == 500_000
+    assert speed.moves_for(1e-9) == 1000  # never fewer than 1000 moves per start

@@ -29,7 +29,8 @@ SEARCHERS = ("local", "patternboost", "grpo")
 METRICS_COLUMNS = ["round", "seconds", "moves", "new", "distinct", "pool_size", "mean", "median", "top20", "max",
                    "best",
                    # model-based searchers only (one row per generation; round = generation)
-                   "decodable", "valid_before_repair", "novelty", "train_s", "sample_s", "grpo_s", "local_s"]
+                   "decodable", "valid_before_repair", "novelty", "train_s", "sample_s", "grpo_s", "local_s",
+                   "moves_per_start"]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -221,12 +221,13 @@ class LocalResult:
 # ------------------------------------------------------------------ the searchers
 def improve_many(problem, starts: Sequence, seed=0, moves_per_start: int = 1000, workers: int | None = 1,
                  pool: LocalPool | None = None, target: float | None = None,
-                 deadline: float | None = None) -> list:
+                 deadline: float | None = None, stats: dict | None = None) -> list:
     """Decode (strings) -> repair -> local search for a batch of starts (e.g. model
     samples); one valid construction per usable start, in order. A string that
     does not decode is dropped; None starts from scratch (randomised greedy).
     Start i is seeded from (seed, i), so the result does not depend on `workers`.
-    `deadline` (a time.perf_counter() value) cuts the searches short when it passes."""
+    `deadline` (a time.perf_counter() value) cuts the searches short when it passes;
+    `stats`, a dict, receives the number of moves made ("moves")."""
     usable = []
     for s in starts:
         if isinstance(s, str):  # a model sample: decode; unusable ones are dropped
@@ -247,9 +248,12 @@ def improve_many(problem, starts: Sequence, seed=0, moves_per_start: int = 1000,
         bounds = np.linspace(0, len(starts), n_chunks + 1).astype(int)
         jobs = [(starts[a:b], seeds[a:b], int(moves_per_start), None, target, until)
                 for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-        out = []
-        for res, _ in pool.run(jobs):
+        out, moves = [], 0
+        for res, m in pool.run(jobs):
             out.extend(res)
+            moves += m
+        if stats is not None:
+            stats["moves"] = moves
         return out
     finally:
         if own:

@@ -54,11 +54,33 @@ class PatternBoostConfig:
     n_embd: int = 64
     samples: int = 512  # model samples per generation
     temperature: float = 1.0
-    moves_per_start: int = 20000  # local-search moves spent on each decoded sample
+    # local-search moves per start; None: sized from the measured moves/s so that generation 0
+    # makes about `keep` searches in its budget and later generations give the local search
+    # `local_share` of their wall clock (an int fixes it, e.g. for reproducible tests)
+    moves_per_start: int | None = None
+    local_share: float = 0.75
     grpo_steps: int = 20  # grpo searcher: GRPO updates per generation
     grpo_group: int = 16
     grpo_lr: float = 1e-4
     threads: int = 1
+
+
+CALIBRATION_MOVES = 20_000  # moves per start of the first batch, which measures the moves/s
+
+
+class _Throughput:
+    """Local-search moves per worker-second, measured over the run so far."""
+
+    def __init__(self, workers: int):
+        self.workers, self.moves, self.seconds = workers, 0, 0.0
+
+    def add(self, moves: int, seconds: float) -> None:
+        self.moves += moves
+        self.seconds += seconds * self.workers
+
+    def moves_for(self, seconds_per_start: float) -> int:
+        rate = self.moves / self.seconds if self.seconds > 0 and self.moves > 0 else 1e6
+        return int(min(1e10, max(1000, rate * seconds_per_start)))
 
 
 def _training_lines(problem, elite: Elite, cfg: PatternBoostConfig) -> list[str]:
@@ -167,20 +189,32 @@ def run_patternboost(problem, out: Path, seconds: float, seed: int = 0, workers:
     g = torch.Generator().manual_seed(derive_seed(seed, generation))
     moves = 0
     with LocalPool(problem, workers) as pool:
+        speed = _Throughput(pool.workers)
+
+        def search(starts, seed_, moves_per_start, deadline):
+            stats: dict = {}
+            t = time.perf_counter()
+            res = improve_many(problem, starts, seed=seed_, moves_per_start=moves_per_start, pool=pool,
+                               target=target, deadline=deadline, stats=stats)
+            speed.add(stats.get("moves", 0), time.perf_counter() - t)
+            return res, stats.get("moves", 0)
+
         if generation == 0:
             init_end = t0 + seconds * cfg.init_fraction
+            # the pool's first fill: about cfg.keep searches share the initial budget
+            per_start_s = seconds * cfg.init_fraction * pool.workers / max(1, cfg.keep)
             found, batch = 0, 0
             while batch == 0 or (time.perf_counter() < init_end and not reached()):
-                improved = improve_many(problem, [None] * cfg.samples, seed=derive_seed(derive_seed(seed, 7919), batch),
-                                        moves_per_start=cfg.moves_per_start, pool=pool, target=target,
-                                        deadline=init_end)
-                moves += cfg.moves_per_start * len(improved)
+                m = cfg.moves_per_start or (CALIBRATION_MOVES if batch == 0 else speed.moves_for(per_start_s))
+                improved, done = search([None] * cfg.samples, derive_seed(derive_seed(seed, 7919), batch), m,
+                                        init_end)
+                moves += done
                 found += len(improved)
                 elite.add(improved)
                 batch += 1
             emit({"generation": 0, "moves": moves, "local_s": round(time.perf_counter() - t0, 2), "train_s": 0.0,
                   "sample_s": 0.0, "grpo_s": 0.0, "new": found, "distinct": len(elite.items),
-                  "valid_before_repair": None, "decodable": None, "novelty": None}, elite)
+                  "valid_before_repair": None, "decodable": None, "novelty": None, "moves_per_start": m}, elite)
         while time.perf_counter() < end and not reached():
             generation += 1
             fit = side.fit(_training_lines(problem, elite, cfg), generation)
@@ -199,18 +233,20 @@ def run_patternboost(problem, out: Path, seconds: float, seed: int = 0, workers:
             decoded, bad = decode_many(problem, strings)
             valid = [c for c in decoded if problem.is_valid(c)]
             novel = sum(problem.key(c) not in elite.items for c in valid)
+            # the local search gets local_share of the generation's wall clock
+            model_s = fit["train_s"] + grpo_s + sample_s
+            local_budget = model_s * cfg.local_share / max(1e-6, 1.0 - cfg.local_share)
+            m = cfg.moves_per_start or speed.moves_for(local_budget * pool.workers / max(1, len(decoded)))
             t1 = time.perf_counter()
-            improved = improve_many(problem, decoded, seed=seed * 1_000_003 + generation,
-                                    moves_per_start=cfg.moves_per_start, pool=pool, target=target,
-                                    deadline=end)
+            improved, done = search(decoded, seed * 1_000_003 + generation, m, end)
             local_s = time.perf_counter() - t1
-            moves += cfg.moves_per_start * len(decoded)
+            moves += done
             new = elite.add(improved)
             emit({"generation": generation, "moves": moves, "local_s": round(local_s, 2),
                   "train_s": round(fit["train_s"], 2), "sample_s": round(sample_s, 2), "grpo_s": round(grpo_s, 2),
                   "new": len(improved), "distinct": new,
                   "valid_before_repair": len(valid) / len(strings), "decodable": 1 - bad / len(strings),
-                  "novelty": novel / len(valid) if valid else 0.0}, elite)
+                  "novelty": novel / len(valid) if valid else 0.0, "moves_per_start": m}, elite)
     ranked = elite.ranked()
     return LocalResult(best=[c for _, c in ranked], scores=[s for s, _ in ranked], log=log, moves=moves,
                        seconds=time.perf_counter() - t0)

@@ -1,0 +1,184 @@
+"""The issue's comparison of the three discovery searchers at equal wall-clock budget.
+
+    python benchmarks/discover_compare.py --runs RUNS_DIR [--minutes 10] [--seeds 0 1 2]
+                                          [--sizes golomb:10 c4-free:40 ...] [--searchers local patternboost grpo]
+    python benchmarks/discover_compare.py --runs RUNS_DIR --report docs/img   # table + plots only
+
+Every (problem, n, searcher, seed) is one `seqlab discover` run of --minutes on all
+cores, one after the other (never two at once: they would share the cores). A run
+that finished (best.json written) is kept and skipped, so the script can be stopped
+and started again; a run that was cut off is started again from scratch, because a
+resumed run would not have had one uninterrupted budget. Searchers alternate within
+each (size, seed) so that slow drifts of the shared machine's load hit all of them.
+
+Each run records the load average before and after and the CPU time that other
+processes took during it (from /proc/stat, minus this run's own), in RUNS_DIR/runs.json.
+The report prints, per size, the best-known value and each searcher's mean and best
+final score over the seeds, with the time each run first reached its final best,
+and draws best score vs time for every searcher (one PNG per size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HARD = ["isosceles-free:32", "c4-free:40", "no-three-in-line:20", "no-three-in-line:24",
+        "golomb:10", "golomb:11", "golomb:12"]
+SEARCHERS = ["local", "patternboost", "grpo"]
+
+
+def cpu_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine."""
+    parts = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = parts[3] + (parts[4] if len(parts) > 4 else 0.0)
+    return sum(parts) - idle, sum(parts)
+
+
+def children_cpu() -> float:
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+def run_one(problem: str, n: int, searcher: str, seed: int, minutes: float, out: Path) -> dict:
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)  # cut off earlier: a fresh, uninterrupted budget
+    cmd = [sys.executable, "-m", "seqlab.cli", "discover", problem, "--n", str(n), "--out", str(out),
+           "--searcher", searcher, "--minutes", str(minutes), "--seed", str(seed), "--json", "--quiet"]
+    load0 = os.getloadavg()[0]
+    b0, t0 = cpu_busy()
+    c0 = children_cpu()
+    w0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.time() - w0
+    b1, t1 = cpu_busy()
+    own = (children_cpu() - c0) * os.sysconf("SC_CLK_TCK")
+    if proc.returncode != 0:
+        raise SystemExit(f"error: {' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    other = max(0.0, (b1 - b0) - own) / max(1.0, t1 - t0)
+    return {"problem": problem, "n": n, "searcher": searcher, "seed": seed, "minutes": minutes,
+            "best_score": res["best_score"], "best_known": res["best_known"], "wall_s": round(wall, 1),
+            "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2),
+            "other_cpu_share": round(other, 3), "run": str(out),
+            "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+
+
+def curve(run_dir: Path) -> list[tuple[float, float]]:
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open(encoding="utf-8")))
+    return [(float(r["seconds"]), float(r["best"])) for r in rows if r.get("best") not in (None, "")]
+
+
+def time_to_final(points: list[tuple[float, float]]) -> float | None:
+    if not points:
+        return None
+    final = points[-1][1]
+    return next(t for t, b in points if b >= final)
+
+
+def report(records: list[dict], img_dir: Path | None) -> str:
+    lines = ["| problem | n | best known | searcher | runs | mean | best | scores (seeds) | "
+             "time to final best, s (median) | other CPU during runs |",
+             "|---|---:|---:|---|---:|---:|---:|---|---:|---|"]
+    sizes = list(dict.fromkeys((r["problem"], r["n"]) for r in records))
+    for problem, n in sizes:
+        for searcher in SEARCHERS:
+            rs = sorted((r for r in records if (r["problem"], r["n"], r["searcher"]) == (problem, n, searcher)),
+                        key=lambda r: r["seed"])
+            if not rs:
+                continue
+            scores = [r["best_score"] for r in rs]
+            ttf = [time_to_final(curve(Path(r["run"]))) for r in rs]
+            ttf = [t for t in ttf if t is not None]
+            lines.append(f"| {problem} | {n} | {rs[0]['best_known']:g} | {searcher} | {len(rs)} | "
+                         f"{statistics.fmean(scores):.2f} | {max(scores):g} | {' '.join(f'{s:g}' for s in scores)} | "
+                         f"{statistics.median(ttf):.0f} | "
+                         f"{min(r['other_cpu_share'] for r in rs):.0%}-{max(r['other_cpu_share'] for r in rs):.0%} |")
+        if img_dir is not None:
+            plot_size(records, problem, n, img_dir / f"discover-{problem}-{n}.png")
+    return "\n".join(lines)
+
+
+def plot_size(records: list[dict], problem: str, n: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    colours = {"local": "tab:gray", "patternboost": "tab:blue", "grpo": "tab:red"}
+    bk = None
+    for r in records:
+        if (r["problem"], r["n"]) != (problem, n):
+            continue
+        pts = curve(Path(r["run"]))
+        if not pts:
+            continue
+        bk = r["best_known"]
+        t, b = zip(*pts)
+        ax.step([x / 60 for x in t], b, where="post", color=colours.get(r["searcher"], "k"), alpha=0.8,
+                label=r["searcher"] if r["seed"] == min(x["seed"] for x in records if x["searcher"] == r["searcher"])
+                else None)
+    if bk is not None:
+        ax.axhline(bk, color="k", ls="--", lw=1, label=f"best known {bk:g}")
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("best score")
+    ax.set_title(f"{problem} n={n}: best score vs time, one line per seed")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", required=True, help="directory for the runs and runs.json")
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--sizes", nargs="+", default=HARD, help="problem:n items (default: the issue's hard sizes)")
+    ap.add_argument("--searchers", nargs="+", default=SEARCHERS, choices=SEARCHERS)
+    ap.add_argument("--report", metavar="IMG_DIR", help="only print the table (and draw plots into IMG_DIR)")
+    args = ap.parse_args(argv)
+    runs = Path(args.runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    db = runs / "runs.json"
+    records = json.loads(db.read_text()) if db.exists() else []
+    if args.report:
+        print(report(records, Path(args.report)))
+        return 0
+    done = {(r["problem"], r["n"], r["searcher"], r["seed"], r["minutes"]) for r in records}
+    for item in args.sizes:
+        problem, n = item.rsplit(":", 1)
+        for seed in args.seeds:
+            order = args.searchers[seed % len(args.searchers):] + args.searchers[:seed % len(args.searchers)]
+            for searcher in order:
+                key = (problem, int(n), searcher, seed, args.minutes)
+                if key in done:
+                    continue
+                out = runs / f"{problem}-{n}" / f"{searcher}-m{args.minutes:g}-s{seed}"
+                print(f"{time.strftime('%H:%M:%S')} {problem} n={n} {searcher} seed {seed} ...", flush=True)
+                rec = run_one(problem, int(n), searcher, seed, args.minutes, out)
+                records.append(rec)
+                tmp = db.with_suffix(".tmp")
+                tmp.write_text(json.dumps(records, indent=1) + "\n")
+                tmp.replace(db)
+                print(f"    best {rec['best_score']:g} (known {rec['best_known']:g}), other CPU "
+                      f"{rec['other_cpu_share']:.0%}", flush=True)
+    print(report(records, None))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
