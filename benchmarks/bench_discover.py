@@ -14,7 +14,7 @@ Speed table, per problem and size (one process, one core):
     score          best score after the timed moves, and the best known value
 
 --reach: for each (problem, n) of the list below, independent single-process
-runs from scratch (seeds 0..S-1) until the best known value or --limit
+annealing runs (--searcher: runs of the `local` searcher on all cores) from scratch (seeds 0..S-1) until the best known value or --limit
 seconds: the median time and how many runs got there. This is the issue's
 measurement (a plain annealer reached each within 75 s on an idle machine):
 isosceles-free n <= 18, no-three-in-line n <= 18, c4-free n <= 33,
@@ -39,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from seqlab.discover.local import run_local  # noqa: E402
 from seqlab.discover.problems import get_problem  # noqa: E402
 
 SPEED = [("isosceles-free", 18), ("isosceles-free", 32), ("no-three-in-line", 18), ("no-three-in-line", 24),
@@ -86,18 +87,23 @@ def speed(name: str, n: int, seconds: float) -> dict:
             "best_known": p.best_known(n), "moves": done, "seconds": dt}
 
 
-def reach(name: str, n: int, seeds: int, limit: float) -> dict:
+def reach(name: str, n: int, seeds: int, limit: float, searcher: bool = False) -> dict:
     p = get_problem(name, n)
     bk = p.best_known(n)
     p.local_search(None, seed=0, max_moves=1000)
     times, scores, moves = [], [], 0
     for s in range(seeds):
         t = time.perf_counter()
-        c = p.local_search(None, seed=1000 + s, seconds=limit, target=bk)[0]
+        if searcher:  # the `local` searcher itself: restarts + elitism on all cores
+            res = run_local(p, seconds=limit, seed=1000 + s, target=bk)
+            c = res.best[0]
+            moves += res.moves
+        else:
+            c = p.local_search(None, seed=1000 + s, seconds=limit, target=bk)[0]
+            moves += p.last_moves
         dt = time.perf_counter() - t
         assert p.is_valid(c)
         scores.append(p.score(c))
-        moves += p.last_moves
         times.append(dt if p.score(c) >= bk else None)
     ok = [t for t in times if t is not None]
     return {"problem": name, "n": n, "best_known": bk, "reached": len(ok), "runs": seeds,
@@ -119,6 +125,8 @@ def main(argv=None) -> int:
     ap.add_argument("--hard", action="store_true", help="with --reach: add the hard sizes")
     ap.add_argument("--only", help="only this problem")
     ap.add_argument("--sizes", help="with --only: comma-separated sizes for --reach")
+    ap.add_argument("--searcher", action="store_true",
+                    help="with --reach: time the `local` searcher (all cores, restarts) instead of one annealing run")
     ap.add_argument("--seeds", type=int, default=2, help="runs per size for --reach (default 2)")
     ap.add_argument("--limit", type=float, default=75.0, help="seconds per --reach run (default 75)")
     ap.add_argument("--speed-seconds", type=float, default=2.0, help="length of each speed run (default 2 s)")
@@ -147,10 +155,10 @@ def main(argv=None) -> int:
                 todo = [(args.only, int(x)) for x in args.sizes.split(",")]
         print(f"\nload average before: {load()}")
         print(f"\n| problem | n | best known | reached | median time | slowest | best found | "
-              f"(limit {args.limit:g} s, one process per run) |")
+              f"(limit {args.limit:g} s, {'the local searcher, all cores' if args.searcher else 'one process'} per run) |")
         print("|---|---|---|---|---|---|---|---|")
         for name, n in todo:
-            r = reach(name, n, args.seeds, args.limit)
+            r = reach(name, n, args.seeds, args.limit, args.searcher)
             results["reach"].append(r)
             print(f"| {name} | {n} | {fmt(r['best_known'], 0)} | {r['reached']}/{r['runs']} | "
                   f"{fmt(r['median_s'])} s | {fmt(r['max_s'])} s | {fmt(r['best'], 0)} | "

@@ -305,9 +305,15 @@ def _anneal(kind, n, pts, in_set, sc, best, tab, cnt, ac, mult, stamp, rng, move
     N = n * n
     cap = pts.shape[0]
     done = 0
+    # isosceles: a slot found in a violation (and what removing it saves), kept while the
+    # state is unchanged; finding one costs O(k) per try, and near a solution (V ~ 1-8,
+    # a few of k points involved) the search below takes up to 4k tries per move
+    held_i = -1
+    held_rem = 0
     while done < moves:
         k = sc[K]
         if sc[V] == 0:
+            held_i = -1
             _record(pts, sc, best)
             if sc[BEST_K] >= target or k >= cap or k >= N:
                 break
@@ -335,6 +341,7 @@ def _anneal(kind, n, pts, in_set, sc, best, tab, cnt, ac, mult, stamp, rng, move
             break
         if kick > 0 and sc[T] % period_i == 0:
             # start of a temperature cycle: relocate `kick` random points, whatever the cost
+            held_i = -1
             for _ in range(kick):
                 i = rand_int(rng, k)
                 c = rand_int(rng, N)
@@ -348,11 +355,18 @@ def _anneal(kind, n, pts, in_set, sc, best, tab, cnt, ac, mult, stamp, rng, move
         i = rand_int(rng, k)
         rem = _add_delta(kind, n, pts[i], i, pts, k, tab, cnt, ac, mult, stamp, sc)
         if rem == 0 and rand_float(rng) < focus:
-            for _ in range(4 * k):
-                i = rand_int(rng, k)
-                rem = _add_delta(kind, n, pts[i], i, pts, k, tab, cnt, ac, mult, stamp, sc)
-                if rem > 0:
-                    break
+            if held_i >= 0:
+                i = held_i
+                rem = held_rem
+            else:
+                for _ in range(4 * k):
+                    i = rand_int(rng, k)
+                    rem = _add_delta(kind, n, pts[i], i, pts, k, tab, cnt, ac, mult, stamp, sc)
+                    if rem > 0:
+                        if kind == KIND_ISOSCELES:
+                            held_i = i
+                            held_rem = rem
+                        break
         p = pts[i]
         T_now = temperature(sc[T], t_hi, t_lo, period)
         sc[T] += 1
@@ -376,6 +390,7 @@ def _anneal(kind, n, pts, in_set, sc, best, tab, cnt, ac, mult, stamp, rng, move
             _place(kind, n, c1, i, pts, k, in_set, tab, cnt, ac, mult, stamp, sc)
             d += (_add_delta(kind, n, c2, j, pts, k, tab, cnt, ac, mult, stamp, sc)
                   - _add_delta(kind, n, q, j, pts, k, tab, cnt, ac, mult, stamp, sc))
+            held_i = -1
             if d <= 0 or rand_float(rng) < math.exp(-d / T_now):
                 _remove(kind, n, j, pts, k, in_set, tab, cnt, ac, mult, stamp, sc)
                 _place(kind, n, c2, j, pts, k, in_set, tab, cnt, ac, mult, stamp, sc)
@@ -428,6 +443,7 @@ def _anneal(kind, n, pts, in_set, sc, best, tab, cnt, ac, mult, stamp, rng, move
             _remove(kind, n, i, pts, k, in_set, tab, cnt, ac, mult, stamp, sc)
             _place(kind, n, c, i, pts, k, in_set, tab, cnt, ac, mult, stamp, sc)
             sc[V] += d
+            held_i = -1
     return done
 
 
