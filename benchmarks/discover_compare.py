@@ -3,6 +3,9 @@
     python benchmarks/discover_compare.py --runs RUNS_DIR [--minutes 10] [--seeds 0 1 2]
                                           [--sizes golomb:10 c4-free:40 ...] [--searchers local patternboost grpo]
     python benchmarks/discover_compare.py --runs RUNS_DIR --report docs/img   # table + plots only
+    python benchmarks/discover_compare.py --runs RUNS_DIR --collect benchmarks/discover_compare
+        # copy runs.json and every run's metrics.csv + best.json (not the models) into the repo;
+        # --report works on the copy too
 
 Every (problem, n, searcher, seed) is one `seqlab discover` run of --minutes on all
 cores, one after the other (never two at once: they would share the cores). A run
@@ -69,8 +72,16 @@ def run_one(problem: str, n: int, searcher: str, seed: int, minutes: float, out:
     return {"problem": problem, "n": n, "searcher": searcher, "seed": seed, "minutes": minutes,
             "best_score": res["best_score"], "best_known": res["best_known"], "wall_s": round(wall, 1),
             "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2),
-            "other_cpu_share": round(other, 3), "run": str(out),
+            "other_cpu_share": round(other, 3), "run": str(Path(*out.parts[-2:])),
             "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+
+
+def run_dir(record: dict, runs: Path) -> Path:
+    """A run's directory: <size>/<run> under the runs directory (older records hold absolute paths)."""
+    p = Path(record["run"])
+    if p.is_absolute():
+        return p if p.exists() else runs / Path(*p.parts[-2:])
+    return runs / p
 
 
 def curve(run_dir: Path) -> list[tuple[float, float]]:
@@ -85,7 +96,7 @@ def time_to_final(points: list[tuple[float, float]]) -> float | None:
     return next(t for t, b in points if b >= final)
 
 
-def report(records: list[dict], img_dir: Path | None) -> str:
+def report(records: list[dict], runs: Path, img_dir: Path | None) -> str:
     lines = ["| problem | n | best known | searcher | runs | mean | best | scores (seeds) | "
              "time to final best, s (median) | other CPU during runs |",
              "|---|---:|---:|---|---:|---:|---:|---|---:|---|"]
@@ -97,18 +108,18 @@ def report(records: list[dict], img_dir: Path | None) -> str:
             if not rs:
                 continue
             scores = [r["best_score"] for r in rs]
-            ttf = [time_to_final(curve(Path(r["run"]))) for r in rs]
+            ttf = [time_to_final(curve(run_dir(r, runs))) for r in rs]
             ttf = [t for t in ttf if t is not None]
             lines.append(f"| {problem} | {n} | {rs[0]['best_known']:g} | {searcher} | {len(rs)} | "
                          f"{statistics.fmean(scores):.2f} | {max(scores):g} | {' '.join(f'{s:g}' for s in scores)} | "
                          f"{statistics.median(ttf):.0f} | "
                          f"{min(r['other_cpu_share'] for r in rs):.0%}-{max(r['other_cpu_share'] for r in rs):.0%} |")
         if img_dir is not None:
-            plot_size(records, problem, n, img_dir / f"discover-{problem}-{n}.png")
+            plot_size(records, runs, problem, n, img_dir / f"discover-{problem}-{n}.png")
     return "\n".join(lines)
 
 
-def plot_size(records: list[dict], problem: str, n: int, path: Path) -> None:
+def plot_size(records: list[dict], runs: Path, problem: str, n: int, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,7 +131,7 @@ def plot_size(records: list[dict], problem: str, n: int, path: Path) -> None:
     for r in records:
         if (r["problem"], r["n"]) != (problem, n):
             continue
-        pts = curve(Path(r["run"]))
+        pts = curve(run_dir(r, runs))
         if not pts:
             continue
         bk = r["best_known"]
@@ -150,13 +161,26 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", nargs="+", default=HARD, help="problem:n items (default: the issue's hard sizes)")
     ap.add_argument("--searchers", nargs="+", default=SEARCHERS, choices=SEARCHERS)
     ap.add_argument("--report", metavar="IMG_DIR", help="only print the table (and draw plots into IMG_DIR)")
+    ap.add_argument("--collect", metavar="DIR", help="copy runs.json and the runs' metrics.csv and best.json to DIR")
     args = ap.parse_args(argv)
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
     db = runs / "runs.json"
     records = json.loads(db.read_text()) if db.exists() else []
     if args.report:
-        print(report(records, Path(args.report)))
+        print(report(records, runs, Path(args.report)))
+        return 0
+    if args.collect:
+        import shutil
+
+        dest = Path(args.collect)
+        for r in records:
+            src = run_dir(r, runs)
+            r["run"] = str(Path(*src.parts[-2:]))
+            (dest / r["run"]).mkdir(parents=True, exist_ok=True)
+            for name in ("metrics.csv", "best.json"):
+                shutil.copy2(src / name, dest / r["run"] / name)
+        (dest / "runs.json").write_text(json.dumps(records, indent=1) + "\n")
         return 0
     done = {(r["problem"], r["n"], r["searcher"], r["seed"], r["minutes"]) for r in records}
     for item in args.sizes:
@@ -176,7 +200,7 @@ def main(argv=None) -> int:
                 tmp.replace(db)
                 print(f"    best {rec['best_score']:g} (known {rec['best_known']:g}), other CPU "
                       f"{rec['other_cpu_share']:.0%}", flush=True)
-    print(report(records, None))
+    print(report(records, runs, None))
     return 0
 
 
