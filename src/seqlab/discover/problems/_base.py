@@ -9,7 +9,33 @@ import math
 import time
 from typing import Callable
 
-from ..problem import Problem, as_rng, derive_seed
+import numpy as np
+
+from ..problem import Problem, as_rng, derive_seed, value_alphabet
+
+class PairCodec:
+    """Constructions whose elements are ids a * n + b (grid cells: row, column; edges:
+    u, v), written as two characters each over value_alphabet(n)."""
+
+    def _init_codec(self, n: int) -> None:
+        self._alpha = value_alphabet(n)
+        self._index = {ch: i for i, ch in enumerate(self._alpha)}
+
+    def vocabulary(self) -> str:
+        return self._alpha
+
+    def encode(self, c) -> str:
+        a, n = self._alpha, self.n
+        return "".join(a[int(x) // n] + a[int(x) % n] for x in np.asarray(c))
+
+    def _decode_pairs(self, s: str):
+        """(m, 2) int64 pairs from the usable characters of s (an odd last one is dropped);
+        None when fewer than two are usable, unless s is empty (the empty construction)."""
+        vals = [self._index[ch] for ch in s if ch in self._index]
+        if len(vals) < 2:
+            return None if s else np.zeros((0, 2), dtype=np.int64)
+        return np.asarray(vals[: len(vals) // 2 * 2], dtype=np.int64).reshape(-1, 2)
+
 
 CHUNK = 1 << 16  # moves per kernel call when a clock or a stop flag is watched
 

@@ -37,8 +37,8 @@ import numpy as np
 
 from ...errors import SeqlabError
 from .._jit import njit, rand_float, rand_int, rng_state, temperature
-from ..problem import as_rng, value_alphabet
-from ._base import Budget, KernelProblem, drive
+from ..problem import as_rng
+from ._base import Budget, KernelProblem, PairCodec, drive
 
 KIND_ISOSCELES = 0
 KIND_LINES = 1
@@ -487,7 +487,7 @@ def _neighbour_table(n: int, sq_dists: tuple[int, ...]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ problem base
-class GridPointProblem(KernelProblem):
+class GridPointProblem(PairCodec, KernelProblem):
     """Base class: a set of cells of the n x n grid (see the module docstring)."""
 
     kind: int = -1
@@ -504,23 +504,14 @@ class GridPointProblem(KernelProblem):
     def __init__(self, n: int):
         super().__init__(n)
         self.N = n * n
-        self._alpha = value_alphabet(n)
-        self._index = {ch: i for i, ch in enumerate(self._alpha)}
+        self._init_codec(n)
         self._tables = None
 
     # ---------------------------------------------------------- encoding
-    def vocabulary(self) -> str:
-        return self._alpha
-
-    def encode(self, c) -> str:
-        a, n = self._alpha, self.n
-        return "".join(a[int(x) // n] + a[int(x) % n] for x in np.asarray(c))
-
     def decode(self, s: str):
-        vals = [self._index[ch] for ch in s if ch in self._index]
-        if len(vals) < 2:
-            return None if s else np.zeros(0, dtype=np.int64)
-        cells = np.asarray(vals[: len(vals) // 2 * 2], dtype=np.int64).reshape(-1, 2)
+        cells = self._decode_pairs(s)
+        if cells is None:
+            return None
         return np.unique(cells[:, 0] * self.n + cells[:, 1])
 
     def canonical(self, cells) -> np.ndarray:

@@ -21,8 +21,8 @@ import numpy as np
 
 from ...errors import SeqlabError
 from .._jit import njit, rand_float, rand_int, rng_state, temperature
-from ..problem import as_rng, value_alphabet
-from ._base import Budget, KernelProblem, drive
+from ..problem import as_rng
+from ._base import Budget, KernelProblem, PairCodec, drive
 
 M_, V, BEST_M, T = 0, 1, 2, 3
 
@@ -237,7 +237,7 @@ def _anneal(n, A, W, nbr, deg, pos, eu, ev, sc, best, rng, moves, target, t_hi, 
 
 
 # ------------------------------------------------------------------ problem
-class C4Free(KernelProblem):
+class C4Free(PairCodec, KernelProblem):
     name = "c4-free"
     description = "graphs on n vertices with no 4-cycle; maximise edges (ex(n;C4), OEIS A006855)"
     min_n = 1
@@ -252,22 +252,15 @@ class C4Free(KernelProblem):
 
     def __init__(self, n: int):
         super().__init__(n)
-        self._alpha = value_alphabet(n)
-        self._index = {ch: i for i, ch in enumerate(self._alpha)}
+        self._init_codec(n)
 
     # ---------------------------------------------------------- encoding
-    def vocabulary(self) -> str:
-        return self._alpha
-
-    def encode(self, c) -> str:
-        a, n = self._alpha, self.n
-        return "".join(a[int(e) // n] + a[int(e) % n] for e in np.asarray(c))
-
     def decode(self, s: str):
-        vals = [self._index[ch] for ch in s if ch in self._index]
-        if len(vals) < 2:
-            return None if s else np.zeros(0, dtype=np.int64)
-        uv = np.asarray(vals[: len(vals) // 2 * 2], dtype=np.int64).reshape(-1, 2)
+        uv = self._decode_pairs(s)
+        if uv is None:
+            return None
+        if not len(uv):
+            return np.zeros(0, dtype=np.int64)
         uv = uv[uv[:, 0] != uv[:, 1]]
         if not len(uv):
             return None
