@@ -63,3 +63,23 @@ def temperature(t, t_hi, t_lo, period):
     """Cyclic geometric schedule: from t_hi down to t_lo every `period` moves."""
     phase = (t % period) / period
     return t_hi * (t_lo / t_hi) ** phase
+
+
+@njit
+def argmax_random_tie(values, m, rng):
+    """Index of the largest of values[:m], ties broken uniformly at random (one
+    rand_int per tie, in order: reservoir sampling); returns (index, value)."""
+    best = values[0]
+    bi = 0
+    ties = 1
+    for i in range(1, m):
+        r = values[i]
+        if r > best:
+            best = r
+            bi = i
+            ties = 1
+        elif r == best:
+            ties += 1
+            if rand_int(rng, ties) == 0:
+                bi = i
+    return bi, best

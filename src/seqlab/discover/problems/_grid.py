@@ -36,7 +36,7 @@ import math
 import numpy as np
 
 from ...errors import SeqlabError
-from .._jit import njit, rand_float, rand_int, rng_state, temperature
+from .._jit import argmax_random_tie, njit, rand_float, rand_int, rng_state, temperature
 from ..problem import as_rng
 from ._base import Budget, KernelProblem, PairCodec, drive
 
@@ -248,20 +248,11 @@ def _load(kind, n, cells, pts, in_set, sc, best, tab, cnt, ac, mult, stamp, rng)
         v += _add_delta(kind, n, c, -1, pts, k, tab, cnt, ac, mult, stamp, sc)
         _place(kind, n, c, k, pts, k + 1, in_set, tab, cnt, ac, mult, stamp, sc)
         k += 1
+    saves = np.empty(max(k, 1), dtype=np.int64)
     while v > 0:
-        worst = -1
-        ties = 0
-        wi = 0
         for i in range(k):
-            r = _add_delta(kind, n, pts[i], i, pts, k, tab, cnt, ac, mult, stamp, sc)
-            if r > worst:
-                worst = r
-                wi = i
-                ties = 1
-            elif r == worst:
-                ties += 1
-                if rand_int(rng, ties) == 0:
-                    wi = i
+            saves[i] = _add_delta(kind, n, pts[i], i, pts, k, tab, cnt, ac, mult, stamp, sc)
+        wi, worst = argmax_random_tie(saves, k, rng)
         v -= worst
         k = _drop_slot(kind, n, wi, pts, k, in_set, tab, cnt, ac, mult, stamp, sc)
     sc[K] = k

@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from ...errors import SeqlabError
-from .._jit import njit, rand_float, rand_int, rng_state, temperature
+from .._jit import argmax_random_tie, njit, rand_float, rand_int, rng_state, temperature
 from ..problem import as_rng
 from ._base import Budget, KernelProblem, PairCodec, drive
 
@@ -116,20 +116,11 @@ def _load(n, edges, A, W, nbr, deg, pos, eu, ev, sc, best, rng):
         eu[m] = min(a, b)
         ev[m] = max(a, b)
         m += 1
+    saves = np.empty(max(m, 1), dtype=np.int64)
     while v > 0:
-        worst = -1
-        wi = 0
-        ties = 0
         for i in range(m):
-            r = _rem_delta(eu[i], ev[i], W, nbr, deg)
-            if r > worst:
-                worst = r
-                wi = i
-                ties = 1
-            elif r == worst:
-                ties += 1
-                if rand_int(rng, ties) == 0:
-                    wi = i
+            saves[i] = _rem_delta(eu[i], ev[i], W, nbr, deg)
+        wi, worst = argmax_random_tie(saves, m, rng)
         _unlink(eu[wi], ev[wi], A, W, nbr, deg, pos)
         v -= worst
         m -= 1

@@ -26,7 +26,7 @@ import math
 import numpy as np
 
 from ...errors import SeqlabError
-from .._jit import njit, rand_float, rand_int, rng_state, temperature
+from .._jit import argmax_random_tie, njit, rand_float, rand_int, rng_state, temperature
 from ..problem import as_rng, value_alphabet, value_index
 from ._base import Budget, KernelProblem, drive
 
@@ -95,6 +95,7 @@ def _repair(n, marks, rng):
     k = marks.shape[0]
     cap = 4 * (int(marks.max()) + 2 if k else 2) + 8 * n * n + 16
     work = np.zeros(max(n, k) + 1, dtype=np.int64)
+    conflicts = np.zeros(work.shape[0], dtype=np.int64)
     for i in range(k):
         work[i] = marks[i] - marks[0]
     if k == 0:
@@ -105,19 +106,9 @@ def _repair(n, marks, rng):
         occ[work[i]] = 1
     v = _count(work, k, cnt)
     while k > n:  # drop the mark in most repeated differences (random ties)
-        worst = -1
-        wi = 0
-        ties = 0
         for i in range(k):
-            r = _mark_conflicts(work, k, i, cnt)
-            if r > worst:
-                worst = r
-                wi = i
-                ties = 1
-            elif r == worst:
-                ties += 1
-                if rand_int(rng, ties) == 0:
-                    wi = i
+            conflicts[i] = _mark_conflicts(work, k, i, cnt)
+        wi, worst = argmax_random_tie(conflicts, k, rng)
         occ[work[wi]] = 0
         work[wi] = work[k - 1]
         k -= 1
@@ -135,19 +126,9 @@ def _repair(n, marks, rng):
         k += 1
         v = _count(work, k, cnt)
     while v > 0:  # move the mark in most repeated differences to its best position
-        worst = -1
-        wi = 0
-        ties = 0
         for i in range(k):
-            r = _mark_conflicts(work, k, i, cnt)
-            if r > worst:
-                worst = r
-                wi = i
-                ties = 1
-            elif r == worst:
-                ties += 1
-                if rand_int(rng, ties) == 0:
-                    wi = i
+            conflicts[i] = _mark_conflicts(work, k, i, cnt)
+        wi, worst = argmax_random_tie(conflicts, k, rng)
         L = 0
         for i in range(k):
             if i != wi:
