@@ -10,7 +10,7 @@
 Every (problem, n, searcher, seed) is one `seqlab discover` run of --minutes on all
 cores, one after the other (never two at once: they would share the cores). A run
 that finished (best.json written) is kept and skipped, so the script can be stopped
-and started again; a run that was cut off is started again from scratch, because a
+and started again (or held between runs: `touch RUNS_DIR/PAUSE`); a run that was cut off is started again from scratch, because a
 resumed run would not have had one uninterrupted budget. Searchers alternate within
 each (size, seed) so that slow drifts of the shared machine's load hit all of them.
 
@@ -48,6 +48,16 @@ def cpu_busy() -> tuple[float, float]:
 def children_cpu() -> float:
     t = os.times()
     return t.children_user + t.children_system
+
+
+def wait_while_paused(runs: Path) -> None:
+    """`touch RUNS_DIR/PAUSE` holds the next run back (the cores are free for other
+    work in between); removing the file lets it start."""
+    flag = runs / "PAUSE"
+    if flag.exists():
+        print(f"{time.strftime('%H:%M:%S')} paused: waiting for {flag} to go", flush=True)
+        while flag.exists():
+            time.sleep(5)
 
 
 def run_one(problem: str, n: int, searcher: str, seed: int, minutes: float, out: Path) -> dict:
@@ -192,6 +202,7 @@ def main(argv=None) -> int:
                 if key in done:
                     continue
                 out = runs / f"{problem}-{n}" / f"{searcher}-m{args.minutes:g}-s{seed}"
+                wait_while_paused(runs)
                 print(f"{time.strftime('%H:%M:%S')} {problem} n={n} {searcher} seed {seed} ...", flush=True)
                 rec = run_one(problem, int(n), searcher, seed, args.minutes, out)
                 records.append(rec)

@@ -386,3 +386,82 @@ def test_kernel_violation_count_is_exact():
         Gm._anneal(n, marks, occ, cnt, sc, np.zeros(n, np.int64), rng_state(5), 3000, 0, 3.0, 1.0, 1000, 0.5)
         ruler = np.sort(marks)
         assert int(sc[Gm.V]) == get_problem("golomb", n).violations(ruler) and ruler[-1] == sc[Gm.L_]
+
+
+# ------------------------------------------------------------------ symmetric restarts
+# 32 points of the 18 x 18 grid, found by a SAT solver (python-sat's CaDiCaL) restricted to
+# sets symmetric in both diagonals: the best-known value for n = 18, checked here by brute force
+ISO18_32 = [4, 12, 15, 24, 30, 33, 52, 53, 72, 77, 78, 94, 106, 107, 109, 112, 211, 214, 216, 217, 229, 245,
+            246, 251, 270, 271, 290, 293, 299, 308, 311, 319]
+
+
+def test_isosceles_18_best_known_set_by_brute_force():
+    p = get_problem("isosceles-free", 18)
+    c = p.canonical(ISO18_32)
+    pts = [divmod(x, 18) for x in ISO18_32]
+    bad = sum(1 for a, b, d in itertools.permutations(pts, 3)
+              if a < d and (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2 == (d[0] - b[0]) ** 2 + (d[1] - b[1]) ** 2)
+    assert bad == 0 and p.is_valid(c) and p.score(c) == 32 == p.best_known(18)
+    # and it is symmetric in both diagonals
+    rc = p.points(c)
+    assert set(map(tuple, rc)) == {(col, r) for r, col in rc} == {(17 - col, 17 - r) for r, col in rc}
+
+
+@pytest.mark.parametrize("n", [5, 6])
+def test_orbit_tables_partition_the_grid_into_orbits(n):
+    from seqlab.discover.problems._symmetry import GROUPS, _apply, orbit_table
+
+    m = n - 1
+    for group, gens in GROUPS.items():
+        table = orbit_table(n, group)
+        cells = table[table >= 0]
+        assert sorted(cells.tolist()) == list(range(n * n)), group  # every cell exactly once
+        order = {"rot180": 2, "rot90": 4, "mirror": 2, "diag": 2, "d2": 4, "diag2": 4, "d4": 8}[group]
+        for row in table:
+            orb = set(row[row >= 0].tolist())
+            assert order % len(orb) == 0, (group, orb)
+            for x in orb:  # closed under every generator
+                r, c = divmod(x, n)
+                assert all(_apply(g, r, c, m)[0] * n + _apply(g, r, c, m)[1] in orb for g in gens), (group, orb)
+
+
+@pytest.mark.parametrize("name", ["isosceles-free", "no-three-in-line"])
+def test_symmetric_anneal_count_is_exact_and_sets_stay_symmetric(name):
+    from seqlab.discover.problems import _grid as G
+    from seqlab.discover.problems._symmetry import _sym_anneal, _sym_start
+
+    p = get_problem(name, 10)
+    for group in p.sym_groups:
+        orb = p._orbits(group)
+        members = {int(x): i for i, row in enumerate(orb) for x in row if x >= 0}
+        st = p._state(5)
+        chosen = np.zeros(len(orb) + 1, np.int64)
+        _sym_start(p.kind, p.n, orb, chosen, *st)
+        pts, sc, best = st[0], st[2], st[3]
+        for _ in range(4):
+            _sym_anneal(p.kind, p.n, orb, chosen, *st, 2000, 10**9, 2.0, 0.5, 500.0)
+            cur = np.sort(pts[: sc[G.K]])
+            assert int(sc[G.V]) == p.violations(cur), (name, group)
+            orbits = sorted(chosen[1: chosen[0] + 1].tolist())
+            assert sorted({members[int(x)] for x in cur}) == orbits, (name, group)  # whole orbits only
+            assert len(cur) == sum(int((orb[o] >= 0).sum()) for o in orbits)
+            b = np.sort(best[: sc[G.BEST_K]])
+            assert p.is_valid(b) and len(b) == sc[G.BEST_K] > 0
+
+
+def test_local_search_reaches_isosceles_18_optimum():
+    """The unrestricted annealer stalls at 31 here; the symmetric restarts find 32."""
+    p = get_problem("isosceles-free", 18)
+    out = p.local_search(None, seed=3, max_moves=2_000_000, target=32)[0]
+    assert p.is_valid(out) and p.score(out) == 32
+    assert p.last_moves < 1_000_000  # found in the symmetric half of the budget
+
+
+def test_symmetric_phase_is_off_for_given_starts_and_when_disabled():
+    p = get_problem("isosceles-free", 9)
+    start = p.random_construction(np.random.default_rng(1))
+    a = p.local_search([start, None], seed=4, max_moves=20_000)
+    p.sym_groups = ()
+    b = p.local_search([start, None], seed=4, max_moves=20_000)
+    assert np.array_equal(a[0], b[0])  # a given start never takes the symmetric phase
+    assert all(p.is_valid(x) for x in a + b)

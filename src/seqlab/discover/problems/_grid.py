@@ -12,7 +12,7 @@ Encoding: two characters per point, row then column, points in sorted
 Violations: a problem-specific count of "bad" configurations (isosceles
 triples, collinear triples, conflicting pairs), zero iff valid. The kernel
 never recounts: it keeps, for every cell, the number of violations the cell is
-in (or would create), so the exact change of a swap costs O(k) or O(1) (see
+in (or would create), so the exact change of a swap costs orb(k) or orb(1) (see
 `_add_delta`); accepted moves update the counts (see the note below K, V, ...).
 
 Search (`_anneal`): at a fixed size k, simulated annealing on the number of
@@ -32,12 +32,13 @@ valid) and then completed greedily. Each problem sets its own schedule.
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
 from ...errors import SeqlabError
 from .._jit import argmax_random_tie, njit, rand_float, rand_int, rng_state, temperature
-from ..problem import as_rng
+from ..problem import as_rng, derive_seed
 from ._base import Budget, KernelProblem, PairCodec, drive
 
 KIND_ISOSCELES = 0
@@ -487,6 +488,14 @@ class GridPointProblem(PairCodec, KernelProblem):
     tournament = 1  # a move's new cell: the least conflicted of this many random free cells
     kick = 0  # at the start of each temperature cycle, relocate this many random points
     near_moves = 0.0  # probability that a move steps a point at most 2 rows and columns
+    # symmetric restarts (see _symmetry.py): a from-scratch start spends `sym_share` of its
+    # budget on restarts of `sym_restart` moves over the orbits of a random group in
+    # `sym_groups` (none: off), with their own cyclic schedule, then anneals the best
+    # symmetric set found without the restriction
+    sym_groups: tuple = ()
+    sym_share = 0.5
+    sym_restart = 500_000
+    sym_t_hi, sym_t_lo, sym_period = 1.0, 0.2, 100_000
 
     def params(self) -> np.ndarray:
         return np.array([self.t_hi, self.t_lo, self.period, self.focus, self.line_moves, self.swap_moves,
@@ -497,6 +506,7 @@ class GridPointProblem(PairCodec, KernelProblem):
         self.N = n * n
         self._init_codec(n)
         self._tables = None
+        self._orbit_tables: dict = {}
 
     # ---------------------------------------------------------- encoding
     def decode(self, s: str):
@@ -557,15 +567,72 @@ class GridPointProblem(PairCodec, KernelProblem):
         return cells[(cells >= 0) & (cells < self.N)]
 
     def _run_one(self, start, seed: int, budget: Budget, target: float):
+        tgt = 1 << 62 if target >= 1 << 62 else int(math.ceil(target))
+        sym_cells, sym_moves = None, 0
+        if start is None and self.sym_groups and self.sym_share > 0:
+            sym_cells, sym_moves = self._symmetric_phase(seed, budget, tgt)
+            if len(sym_cells) >= tgt:
+                return sym_cells, sym_moves
+            start = sym_cells
         st = self._state(seed)
         a = (self.kind, self.n)
         _load(*a, self._cells(start), *st)
         _complete(*a, *st)
-        tgt = 1 << 62 if target >= 1 << 62 else int(math.ceil(target))
         prm = self.params()
         drive(budget, lambda step: _anneal(*a, *st, step, tgt, prm))
         sc, best = st[2], st[3]
-        return np.sort(best[: sc[BEST_K]]), int(sc[T])
+        return np.sort(best[: sc[BEST_K]]), int(sc[T]) + sym_moves
+
+    def _orbits(self, group: str) -> np.ndarray:
+        """Orbit table of `group` without the orbits that are invalid on their own."""
+        if group not in self._orbit_tables:
+            from ._symmetry import orbit_table
+
+            orb = orbit_table(self.n, group)
+            cap = self._state(0)[0].shape[0]
+            ok = [i for i, row in enumerate(orb)
+                  if (row >= 0).sum() <= cap and self.violations(np.sort(row[row >= 0])) == 0]
+            self._orbit_tables[group] = orb[ok]
+        return self._orbit_tables[group]
+
+    def _symmetric_phase(self, seed: int, budget: Budget, tgt: int):
+        """`sym_share` of a from-scratch start's budget: restarts of `sym_restart` moves,
+        each annealing over the orbits of a random group in `sym_groups` (see
+        `_symmetry.py`). Returns the best set found (valid; maybe empty) and the moves
+        made; the moves are taken off `budget`."""
+        from ._symmetry import _sym_anneal, _sym_start
+
+        moves = budget.left if budget.left < 1 << 61 else 1 << 61
+        moves = int(moves * self.sym_share)
+        deadline = budget.deadline
+        if deadline is not None:
+            now = time.perf_counter()
+            deadline = now + self.sym_share * max(0.0, deadline - now)
+        phase = Budget(moves, deadline, budget.stop)
+        rng = rng_state(derive_seed(seed, 0x5EED))
+        groups = [g for g in self.sym_groups if len(self._orbits(g))]
+        best, total, r = np.zeros(0, dtype=np.int64), 0, 0
+        a = (self.kind, self.n)
+        while groups and phase.left > 0 and len(best) < tgt:
+            if (phase.deadline is not None and time.perf_counter() >= phase.deadline) or (
+                    phase.stop is not None and phase.stop()):
+                break
+            orb = self._orbits(groups[int(rand_int(rng, len(groups)))])
+            r += 1
+            st = self._state(derive_seed(seed, r))
+            chosen = np.zeros(len(orb) + 1, dtype=np.int64)
+            _sym_start(*a, orb, chosen, *st)
+            restart = Budget(min(self.sym_restart, phase.left), phase.deadline, phase.stop)
+            prm = (self.sym_t_hi, self.sym_t_lo, float(self.sym_period))
+            drive(restart, lambda step: _sym_anneal(*a, orb, chosen, *st, step, tgt, *prm))
+            sc = st[2]
+            made = int(sc[T])
+            phase.left -= max(made, 1000)  # a restart that cannot grow still costs something
+            total += made
+            if sc[BEST_K] > len(best):
+                best = np.sort(st[3][: sc[BEST_K]])
+        budget.left -= total
+        return best, total
 
     def repair(self, c, rng=None):
         """Drop the point in most violations (random ties) until valid; no completion."""

@@ -28,6 +28,11 @@ class IsoscelesFree(GridPointProblem):
     # cool cycles (V ~ 1-8 at k ~ 2n) with a kick of 16 random relocations at the start
     # of each: hotter cycles melt the set (V ~ 15 at T = 1) and cost O(n^2) per accepted move
     t_hi, t_lo, period, focus, kick = 0.35, 0.1, 500_000, 0.9, 16
+    # symmetric restarts: rot90 and d4 orbits contain squares (always isosceles), so the
+    # groups without a quarter turn; orbit moves change 2-4 points, hence hotter cycles
+    # (at 0.7-1.2 restarts on n = 18 stuck below 32, at 2-3 they reached it in seconds)
+    sym_groups = ("diag2", "rot180", "mirror", "diag", "d2")
+    sym_t_hi, sym_t_lo, sym_period = 3.0, 0.5, 100_000
     # Sources (see shared/reference/discovery-problems.md, section 2):
     #   n=1..7: exact, recomputed by ILP (HiGHS) and the Riddler's brute force;
     #   n=8..10: printed in the PatternBoost paper (and the makemore-for-maths lecture);

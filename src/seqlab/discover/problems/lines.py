@@ -22,6 +22,10 @@ class NoThreeInLine(GridPointProblem):
     # most moves slide a point along its row or column (keeps that line's count):
     # a 2n set has exactly two points in every row and column
     t_hi, t_lo, period, focus, line_moves = 0.3, 0.1, 100_000, 0.5, 0.8
+    # symmetric restarts over every symmetry class of the square (Flammenkamp's 2n
+    # solutions for large n were found class by class)
+    sym_groups = ("rot90", "rot180", "diag2", "d2", "mirror", "diag", "d4")
+    sym_restart = 300_000
     max_n = 64  # the direction table is n^2 x n^2
     # 2n for 2 <= n <= 46 and n in {48, 50, 52}: Flammenkamp's solutions, OEIS A000769
     # comment ("at least one solution is known for all n <= 46 and n=48, 50, 52"),
