@@ -39,10 +39,12 @@ class IsoscelesFree(GridPointProblem):
     #   n=11..18, 21, 23, 25, 27, 32: PatternBoost's figure (the paper says SAT solvers
     #     settle n <= ~32); n=11..13 re-derived by exhaustive branch and bound
     #     (Kevin11Kaikai/grid_no_isosceles_bigbang); 16: 28, 27: 48 and 32: 56 are printed;
+    #   n=14: 24, not the figure's 23: seqlab's local search found a 24-point set in 5 s,
+    #     checked by brute force over all triples (tests/test_discover_problems.py);
     #   n=64: 112 and n=100: 164: AlphaEvolve (2025) constructions, checked valid
     #     (previous records 110 and 160 by PatternBoost).
     best_known_table = {1: 1, 2: 2, 3: 4, 4: 6, 5: 7, 6: 9, 7: 10, 8: 13, 9: 16, 10: 18,
-                        11: 18, 12: 20, 13: 22, 14: 23, 15: 25, 16: 28, 17: 30, 18: 32,
+                        11: 18, 12: 20, 13: 22, 14: 24, 15: 25, 16: 28, 17: 30, 18: 32,
                         21: 36, 23: 40, 25: 44, 27: 48, 32: 56, 64: 112, 100: 164}
 
     def _aux(self):

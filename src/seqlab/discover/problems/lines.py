@@ -26,6 +26,7 @@ class NoThreeInLine(GridPointProblem):
     # solutions for large n were found class by class)
     sym_groups = ("rot90", "rot180", "diag2", "d2", "mirror", "diag", "d4")
     sym_restart = 300_000
+
     max_n = 64  # the direction table is n^2 x n^2
     # 2n for 2 <= n <= 46 and n in {48, 50, 52}: Flammenkamp's solutions, OEIS A000769
     # comment ("at least one solution is known for all n <= 46 and n=48, 50, 52"),
