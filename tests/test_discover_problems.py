@@ -475,3 +475,12 @@ def test_symmetric_phase_is_off_for_given_starts_and_when_disabled():
     b = p.local_search([start, None], seed=4, max_moves=20_000)
     assert np.array_equal(a[0], b[0])  # a given start never takes the symmetric phase
     assert all(p.is_valid(x) for x in a + b)
+
+
+@pytest.mark.parametrize("name", ["isosceles-free", "no-three-in-line"])
+def test_symmetric_phase_on_tiny_grids_ends_and_is_valid(name):
+    for n in (1, 2, 3, 4):
+        p = get_problem(name, n)
+        out = p.local_search([None, None], seed=n, max_moves=50_000)
+        assert all(p.is_valid(x) for x in out), (name, n)
+        assert max(p.score(x) for x in out) == p.best_known(n), (name, n)

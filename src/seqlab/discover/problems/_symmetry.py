@@ -203,6 +203,8 @@ def _sym_anneal(kind, n, orb, chosen, pts, in_set, sc, best, tab, cnt, ac, mult,
             chosen[0] += 1
             chosen[chosen[0]] = choice
             continue
+        if chosen[0] >= no:
+            break  # every orbit is in the set: nowhere to move (tiny grids)
         a = 1 + rand_int(rng, chosen[0])
         oa = chosen[a]
         ob = rand_int(rng, no)
