@@ -83,3 +83,26 @@ def argmax_random_tie(values, m, rng):
             if rand_int(rng, ties) == 0:
                 bi = i
     return bi, best
+
+
+@njit
+def shuffle(a, rng):
+    """Fisher-Yates shuffle of a in place (one rand_int per position, last to first)."""
+    for j in range(a.shape[0] - 1, 0, -1):
+        r = rand_int(rng, j + 1)
+        t = a[j]
+        a[j] = a[r]
+        a[r] = t
+
+
+@njit
+def tie_min(d, best, ties, rng):
+    """One step of a streaming argmin with uniform random ties (reservoir sampling):
+    returns (take this candidate?, new best, new tie count); start with best = a
+    large value and ties = 0. Draws one rand_int per tie, as argmax_random_tie."""
+    if d < best:
+        return True, d, 1
+    if d == best:
+        ties += 1
+        return rand_int(rng, ties) == 0, best, ties
+    return False, best, ties

@@ -37,7 +37,7 @@ import time
 import numpy as np
 
 from ...errors import SeqlabError
-from .._jit import argmax_random_tie, njit, rand_float, rand_int, rng_state, temperature
+from .._jit import argmax_random_tie, njit, rand_float, rand_int, rng_state, shuffle, temperature, tie_min
 from ..problem import as_rng, derive_seed
 from ._base import Budget, KernelProblem, PairCodec, drive
 
@@ -235,11 +235,7 @@ def _load(kind, n, cells, pts, in_set, sc, best, tab, cnt, ac, mult, stamp, rng)
     cap = pts.shape[0]
     m = cells.shape[0]
     order = cells.copy()
-    for j in range(m - 1, 0, -1):  # shuffle: which points survive a cap is random
-        r = rand_int(rng, j + 1)
-        t = order[j]
-        order[j] = order[r]
-        order[r] = t
+    shuffle(order, rng)  # which points survive a cap is random
     k = 0
     v = 0
     for j in range(m):
@@ -268,11 +264,7 @@ def _complete(kind, n, pts, in_set, sc, best, tab, cnt, ac, mult, stamp, rng):
     N = n * n
     cap = pts.shape[0]
     order = np.arange(N)
-    for j in range(N - 1, 0, -1):
-        r = rand_int(rng, j + 1)
-        t = order[j]
-        order[j] = order[r]
-        order[r] = t
+    shuffle(order, rng)
     k = sc[K]
     for j in range(N):
         c = order[j]
@@ -317,14 +309,9 @@ def _anneal(kind, n, pts, in_set, sc, best, tab, cnt, ac, mult, stamp, rng, move
                 if in_set[c]:
                     continue
                 d = _add_delta(kind, n, c, -1, pts, k, tab, cnt, ac, mult, stamp, sc)
-                if d < bestd:
-                    bestd = d
+                take, bestd, ties = tie_min(d, bestd, ties, rng)
+                if take:
                     choice = c
-                    ties = 1
-                elif d == bestd:
-                    ties += 1
-                    if rand_int(rng, ties) == 0:
-                        choice = c
             _place(kind, n, choice, k, pts, k + 1, in_set, tab, cnt, ac, mult, stamp, sc)
             sc[K] = k + 1
             sc[V] = bestd

@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from .._jit import njit, rand_float, rand_int, temperature
+from .._jit import njit, rand_float, rand_int, shuffle, temperature, tie_min
 from ._grid import BEST_K, K, KIND_ISOSCELES, T, V, _add_delta, _place, _record, _remove
 
 # generators as maps (r, c) -> (r', c') on an n x n grid with m = n - 1
@@ -146,11 +146,7 @@ def _sym_start(kind, n, orb, chosen, pts, in_set, sc, best, tab, cnt, ac, mult, 
     no = orb.shape[0]
     cap = pts.shape[0]
     order = np.arange(no)
-    for j in range(no - 1, 0, -1):
-        r = rand_int(rng, j + 1)
-        t = order[j]
-        order[j] = order[r]
-        order[r] = t
+    shuffle(order, rng)
     chosen[0] = 0
     for j in range(no):
         o = order[j]
@@ -188,14 +184,9 @@ def _sym_anneal(kind, n, orb, chosen, pts, in_set, sc, best, tab, cnt, ac, mult,
                     continue
                 d = _place_cells(kind, n, orb, o, s, pts, in_set, tab, cnt, ac, mult, stamp, sc)
                 _drop_cells(kind, n, orb, o, s, pts, in_set, tab, cnt, ac, mult, stamp, sc)
-                if d < bestd:
-                    bestd = d
+                take, bestd, ties = tie_min(d, bestd, ties, rng)
+                if take:
                     choice = o
-                    ties = 1
-                elif d == bestd:
-                    ties += 1
-                    if rand_int(rng, ties) == 0:
-                        choice = o
             if choice < 0:
                 break
             sc[V] += _place_cells(kind, n, orb, choice, _orbit_size(orb, choice), pts, in_set, tab, cnt, ac, mult,

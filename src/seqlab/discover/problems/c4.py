@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from ...errors import SeqlabError
-from .._jit import argmax_random_tie, njit, rand_float, rand_int, rng_state, temperature
+from .._jit import argmax_random_tie, njit, rand_float, rand_int, rng_state, shuffle, temperature, tie_min
 from ..problem import as_rng
 from ._base import Budget, KernelProblem, PairCodec, drive
 
@@ -141,11 +141,7 @@ def _complete(n, A, W, nbr, deg, pos, eu, ev, sc, best, rng):
         for v in range(u + 1, n):
             order[t] = u * n + v
             t += 1
-    for j in range(P - 1, 0, -1):
-        r = rand_int(rng, j + 1)
-        x = order[j]
-        order[j] = order[r]
-        order[r] = x
+    shuffle(order, rng)
     m = sc[M_]
     for j in range(P):
         u = order[j] // n
@@ -180,16 +176,10 @@ def _anneal(n, A, W, nbr, deg, pos, eu, ev, sc, best, rng, moves, target, t_hi, 
                     if A[u, v]:
                         continue
                     d = _add_delta(u, v, W, nbr, deg)
-                    if d < bestd:
-                        bestd = d
+                    take, bestd, ties = tie_min(d, bestd, ties, rng)
+                    if take:
                         cu = u
                         cv = v
-                        ties = 1
-                    elif d == bestd:
-                        ties += 1
-                        if rand_int(rng, ties) == 0:
-                            cu = u
-                            cv = v
             _link(cu, cv, A, W, nbr, deg, pos)
             eu[m] = cu
             ev[m] = cv
