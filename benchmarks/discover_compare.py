@@ -10,8 +10,9 @@
 Every (problem, n, searcher, seed) is one `seqlab discover` run of --minutes on all
 cores, one after the other (never two at once: they would share the cores). A run
 that finished (best.json written) is kept and skipped, so the script can be stopped
-and started again (or held between runs: `touch RUNS_DIR/PAUSE`); a run that was cut off is started again from scratch, because a
-resumed run would not have had one uninterrupted budget. Searchers alternate within
+and started again (or held between runs: `touch RUNS_DIR/PAUSE`); a run that was cut
+off is started again from scratch, because a resumed run would not have had one
+uninterrupted budget. Searchers alternate within
 each (size, seed) so that slow drifts of the shared machine's load hit all of them.
 
 Each run records the load average before and after and the CPU time that other

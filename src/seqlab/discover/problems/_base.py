@@ -13,6 +13,7 @@ import numpy as np
 
 from ..problem import Problem, as_rng, derive_seed, value_alphabet
 
+
 class PairCodec:
     """Constructions whose elements are ids a * n + b (grid cells: row, column; edges:
     u, v), written as two characters each over value_alphabet(n)."""

@@ -12,7 +12,7 @@ Encoding: two characters per point, row then column, points in sorted
 Violations: a problem-specific count of "bad" configurations (isosceles
 triples, collinear triples, conflicting pairs), zero iff valid. The kernel
 never recounts: it keeps, for every cell, the number of violations the cell is
-in (or would create), so the exact change of a swap costs orb(k) or orb(1) (see
+in (or would create), so the exact change of a swap costs O(k) or O(1) (see
 `_add_delta`); accepted moves update the counts (see the note below K, V, ...).
 
 Search (`_anneal`): at a fixed size k, simulated annealing on the number of
@@ -540,12 +540,15 @@ class GridPointProblem(PairCodec, KernelProblem):
         """(tab, cnt-shape, scratch size, capacity) for this problem's kernel."""
         raise NotImplementedError
 
+    def _kernel_tables(self) -> tuple:
+        if self._tables is None:
+            self._tables = self._aux()
+        return self._tables
+
     def _state(self, seed: int) -> tuple:
         """Fresh kernel state, in kernel argument order:
         (pts, in_set, sc, best, tab, cnt, ac, mult, stamp, rng)."""
-        if self._tables is None:
-            self._tables = self._aux()
-        tab, cnt_shape, scratch, cap = self._tables
+        tab, cnt_shape, scratch, cap = self._kernel_tables()
         return (np.zeros(cap, dtype=np.int64), np.zeros(self.N, dtype=np.uint8), np.zeros(5, dtype=np.int64),
                 np.zeros(cap, dtype=np.int64), tab, np.zeros(cnt_shape, dtype=np.int16),
                 np.zeros(self.N, dtype=np.int64), np.zeros(scratch, dtype=np.int64),
@@ -578,16 +581,16 @@ class GridPointProblem(PairCodec, KernelProblem):
             from ._symmetry import orbit_table
 
             orb = orbit_table(self.n, group)
-            cap = self._state(0)[0].shape[0]
+            cap = self._kernel_tables()[3]
             ok = [i for i, row in enumerate(orb)
                   if (row >= 0).sum() <= cap and self.violations(np.sort(row[row >= 0])) == 0]
             self._orbit_tables[group] = orb[ok]
         return self._orbit_tables[group]
 
     def _symmetric_phase(self, seed: int, budget: Budget, tgt: int):
-        """`sym_share` of a from-scratch start's budget, at most `sym_restarts` restarts of `sym_restart` moves,
-        each annealing over the orbits of a random group in `sym_groups` (see
-        `_symmetry.py`). Returns the best set found (valid; maybe empty) and the moves
+        """`sym_share` of a from-scratch start's budget, at most `sym_restarts` restarts
+        of `sym_restart` moves, each annealing over the orbits of a random group in
+        `sym_groups` (see `_symmetry.py`). Returns the best set found (valid; maybe empty) and the moves
         made; the moves are taken off `budget`."""
         from ._symmetry import _sym_anneal, _sym_start
 
