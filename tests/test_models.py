@@ -209,3 +209,18 @@ def test_attention_maps_reproduce_the_attention_output():
         y = (maps[layer] @ v).transpose(1, 2).reshape(2, 9, -1)
         assert torch.allclose(a.proj(y), a(h, rope), atol=1e-5)
         x = block(x, rope)
+
+
+@pytest.mark.parametrize("typ,extra", [("transformer", {"n_head": 2}), ("lstm", {"n_layer": 2})])
+def test_disable_dropout_makes_training_mode_deterministic(typ, extra):
+    from seqlab.models.base import disable_dropout
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(type=typ, n_embd=16, block_size=8, dropout=0.5, **extra), vocab_size=11).train()
+    x = torch.randint(0, 11, (4, 8))
+    assert not torch.equal(model(x)[0], model(x)[0])  # dropout is on
+    assert disable_dropout(model) >= 1
+    a, b = model(x)[0], model(x)[0]
+    assert torch.equal(a, b)
+    assert torch.allclose(a, model.eval()(x)[0], atol=1e-6)
+    assert disable_dropout(model) == 0  # nothing left to switch off

@@ -218,3 +218,17 @@ def test_post_resume_is_exact(bases, algorithm, extra, monkeypatch):
 
     assert [r["step"] for r in logged(part)] == [str(i) for i in range(1, 9)]
     assert logged(part) == logged(whole)
+
+
+@pytest.mark.parametrize("setting,default,deterministic", [(None, True, True), (None, False, False),
+                                                          (False, True, False), (True, False, True)])
+def test_post_training_switches_dropout_off_where_asked(bases, setting, default, deterministic):
+    from seqlab.post.runner import load_policy
+
+    d, runs, data = bases  # the transformer base was trained with seqlab's default dropout 0.1
+    cfg = load_post_config(None, {"policy": str(runs["transformer"]), "data": str(data["grpo"]),
+                                  "out": str(d / "unused"), "disable_dropout": setting})
+    model, _, _ = load_policy(cfg, drop_dropout=default)
+    model.train()
+    x = torch.randint(0, 10, (8, 12))
+    assert torch.equal(model(x)[0], model(x)[0]) == deterministic

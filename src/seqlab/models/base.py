@@ -71,6 +71,22 @@ class SeqModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+def disable_dropout(model: nn.Module) -> int:
+    """Set every dropout rate in `model` to 0: dropout modules (peft's LoRA dropout
+    included), the inter-layer dropout of torch RNNs and the attention-probability
+    dropout a module keeps as a float `dropout` attribute. Returns how many rates
+    were non-zero before."""
+    changed = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            changed += m.p != 0.0
+            m.p = 0.0
+        elif isinstance(getattr(m, "dropout", None), float):  # nn.RNNBase, CausalSelfAttention
+            changed += m.dropout != 0.0
+            m.dropout = 0.0
+    return changed
+
+
 def last_valid(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """x (B, T, ...) -> x[b, lengths[b] - 1] for each row b."""
     return x[torch.arange(x.size(0), device=x.device), lengths - 1]

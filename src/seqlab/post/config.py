@@ -33,6 +33,10 @@ class PostConfig:
     checkpoint_interval: int = 50  # updates between checkpoints (rounded up to the algorithm's rollout period)
     resume: bool = False  # continue the run in `out` from its last checkpoint (CLI: --resume)
     threads: int = 0
+    # Dropout off while post-training; unset: on for grpo, ppo, dpo and rm (the policy that
+    # is scored must be the one that sampled, or the one the reference log-probs came from),
+    # left as trained for sft and rejection sampling (plain supervised fine-tuning)
+    disable_dropout: Optional[bool] = None
     # LoRA (peft) on the transformer's linear layers; 0 = full fine-tuning
     lora_rank: int = 0
     lora_alpha: Optional[float] = None  # default 2 x lora_rank

@@ -49,7 +49,7 @@ def run_dpo(cfg, progress: bool = True) -> dict:
     from .data import encode_pair, load_jsonl, pad_batch
     from .runner import load_policy, optimise, prepare_out
 
-    model, tok, _ = load_policy(cfg)
+    model, tok, _ = load_policy(cfg, drop_dropout=True)
     rows = load_jsonl(cfg.data, ("prompt", "chosen", "rejected"))
     chosen = [encode_pair(tok, r["prompt"], r["chosen"], model.max_len) for r in rows]
     rejected = [encode_pair(tok, r["prompt"], r["rejected"], model.max_len) for r in rows]

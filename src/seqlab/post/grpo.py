@@ -78,7 +78,7 @@ def run_grpo(cfg, progress: bool = True) -> dict:
 
     if cfg.temperature <= 0:
         raise SeqlabError("config key 'post.temperature': GRPO samples, so it must be > 0")
-    model, tok, _ = load_policy(cfg)
+    model, tok, _ = load_policy(cfg, drop_dropout=True)
     rows = load_jsonl(cfg.data, ("prompt",))
     rewards = rewards_for(cfg)
     col_names = extra_columns(rows)

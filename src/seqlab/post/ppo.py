@@ -80,7 +80,7 @@ def run_ppo(cfg, progress: bool = True) -> dict:
     from .data import load_jsonl, pad_batch
     from .runner import extra_columns, load_policy, optimise, prepare_out, rewards_for
 
-    model, tok, _ = load_policy(cfg)
+    model, tok, _ = load_policy(cfg, drop_dropout=True)
     rows = load_jsonl(cfg.data, ("prompt",))
     col_names = extra_columns(rows)
     if cfg.reward_model:

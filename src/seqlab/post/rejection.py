@@ -23,7 +23,7 @@ def run_rejection(cfg, progress: bool = True) -> dict:
     from .data import load_jsonl, pad_batch
     from .runner import extra_columns, load_policy, optimise, prepare_out, rewards_for
 
-    model, tok, _ = load_policy(cfg)
+    model, tok, _ = load_policy(cfg, drop_dropout=False)
     rows = load_jsonl(cfg.data, ("prompt",))
     rewards = rewards_for(cfg)
     col_names = extra_columns(rows)

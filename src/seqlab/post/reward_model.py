@@ -48,7 +48,7 @@ def run_reward_model(cfg, progress: bool = True) -> dict:
     from .data import encode_pair, load_jsonl, pad_batch
     from .runner import load_policy, optimise, prepare_out
 
-    body, tok, _ = load_policy(cfg)
+    body, tok, _ = load_policy(cfg, drop_dropout=True)
     for name, p in body.named_parameters():
         if name in FROZEN:
             p.requires_grad_(False)

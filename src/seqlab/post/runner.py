@@ -32,16 +32,23 @@ from .. import atomic
 from ..checkpoint import latest_checkpoint, load_model, save_best
 from ..errors import SeqlabError
 from ..metrics import MetricsLog, read_metrics
+from ..models.base import disable_dropout
 from ..plots import dashboard, loss_curve
 from ..train import Progress, lr_factor, make_optimizer
 from .config import PostConfig
 
 
-def load_policy(cfg: PostConfig):
+def load_policy(cfg: PostConfig, drop_dropout: bool):
+    """The starting model (LoRA-wrapped when asked). `drop_dropout` is the algorithm's
+    default for cfg.disable_dropout: with dropout on, the model being updated is a random
+    thinning of the one that sampled the rollouts (or produced the reference log-probs),
+    so even the first update's importance ratio is not 1."""
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model, tokenizer, run_cfg = load_model(cfg.policy, "best")
+    if cfg.disable_dropout if cfg.disable_dropout is not None else drop_dropout:
+        disable_dropout(model)
     if cfg.lora_rank > 0:
         from .lora import apply_lora
 

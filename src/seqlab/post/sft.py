@@ -26,7 +26,7 @@ def run_sft(cfg, progress: bool = True) -> dict:
     from .data import encode_pair, load_jsonl, pad_batch
     from .runner import load_policy, optimise, prepare_out
 
-    model, tok, _ = load_policy(cfg)
+    model, tok, _ = load_policy(cfg, drop_dropout=False)
     rows = load_jsonl(cfg.data, ("prompt", "completion"))
     pairs = [encode_pair(tok, r["prompt"], r["completion"], model.max_len) for r in rows]
     out = prepare_out(cfg)
