@@ -8,7 +8,8 @@
         # --report works on the copy too
 
 Every (problem, n, searcher, seed) is one `seqlab discover` run of --minutes on all
-cores (or until it reaches a best-known value that is a proven optimum), one after the other (never two at once: they would share the cores). A run
+cores (or until it reaches a best-known value that is a proven optimum), one after the
+other (never two at once: they would share the cores). A run
 that finished (best.json written) is kept and skipped, so the script can be stopped
 and started again (or held between runs: `touch RUNS_DIR/PAUSE`); a run that was cut
 off is started again from scratch, because a resumed run would not have had one
@@ -66,6 +67,16 @@ def wait_while_paused(runs: Path) -> None:
             time.sleep(5)
 
 
+def best_known(problem: str, n: int) -> float | None:
+    from seqlab.discover.problems import get_problem_class
+
+    return get_problem_class(problem).best_known(n)
+
+
+def fmt(v) -> str:
+    return "?" if v is None else f"{v:g}"
+
+
 def run_one(problem: str, n: int, searcher: str, seed: int, minutes: float, out: Path) -> dict:
     if out.exists():
         import shutil
@@ -73,7 +84,7 @@ def run_one(problem: str, n: int, searcher: str, seed: int, minutes: float, out:
         shutil.rmtree(out)  # cut off earlier: a fresh, uninterrupted budget
     cmd = [sys.executable, "-m", "seqlab.cli", "discover", problem, "--n", str(n), "--out", str(out),
            "--searcher", searcher, "--minutes", str(minutes), "--seed", str(seed), "--json", "--quiet"]
-    if problem in PROVEN_OPTIMA:
+    if problem in PROVEN_OPTIMA and best_known(problem, n) is not None:
         cmd += ["--target", "best-known"]
     load0 = os.getloadavg()[0]
     b0, t0 = cpu_busy()
@@ -128,7 +139,7 @@ def report(records: list[dict], runs: Path, img_dir: Path | None) -> str:
             scores = [r["best_score"] for r in rs]
             ttf = [time_to_final(curve(run_dir(r, runs))) for r in rs]
             ttf = [t for t in ttf if t is not None]
-            lines.append(f"| {problem} | {n} | {rs[0]['best_known']:g} | {searcher} | {len(rs)} | "
+            lines.append(f"| {problem} | {n} | {fmt(rs[0]['best_known'])} | {searcher} | {len(rs)} | "
                          f"{statistics.fmean(scores):.2f} | {max(scores):g} | {' '.join(f'{s:g}' for s in scores)} | "
                          f"{statistics.median(ttf):.0f} | "
                          f"{min(r['other_cpu_share'] for r in rs):.0%}-{max(r['other_cpu_share'] for r in rs):.0%} |")
@@ -217,7 +228,7 @@ def main(argv=None) -> int:
                 tmp = db.with_suffix(".tmp")
                 tmp.write_text(json.dumps(records, indent=1) + "\n")
                 tmp.replace(db)
-                print(f"    best {rec['best_score']:g} (known {rec['best_known']:g}), other CPU "
+                print(f"    best {rec['best_score']:g} (known {fmt(rec['best_known'])}), other CPU "
                       f"{rec['other_cpu_share']:.0%}", flush=True)
     print(report(records, runs, None))
     return 0

@@ -220,14 +220,16 @@ def test_post_resume_is_exact(bases, algorithm, extra, monkeypatch):
     assert logged(part) == logged(whole)
 
 
-@pytest.mark.parametrize("setting,default,deterministic", [(None, True, True), (None, False, False),
-                                                          (False, True, False), (True, False, True)])
-def test_post_training_switches_dropout_off_where_asked(bases, setting, default, deterministic):
+@pytest.mark.parametrize("setting,default,deterministic,lora", [
+    (None, True, True, False), (None, False, False, False), (False, True, False, False), (True, False, True, False),
+    (None, True, True, True), (None, False, False, True)])
+def test_post_training_switches_dropout_off_where_asked(bases, setting, default, deterministic, lora):
     from seqlab.post.runner import load_policy
 
     d, runs, data = bases  # the transformer base was trained with seqlab's default dropout 0.1
     cfg = load_post_config(None, {"policy": str(runs["transformer"]), "data": str(data["grpo"]),
-                                  "out": str(d / "unused"), "disable_dropout": setting})
+                                  "out": str(d / "unused"), "disable_dropout": setting,
+                                  "lora_rank": 2 if lora else 0, "lora_dropout": 0.3})
     model, _, _ = load_policy(cfg, drop_dropout=default)
     model.train()
     x = torch.randint(0, 10, (8, 12))

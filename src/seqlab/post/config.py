@@ -33,9 +33,10 @@ class PostConfig:
     checkpoint_interval: int = 50  # updates between checkpoints (rounded up to the algorithm's rollout period)
     resume: bool = False  # continue the run in `out` from its last checkpoint (CLI: --resume)
     threads: int = 0
-    # Dropout off while post-training; unset: on for grpo, ppo, dpo and rm (the policy that
-    # is scored must be the one that sampled, or the one the reference log-probs came from),
-    # left as trained for sft and rejection sampling (plain supervised fine-tuning)
+    # Dropout off while post-training (lora_dropout included). Unset: off for grpo and ppo
+    # (the policy being updated must be the one that sampled), dpo (the one the reference
+    # log-probs came from) and rm (its scores are used without dropout); sft and rejection
+    # sampling (plain supervised fine-tuning) keep the model's dropout
     disable_dropout: Optional[bool] = None
     # LoRA (peft) on the transformer's linear layers; 0 = full fine-tuning
     lora_rank: int = 0

@@ -47,12 +47,12 @@ def load_policy(cfg: PostConfig, drop_dropout: bool):
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model, tokenizer, run_cfg = load_model(cfg.policy, "best")
-    if cfg.disable_dropout if cfg.disable_dropout is not None else drop_dropout:
-        disable_dropout(model)
     if cfg.lora_rank > 0:
         from .lora import apply_lora
 
         model = apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    if cfg.disable_dropout if cfg.disable_dropout is not None else drop_dropout:
+        disable_dropout(model)  # after LoRA: its dropout (lora_dropout) goes too
     return model, tokenizer, run_cfg
 
 

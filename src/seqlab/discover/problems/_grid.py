@@ -476,9 +476,10 @@ class GridPointProblem(PairCodec, KernelProblem):
     kick = 0  # at the start of each temperature cycle, relocate this many random points
     near_moves = 0.0  # probability that a move steps a point at most 2 rows and columns
     # symmetric restarts (see _symmetry.py): a from-scratch start spends `sym_share` of its
-    # budget, at most `sym_restarts` restarts of `sym_restart` moves, annealing over the
-    # orbits of a random group in `sym_groups` (none: off) with their own cyclic schedule,
-    # then anneals the best symmetric set found without the restriction. The cap keeps a
+    # budget, at most `sym_restarts` x `sym_restart` moves, in restarts of up to `sym_restart`
+    # moves annealing over the orbits of a random group in `sym_groups` (none: off) with
+    # their own cyclic schedule, then anneals the best symmetric set found without the
+    # restriction. The cap keeps a
     # long single start from spending minutes where no symmetric optimum exists
     sym_groups: tuple = ()
     sym_share = 0.5
@@ -588,10 +589,10 @@ class GridPointProblem(PairCodec, KernelProblem):
         return self._orbit_tables[group]
 
     def _symmetric_phase(self, seed: int, budget: Budget, tgt: int):
-        """`sym_share` of a from-scratch start's budget, at most `sym_restarts` restarts
-        of `sym_restart` moves, each annealing over the orbits of a random group in
-        `sym_groups` (see `_symmetry.py`). Returns the best set found (valid; maybe empty) and the moves
-        made; the moves are taken off `budget`."""
+        """`sym_share` of a from-scratch start's budget, at most `sym_restarts` x `sym_restart`
+        moves, in restarts of up to `sym_restart` moves, each annealing over the orbits of a
+        random group in `sym_groups` (see `_symmetry.py`). Returns the best set found (valid;
+        maybe empty) and the moves made; the moves are taken off `budget`."""
         from ._symmetry import _sym_anneal, _sym_start
 
         moves = min(int(min(budget.left, 1 << 61) * self.sym_share), self.sym_restarts * self.sym_restart)
