@@ -114,7 +114,7 @@ def run_dir(record: dict, runs: Path) -> Path:
 
 
 def curve(run_dir: Path) -> list[tuple[float, float]]:
-    rows = list(csv.DictReader((run_dir / "metrics.csv").open(encoding="utf-8")))
+    rows = _rows(run_dir)
     return [(float(r["seconds"]), float(r["best"])) for r in rows if r.get("best") not in (None, "")]
 
 
@@ -125,27 +125,71 @@ def time_to_final(points: list[tuple[float, float]]) -> float | None:
     return next(t for t, b in points if b >= final)
 
 
+def _rows(run_dir: Path) -> list[dict]:
+    return list(csv.DictReader((run_dir / "metrics.csv").open(encoding="utf-8")))
+
+
+def _num(row: dict, key: str) -> float | None:
+    v = row.get(key)
+    return None if v in (None, "") else float(v)
+
+
+def diagnostics(rows: list[dict]) -> dict:
+    """What a model-based run did: generations after the initial pool, the generation whose
+    pool first held the final best, and per-generation means of sample validity before
+    repair, novelty against the pool and the time split."""
+    gens = [r for r in rows if int(r["round"]) >= 1]
+    final = _num(rows[-1], "best") if rows else None
+    found = next((int(r["round"]) for r in rows if final is not None and _num(r, "best") >= final), None)
+
+    def mean(key):
+        vals = [_num(r, key) for r in gens]
+        vals = [v for v in vals if v is not None]
+        return statistics.fmean(vals) if vals else None
+
+    return {"generations": len(gens), "best_found_in": found, "valid": mean("valid_before_repair"),
+            "novelty": mean("novelty"), "train_s": mean("train_s"), "grpo_s": mean("grpo_s"),
+            "sample_s": mean("sample_s"), "local_s": mean("local_s"), "gen0_s": _num(rows[0], "seconds") if rows else None}
+
+
 def report(records: list[dict], runs: Path, img_dir: Path | None) -> str:
-    lines = ["| problem | n | best known | searcher | runs | mean | best | scores (seeds) | "
+    lines = ["| problem | n | minutes | best known | searcher | runs | mean | best | scores (seeds) | "
              "time to final best, s (median) | other CPU during runs |",
-             "|---|---:|---:|---|---:|---:|---:|---|---:|---|"]
-    sizes = list(dict.fromkeys((r["problem"], r["n"]) for r in records))
-    for problem, n in sizes:
+             "|---|---:|---:|---:|---|---:|---:|---:|---|---:|---|"]
+    diag = ["", "| problem | n | minutes | searcher | seed | generations | final best first in generation | "
+            "valid before repair | novelty | train s / gen | GRPO s / gen | sample s / gen | local s / gen | "
+            "generation 0, s |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def f(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    sizes = list(dict.fromkeys((r["problem"], r["n"], r["minutes"]) for r in records))
+    for problem, n, minutes in sizes:
         for searcher in SEARCHERS:
-            rs = sorted((r for r in records if (r["problem"], r["n"], r["searcher"]) == (problem, n, searcher)),
-                        key=lambda r: r["seed"])
+            rs = sorted((r for r in records if (r["problem"], r["n"], r["minutes"], r["searcher"])
+                         == (problem, n, minutes, searcher)), key=lambda r: r["seed"])
             if not rs:
                 continue
             scores = [r["best_score"] for r in rs]
             ttf = [time_to_final(curve(run_dir(r, runs))) for r in rs]
             ttf = [t for t in ttf if t is not None]
-            lines.append(f"| {problem} | {n} | {fmt(rs[0]['best_known'])} | {searcher} | {len(rs)} | "
+            lines.append(f"| {problem} | {n} | {minutes:g} | {fmt(rs[0]['best_known'])} | {searcher} | {len(rs)} | "
                          f"{statistics.fmean(scores):.2f} | {max(scores):g} | {' '.join(f'{s:g}' for s in scores)} | "
                          f"{statistics.median(ttf):.0f} | "
                          f"{min(r['other_cpu_share'] for r in rs):.0%}-{max(r['other_cpu_share'] for r in rs):.0%} |")
+            if searcher == "local":
+                continue
+            for r in rs:
+                d = diagnostics(_rows(run_dir(r, runs)))
+                diag.append(f"| {problem} | {n} | {minutes:g} | {searcher} | {r['seed']} | {d['generations']} | "
+                            f"{f(d['best_found_in'], 'd')} | {f(d['valid'], '.1%')} | {f(d['novelty'], '.0%')} | "
+                            f"{f(d['train_s'], '.1f')} | {f(d['grpo_s'], '.1f')} | {f(d['sample_s'], '.2f')} | "
+                            f"{f(d['local_s'], '.1f')} | {f(d['gen0_s'], '.0f')} |")
         if img_dir is not None:
-            plot_size(records, runs, problem, n, img_dir / f"discover-{problem}-{n}.png")
-    return "\n".join(lines)
+            suffix = "" if minutes == 10 else f"-m{minutes:g}"
+            plot_size([r for r in records if r["minutes"] == minutes], runs, problem, n,
+                      img_dir / f"discover-{problem}-{n}{suffix}.png")
+    return "\n".join(lines + diag)
 
 
 def plot_size(records: list[dict], runs: Path, problem: str, n: int, path: Path) -> None:
