@@ -400,7 +400,15 @@ ISO18_32 = [4, 12, 15, 24, 30, 33, 52, 53, 72, 77, 78, 94, 106, 107, 109, 112, 2
 ISO14_24 = [2, 6, 7, 11, 28, 41, 43, 54, 57, 68, 70, 83, 98, 111, 113, 124, 127, 138, 140, 153, 170, 174, 175, 179]
 
 
-@pytest.mark.parametrize("n,cells", [(18, ISO18_32), (14, ISO14_24)])
+# 56 points of the 32 x 32 grid (the best-known value; half-turn symmetric) found by
+# `seqlab discover isosceles-free --n 32 --searcher local --seed 0` in its first 4 minutes
+# (benchmarks/discover_compare/isosceles-free-32/local-m10-s0)
+ISO32_56 = [4, 5, 14, 17, 26, 27, 38, 45, 50, 57, 70, 89, 97, 106, 117, 126, 163, 188, 224, 255, 289, 290, 317,
+            318, 320, 351, 384, 415, 608, 639, 672, 703, 705, 706, 733, 734, 768, 799, 835, 860, 897, 906, 917,
+            926, 934, 953, 966, 973, 978, 985, 996, 997, 1006, 1009, 1018, 1019]
+
+
+@pytest.mark.parametrize("n,cells", [(18, ISO18_32), (14, ISO14_24), (32, ISO32_56)])
 def test_isosceles_best_known_sets_by_brute_force(n, cells):
     p = get_problem("isosceles-free", n)
     c = p.canonical(cells)
