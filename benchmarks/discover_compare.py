@@ -142,13 +142,16 @@ def diagnostics(rows: list[dict]) -> dict:
     final = _num(rows[-1], "best") if rows else None
     found = next((int(r["round"]) for r in rows if final is not None and _num(r, "best") >= final), None)
 
-    def mean(key):
-        vals = [_num(r, key) for r in gens]
+    def mean(key, rows=gens):
+        vals = [_num(r, key) for r in rows]
         vals = [v for v in vals if v is not None]
         return statistics.fmean(vals) if vals else None
 
+    # novelty is the share of the valid samples that are new: only generations with some
+    with_valid = [r for r in gens if (_num(r, "valid_before_repair") or 0) > 0]
+
     return {"generations": len(gens), "best_found_in": found, "valid": mean("valid_before_repair"),
-            "novelty": mean("novelty"), "train_s": mean("train_s"), "grpo_s": mean("grpo_s"),
+            "novelty": mean("novelty", with_valid), "train_s": mean("train_s"), "grpo_s": mean("grpo_s"),
             "sample_s": mean("sample_s"), "local_s": mean("local_s"), "gen0_s": _num(rows[0], "seconds") if rows else None}
 
 
