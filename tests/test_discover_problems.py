@@ -401,7 +401,7 @@ ISO14_24 = [2, 6, 7, 11, 28, 41, 43, 54, 57, 68, 70, 83, 98, 111, 113, 124, 127,
 
 
 # 56 points of the 32 x 32 grid (the best-known value; half-turn symmetric) found by
-# `seqlab discover isosceles-free --n 32 --searcher local --seed 0` in its first 4 minutes
+# `seqlab discover isosceles-free --n 32 --searcher local --seed 0` within its first 6 minutes
 # (benchmarks/discover_compare/isosceles-free-32/local-m10-s0)
 ISO32_56 = [4, 5, 14, 17, 26, 27, 38, 45, 50, 57, 70, 89, 97, 106, 117, 126, 163, 188, 224, 255, 289, 290, 317,
             318, 320, 351, 384, 415, 608, 639, 672, 703, 705, 706, 733, 734, 768, 799, 835, 860, 897, 906, 917,
