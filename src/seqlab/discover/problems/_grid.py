@@ -479,8 +479,8 @@ class GridPointProblem(PairCodec, KernelProblem):
     # budget, at most `sym_restarts` x `sym_restart` moves, in restarts of up to `sym_restart`
     # moves annealing over the orbits of a random group in `sym_groups` (none: off) with
     # their own cyclic schedule, then anneals the best symmetric set found without the
-    # restriction. The cap keeps a
-    # long single start from spending minutes where no symmetric optimum exists
+    # restriction. The cap keeps a long single start from spending minutes where no
+    # symmetric optimum exists
     sym_groups: tuple = ()
     sym_share = 0.5
     sym_restarts = 8
