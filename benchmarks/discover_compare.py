@@ -9,12 +9,12 @@
 
 Every (problem, n, searcher, seed) is one `seqlab discover` run of --minutes on all
 cores (or until it reaches a best-known value that is a proven optimum), one after the
-other (never two at once: they would share the cores). A run
-that finished (best.json written) is kept and skipped, so the script can be stopped
-and started again (or held between runs: `touch RUNS_DIR/PAUSE`); a run that was cut
-off is started again from scratch, because a resumed run would not have had one
-uninterrupted budget. Searchers alternate within
-each (size, seed) so that slow drifts of the shared machine's load hit all of them.
+other (never two at once: they would share the cores). A run that finished (best.json
+written) is kept and skipped, so the script can be stopped and started again (or held
+between runs: `touch RUNS_DIR/PAUSE`); a run that was cut off is started again from
+scratch, because a resumed run would not have had one uninterrupted budget. Searchers
+alternate within each (size, seed) so that slow drifts of the shared machine's load hit
+all of them.
 
 Each run records the load average before and after and the CPU time that other
 processes took during it (from /proc/stat, minus this run's own), in RUNS_DIR/runs.json.
@@ -34,6 +34,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from seqlab.discover.command import _fmt  # "-" for a size with no best-known value
 
 HARD = ["isosceles-free:32", "c4-free:40", "no-three-in-line:20", "no-three-in-line:24",
         "golomb:10", "golomb:11", "golomb:12"]
@@ -73,10 +75,6 @@ def best_known(problem: str, n: int) -> float | None:
     return get_problem_class(problem).best_known(n)
 
 
-def fmt(v) -> str:
-    return "?" if v is None else f"{v:g}"
-
-
 def run_one(problem: str, n: int, searcher: str, seed: int, minutes: float, out: Path) -> dict:
     if out.exists():
         import shutil
@@ -113,8 +111,8 @@ def run_dir(record: dict, runs: Path) -> Path:
     return runs / p
 
 
-def curve(run_dir: Path) -> list[tuple[float, float]]:
-    rows = _rows(run_dir)
+def curve(rows: list[dict]) -> list[tuple[float, float]]:
+    """(seconds, best so far) from a run's metrics rows."""
     return [(float(r["seconds"]), float(r["best"])) for r in rows if r.get("best") not in (None, "")]
 
 
@@ -152,7 +150,8 @@ def diagnostics(rows: list[dict]) -> dict:
 
     return {"generations": len(gens), "best_found_in": found, "valid": mean("valid_before_repair"),
             "novelty": mean("novelty", with_valid), "train_s": mean("train_s"), "grpo_s": mean("grpo_s"),
-            "sample_s": mean("sample_s"), "local_s": mean("local_s"), "gen0_s": _num(rows[0], "seconds") if rows else None}
+            "sample_s": mean("sample_s"), "local_s": mean("local_s"),
+            "gen0_s": _num(rows[0], "seconds") if rows else None}
 
 
 def report(records: list[dict], runs: Path, img_dir: Path | None) -> str:
@@ -174,16 +173,17 @@ def report(records: list[dict], runs: Path, img_dir: Path | None) -> str:
             if not rs:
                 continue
             scores = [r["best_score"] for r in rs]
-            ttf = [time_to_final(curve(run_dir(r, runs))) for r in rs]
+            metrics = [_rows(run_dir(r, runs)) for r in rs]  # read once: curve and diagnostics
+            ttf = [time_to_final(curve(rows)) for rows in metrics]
             ttf = [t for t in ttf if t is not None]
-            lines.append(f"| {problem} | {n} | {minutes:g} | {fmt(rs[0]['best_known'])} | {searcher} | {len(rs)} | "
+            lines.append(f"| {problem} | {n} | {minutes:g} | {_fmt(rs[0]['best_known'])} | {searcher} | {len(rs)} | "
                          f"{statistics.fmean(scores):.2f} | {max(scores):g} | {' '.join(f'{s:g}' for s in scores)} | "
                          f"{statistics.median(ttf):.0f} | "
                          f"{min(r['other_cpu_share'] for r in rs):.0%}-{max(r['other_cpu_share'] for r in rs):.0%} |")
             if searcher == "local":
                 continue
-            for r in rs:
-                d = diagnostics(_rows(run_dir(r, runs)))
+            for r, rows in zip(rs, metrics):
+                d = diagnostics(rows)
                 diag.append(f"| {problem} | {n} | {minutes:g} | {searcher} | {r['seed']} | {d['generations']} | "
                             f"{f(d['best_found_in'], 'd')} | {f(d['valid'], '.1%')} | {f(d['novelty'], '.0%')} | "
                             f"{f(d['train_s'], '.1f')} | {f(d['grpo_s'], '.1f')} | {f(d['sample_s'], '.2f')} | "
@@ -207,7 +207,7 @@ def plot_size(records: list[dict], runs: Path, problem: str, n: int, path: Path)
     for r in records:
         if (r["problem"], r["n"]) != (problem, n):
             continue
-        pts = curve(run_dir(r, runs))
+        pts = curve(_rows(run_dir(r, runs)))
         if not pts:
             continue
         bk = r["best_known"]
@@ -275,7 +275,7 @@ def main(argv=None) -> int:
                 tmp = db.with_suffix(".tmp")
                 tmp.write_text(json.dumps(records, indent=1) + "\n")
                 tmp.replace(db)
-                print(f"    best {rec['best_score']:g} (known {fmt(rec['best_known'])}), other CPU "
+                print(f"    best {rec['best_score']:g} (known {_fmt(rec['best_known'])}), other CPU "
                       f"{rec['other_cpu_share']:.0%}", flush=True)
     print(report(records, runs, None))
     return 0

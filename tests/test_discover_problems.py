@@ -400,7 +400,7 @@ ISO18_32 = [4, 12, 15, 24, 30, 33, 52, 53, 72, 77, 78, 94, 106, 107, 109, 112, 2
 ISO14_24 = [2, 6, 7, 11, 28, 41, 43, 54, 57, 68, 70, 83, 98, 111, 113, 124, 127, 138, 140, 153, 170, 174, 175, 179]
 
 
-# 56 points of the 32 x 32 grid (the best-known value; half-turn symmetric) found by
+# 56 points of the 32 x 32 grid (the best-known value; symmetric in both axes) found by
 # `seqlab discover isosceles-free --n 32 --searcher local --seed 0` within its first 6 minutes
 # (benchmarks/discover_compare/isosceles-free-32/local-m10-s0)
 ISO32_56 = [4, 5, 14, 17, 26, 27, 38, 45, 50, 57, 70, 89, 97, 106, 117, 126, 163, 188, 224, 255, 289, 290, 317,
@@ -423,6 +423,13 @@ def test_isosceles_18_set_is_symmetric_in_both_diagonals():
     c = p.canonical(ISO18_32)
     rc = p.points(c)
     assert set(map(tuple, rc)) == {(col, r) for r, col in rc} == {(17 - col, 17 - r) for r, col in rc}
+
+
+def test_isosceles_32_set_is_symmetric_in_both_axes_only():
+    p = get_problem("isosceles-free", 32)
+    pts = {(int(r), int(c)) for r, c in p.points(p.canonical(ISO32_56))}
+    assert pts == {(r, 31 - c) for r, c in pts} == {(31 - r, c) for r, c in pts}  # group d2 (half turn too)
+    assert pts != {(c, r) for r, c in pts} and pts != {(c, 31 - r) for r, c in pts}  # no diagonal, no quarter turn
 
 
 @pytest.mark.parametrize("n", [5, 6])
