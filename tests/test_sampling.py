@@ -80,6 +80,48 @@ def test_eos_stops_rows_and_pads_after():
     assert out.finished.all() and (out.lengths == 1).all()
 
 
+class EosAtRowIndex(FixedLogits):
+    """Row b emits token 5 until step b, then eos (row `never` never does)."""
+
+    def __init__(self, never):
+        super().__init__(torch.zeros(V))
+        self.never = never
+
+    def _logits(self, step):
+        B = step.size(0)
+        lg = torch.full((B, V), -1e9)
+        ends = (step == torch.arange(B)) & (torch.arange(B) != self.never)
+        lg[:, 5] = 0.0
+        lg[ends, 5], lg[ends, EOS] = -1e9, 0.0
+        return lg
+
+    def prefill(self, idx, lengths, total_len=None):
+        self.calls += 1
+        state = torch.zeros(idx.size(0), dtype=torch.long)
+        return self._logits(state), state
+
+    def step(self, tokens, state):
+        self.calls += 1
+        return self._logits(state + 1), state + 1
+
+
+def test_rows_ending_at_different_steps_are_padded_and_the_loop_stops_early():
+    from seqlab.sampling import EOS_CHECK
+
+    m = EosAtRowIndex(never=99)
+    out = run(m, DecodeRule(), 0, n=4, steps=40)
+    assert out.lengths.tolist() == [1, 2, 3, 4] and out.finished.all()
+    assert out.tokens.shape == (4, 4)  # trimmed to the longest row
+    for b in range(4):
+        assert out.tokens[b, :b].eq(5).all() and out.tokens[b, b] == EOS and out.tokens[b, b + 1:].eq(PAD).all()
+        assert out.model_logprobs[b, b + 1:].eq(0).all() and out.model_logprobs[b, :b + 1].abs().max() < 1e-6
+    assert m.calls == EOS_CHECK  # every row ended by the first check: no step beyond it
+    m = EosAtRowIndex(never=1)
+    out = run(m, DecodeRule(temperature=0), 0, n=3, steps=12)
+    assert out.finished.tolist() == [True, False, True] and out.lengths.tolist() == [1, 12, 3]
+    assert out.tokens[1].eq(5).all() and out.tokens[2, 3:].eq(PAD).all() and m.calls == 12
+
+
 @pytest.mark.parametrize("rule,allowed", [
     (DecodeRule(top_k=3), {7, 8, 9}),
     (DecodeRule(top_p=0.5), None),

@@ -85,6 +85,9 @@ def sampling_logprobs(logits: torch.Tensor, rule: DecodeRule) -> torch.Tensor:
     return logits.log_softmax(-1)
 
 
+EOS_CHECK = 8  # generate() tests whether every row has ended every this many steps
+
+
 @dataclass
 class Generation:
     """Generated continuations, right-padded with pad_id after each row's end."""
@@ -108,16 +111,17 @@ class Generation:
 
 
 def _draw(logprobs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-    """One token per row from exp(logprobs) by inverse CDF, given one uniform per row.
+    """One token per row from exp(logprobs) by inverse CDF, given one uniform per row:
+    uniform (B, 1) -> token ids (B, 1).
 
     The uniforms for the whole generation are drawn in one call up front:
     per-step torch.multinomial (or exponential_) costs several times more than
-    these three element-wise ops for small batches on a CPU (benchmarks/results.md).
+    these element-wise ops for small batches on a CPU (benchmarks/results.md).
     Scaling u by the row's total keeps zero-probability tokens unreachable even
     when the cumulative sum rounds below 1.
     """
     cdf = logprobs.exp().cumsum(-1)
-    return (cdf < uniform.unsqueeze(-1) * cdf[:, -1:]).sum(-1)
+    return (cdf < uniform * cdf[:, -1:]).sum(-1, keepdim=True)
 
 
 def _prompt_batch(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,41 +162,53 @@ def generate(
     steps = _budget(model, prompts, max_new_tokens)
     tokens = torch.full((B, steps), pad_id, dtype=torch.long, device=device)
     model_lp = torch.zeros(B, steps, device=device)
-    sample_lp = torch.zeros(B, steps, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
-    n_new = torch.zeros(B, dtype=torch.long, device=device)
     plain = not rule.truncates and rule.temperature == 1.0
-    uniforms = None if rule.greedy else torch.rand(steps, B, generator=generator, device=device)
+    # plain sampling: the two log-probs are the same numbers; greedy: a point mass (0)
+    sample_lp = None if rule.greedy or plain else torch.zeros(B, steps, device=device)
+    uniforms = None if rule.greedy else torch.rand(steps, B, 1, generator=generator, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
     was_training = model.training
     model.eval()
     # the last token needs no cache slot: prompt + steps - 1 positions are written
     logits, state = model.prefill(idx, lengths, total_len=idx.size(1) + steps - 1)
-    t = 0
+    # The loop only draws and records: a row that emitted eos keeps being stepped (its
+    # tokens are masked after the loop; rows never interact), and whether every row has
+    # finished is checked every EOS_CHECK steps. Both keep per-token bookkeeping ops (a
+    # large share of a small model's step) out of the hot loop.
+    L, checked = steps, 0
     for t in range(steps):
         lp = logits.float().log_softmax(-1)  # (B, V) the model's own distribution
         if rule.greedy:
-            tok = lp.argmax(-1)
-            slp = None
+            col = lp.argmax(-1, keepdim=True)  # (B, 1)
         else:
             slp = lp if plain else sampling_logprobs(logits, rule)
-            tok = _draw(slp, uniforms[t])
-        alive = ~finished
-        col = tok.unsqueeze(1)
-        model_lp[:, t] = lp.gather(1, col).squeeze(1).masked_fill(finished, 0.0)
-        if slp is not None and not plain:  # plain sampling: the two log-probs are the same numbers
-            sample_lp[:, t] = slp.gather(1, col).squeeze(1).masked_fill(finished, 0.0)
-        tok = tok.masked_fill(finished, pad_id)
-        tokens[:, t] = tok
-        n_new += alive
-        finished |= tok == eos_id
-        if t + 1 == steps or bool(finished.all()):
+            col = _draw(slp, uniforms[t])
+            if sample_lp is not None:
+                sample_lp[:, t:t + 1] = slp.gather(1, col)
+        model_lp[:, t:t + 1] = lp.gather(1, col)
+        tokens[:, t:t + 1] = col
+        if t + 1 == steps:
             break
-        logits, state = model.step(tok, state)
+        if eos_id >= 0 and (t + 1) % EOS_CHECK == 0:
+            finished |= (tokens[:, checked:t + 1] == eos_id).any(1)
+            checked = t + 1
+            if bool(finished.all()):
+                L = t + 1
+                break
+        logits, state = model.step(col.view(-1), state)
     model.train(was_training)
-    L = t + 1
-    if plain and not rule.greedy:
-        sample_lp = model_lp
-    return Generation(tokens[:, :L], n_new, model_lp[:, :L], sample_lp[:, :L], finished, rule.describe())
+    is_eos = tokens[:, :L] == eos_id
+    after_eos = is_eos.cumsum(1) > is_eos.long()  # strictly after the row's first eos
+    n_new = L - after_eos.sum(1)
+    L = int(n_new.max())  # rows finished before the last check leave all-pad columns
+    after_eos = after_eos[:, :L]
+    model_lp = model_lp[:, :L].masked_fill(after_eos, 0.0)
+    if sample_lp is None:
+        sample_lp = model_lp if not rule.greedy else torch.zeros_like(model_lp)
+    else:
+        sample_lp = sample_lp[:, :L].masked_fill(after_eos, 0.0)
+    return Generation(tokens[:, :L].masked_fill(after_eos, pad_id), n_new, model_lp, sample_lp,
+                      is_eos.any(1), rule.describe())
 
 
 @torch.inference_mode()

@@ -14,14 +14,14 @@ padded keys are masked out, and positions count from each row's first real token
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import SeqModel
-from .layers import GeluMLP, SwiGLU, apply_rope, linear, make_norm, norm_fn, rope_tables
+from .layers import GeluMLP, SwiGLU, apply_rope, linear, linear_residual, make_norm, norm_fn, rope_tables
 
 
 @dataclass
@@ -31,6 +31,16 @@ class KVCache:
     pos: int  # next cache index to write (same for every row)
     key_mask: torch.Tensor | None  # (B, max_len) True where a real token sits; None if no padding
     offset: torch.Tensor | None  # (B,) left-pad count: position = cache index - offset
+    # Views made once, not per decode step (each view is a dispatched op in the hot loop):
+    # k and v with batch and head merged, (B * Hkv, max_len, D), and baddbmm's ignored input.
+    k_flat: list = field(init=False, repr=False)
+    v_flat: list = field(init=False, repr=False)
+    zero: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.k_flat = [t.flatten(0, 1) for t in self.k]
+        self.v_flat = [t.flatten(0, 1) for t in self.v]
+        self.zero = self.k[0].new_zeros(())
 
 
 class CausalSelfAttention(nn.Module):
@@ -71,38 +81,34 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.proj(y))
 
 
-    def decode(self, h, cache, layer, rope=None, key_mask=None):
-        """One new token per row with the KV cache: h (B, C) -> (B, C).
+    def decode(self, h, cache, layer, resid, rope=None, key_mask=None):
+        """One new token per row with the KV cache: resid + attention(h), h and resid (B, C).
 
         A hand-written path for the hot loop of sampling: 2-D activations and two
         batched matmuls instead of scaled_dot_product_attention, whose CPU kernel
         costs several times more per call for a single query (measured in
         benchmarks/results.md). Grouped-query attention falls out of the layout:
         the G query heads that share a key/value head form the rows of one matmul.
+        Every op counts here (a step is ~150 small ops): views are made once per
+        cache, and the residual add rides in the output projection's addmm.
         """
         B = h.size(0)
         H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
         G = H // Hkv
-        q, k, v = linear(self.qkv, h).split([H * D, Hkv * D, Hkv * D], dim=-1)
-        q, k = q.view(B, H, D), k.view(B, Hkv, D)
+        q, k, v = linear(self.qkv, h).view(B, H + 2 * Hkv, D).split([H, Hkv, Hkv], dim=1)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         pos = cache.pos
-        kc, vc = cache.k[layer], cache.v[layer]  # (B, Hkv, Tmax, D)
-        kc[:, :, pos] = k
-        vc[:, :, pos] = v.view(B, Hkv, D)
-        Tmax = kc.size(2)
-        keys = kc.view(B * Hkv, Tmax, D)[:, : pos + 1]  # views: merging B and Hkv needs no copy
-        vals = vc.view(B * Hkv, Tmax, D)[:, : pos + 1]
-        q = q.reshape(B * Hkv, G, D)
+        cache.k[layer][:, :, pos] = k
+        cache.v[layer][:, :, pos] = v
+        t = pos + 1
         # baddbmm with beta=0 ignores its input and applies the 1/sqrt(D) scale in the same op
-        scores = torch.baddbmm(q.new_empty(()).expand(B * Hkv, G, pos + 1), q, keys.transpose(1, 2),
+        scores = torch.baddbmm(cache.zero, q.reshape(B * Hkv, G, D), cache.k_flat[layer][:, :t].transpose(1, 2),
                                beta=0.0, alpha=D ** -0.5)  # (B*Hkv, G, t)
         if key_mask is not None:
-            scores = scores.view(B, H, pos + 1).masked_fill(~key_mask[:, None, : pos + 1], float("-inf"))
-            scores = scores.view(B * Hkv, G, pos + 1)
-        y = torch.bmm(scores.softmax(-1), vals)  # (B*Hkv, G, D)
-        return linear(self.proj, y.view(B, H * D))
+            scores = scores.view(B, H, t).masked_fill(~key_mask[:, None, :t], float("-inf")).view(B * Hkv, G, t)
+        y = torch.bmm(scores.softmax(-1), cache.v_flat[layer][:, :t])  # (B*Hkv, G, D)
+        return linear_residual(self.proj, y.view(B, H * D), resid)
 
 
 class Block(nn.Module):
@@ -123,8 +129,8 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
     def decode(self, x, cache, layer, rope=None, key_mask=None):
-        x = x + self.attn.decode(norm_fn(self.norm1, x), cache, layer, rope, key_mask)
-        return x + self.mlp.decode(norm_fn(self.norm2, x))
+        x = self.attn.decode(norm_fn(self.norm1, x), cache, layer, x, rope, key_mask)
+        return self.mlp.decode(norm_fn(self.norm2, x), x)
 
 
 class Transformer(SeqModel):
