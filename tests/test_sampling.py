@@ -151,6 +151,31 @@ def test_truncation_never_emits_excluded_tokens(rule, allowed):
     assert len(emitted) == len(allowed)  # and each allowed token does occur
 
 
+def test_inverse_cdf_draw_never_picks_an_excluded_token_at_the_ends_of_the_unit_interval():
+    from seqlab.sampling import _draw
+
+    logits = torch.tensor([[float("-inf"), float("-inf"), 0.0, 1.0, float("-inf"), 2.0, float("-inf")]])
+    lp = logits.log_softmax(-1)
+    p = lp.exp()[0]
+    for u, want in [(2.0 ** -24, 2), (1.0, 5), (float(p[2]) * 0.999, 2), (float(p[2] + p[3]) * 1.001, 5)]:
+        assert _draw(lp, torch.tensor([[u]])).item() == want, u
+    # u = 0 is never passed (generate draws 1 - rand); even then only token 0 could go wrong
+    us = torch.rand(20000, 1) + 2.0 ** -24
+    toks = _draw(lp.expand(20000, -1), us.clamp(max=1.0)).squeeze(1)
+    assert set(toks.tolist()) == {2, 3, 5}
+    freq = torch.bincount(toks, minlength=7).float() / 20000
+    assert torch.allclose(freq, p, atol=0.015)
+
+
+def test_a_zero_uniform_from_the_generator_cannot_draw_an_excluded_token(monkeypatch):
+    # torch.rand returns exactly 0 with probability 2^-24 per draw (thousands of draws per call)
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.zeros(*shape))
+    logits = torch.arange(V, dtype=torch.float32)  # token 0 (pad) is the least likely
+    out = run(FixedLogits(logits), DecodeRule(top_k=3), 0, n=4, steps=5)
+    assert out.tokens.ge(V - 3).all()
+    assert torch.isfinite(out.sampling_logprobs).all()
+
+
 def test_logprobs_of_uniform_and_of_truncated_distribution():
     out = run(uniform(), DecodeRule(), 0, n=4, steps=5)
     # V - 1 tokens share the mass (eos is -inf)

@@ -111,17 +111,20 @@ class Generation:
 
 
 def _draw(logprobs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-    """One token per row from exp(logprobs) by inverse CDF, given one uniform per row:
-    uniform (B, 1) -> token ids (B, 1).
+    """One token per row from exp(logprobs) by inverse CDF, given one uniform per row
+    in (0, 1]: uniform (B, 1) -> token ids (B, 1).
 
+    Token i is drawn when cdf[i-1] < u * total <= cdf[i] (searchsorted's left side),
+    an empty interval for a zero-probability token. That is why u must not be 0 (it
+    would pick token 0 even when excluded) and may be 1 (the last allowed token):
+    generate() passes 1 - torch.rand(). Scaling u by the row's total keeps this exact
+    when the cumulative sum rounds away from 1.
     The uniforms for the whole generation are drawn in one call up front:
     per-step torch.multinomial (or exponential_) costs several times more than
-    these element-wise ops for small batches on a CPU (benchmarks/results.md).
-    Scaling u by the row's total keeps zero-probability tokens unreachable even
-    when the cumulative sum rounds below 1.
+    these few ops for small batches on a CPU (benchmarks/results.md).
     """
     cdf = logprobs.exp().cumsum(-1)
-    return (cdf < uniform * cdf[:, -1:]).sum(-1, keepdim=True)
+    return torch.searchsorted(cdf, uniform * cdf[:, -1:])
 
 
 def _prompt_batch(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,7 +168,8 @@ def generate(
     plain = not rule.truncates and rule.temperature == 1.0
     # plain sampling: the two log-probs are the same numbers; greedy: a point mass (0)
     sample_lp = None if rule.greedy or plain else torch.zeros(B, steps, device=device)
-    uniforms = None if rule.greedy else torch.rand(steps, B, 1, generator=generator, device=device)
+    # in (0, 1], see _draw
+    uniforms = None if rule.greedy else 1.0 - torch.rand(steps, B, 1, generator=generator, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     was_training = model.training
     model.eval()
@@ -176,8 +180,9 @@ def generate(
     # finished is checked every EOS_CHECK steps. Both keep per-token bookkeeping ops (a
     # large share of a small model's step) out of the hot loop.
     L, checked = steps, 0
+    upcast = logits.dtype != torch.float32
     for t in range(steps):
-        lp = logits.float().log_softmax(-1)  # (B, V) the model's own distribution
+        lp = (logits.float() if upcast else logits).log_softmax(-1)  # (B, V) the model's own distribution
         if rule.greedy:
             col = lp.argmax(-1, keepdim=True)  # (B, 1)
         else:
