@@ -163,23 +163,20 @@ def generate(
     idx, lengths = _prompt_batch(prompts, pad_id, device)
     B = idx.size(0)
     steps = _budget(model, prompts, max_new_tokens)
-    tokens = torch.full((B, steps), pad_id, dtype=torch.long, device=device)
-    model_lp = torch.zeros(B, steps, device=device)
     plain = not rule.truncates and rule.temperature == 1.0
-    # plain sampling: the two log-probs are the same numbers; greedy: a point mass (0)
-    sample_lp = None if rule.greedy or plain else torch.zeros(B, steps, device=device)
-    # in (0, 1], see _draw
-    uniforms = None if rule.greedy else 1.0 - torch.rand(steps, B, 1, generator=generator, device=device)
+    # in (0, 1], see _draw; one (B, 1) view per step, split off once
+    uniforms = None if rule.greedy else (1.0 - torch.rand(steps, B, 1, generator=generator, device=device)).unbind(0)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     was_training = model.training
     model.eval()
     # the last token needs no cache slot: prompt + steps - 1 positions are written
     logits, state = model.prefill(idx, lengths, total_len=idx.size(1) + steps - 1)
-    # The loop only draws and records: a row that emitted eos keeps being stepped (its
-    # tokens are masked after the loop; rows never interact), and whether every row has
-    # finished is checked every EOS_CHECK steps. Both keep per-token bookkeeping ops (a
-    # large share of a small model's step) out of the hot loop.
-    L, checked = steps, 0
+    # The loop only draws and records (into lists of (B, 1) columns, joined once): a row
+    # that emitted eos keeps being stepped (its tokens are masked after the loop; rows
+    # never interact), and whether every row has finished is checked every EOS_CHECK
+    # steps. Both keep per-token bookkeeping ops (a large share of a small model's step)
+    # out of the hot loop.
+    cols, model_cols, sample_cols = [], [], []
     upcast = logits.dtype != torch.float32
     for t in range(steps):
         lp = (logits.float() if upcast else logits).log_softmax(-1)  # (B, V) the model's own distribution
@@ -188,30 +185,32 @@ def generate(
         else:
             slp = lp if plain else sampling_logprobs(logits, rule)
             col = _draw(slp, uniforms[t])
-            if sample_lp is not None:
-                sample_lp[:, t:t + 1] = slp.gather(1, col)
-        model_lp[:, t:t + 1] = lp.gather(1, col)
-        tokens[:, t:t + 1] = col
+            if not plain:  # plain sampling: the two log-probs are the same numbers
+                sample_cols.append(slp.gather(1, col))
+        model_cols.append(lp.gather(1, col))
+        cols.append(col)
         if t + 1 == steps:
             break
         if eos_id >= 0 and (t + 1) % EOS_CHECK == 0:
-            finished |= (tokens[:, checked:t + 1] == eos_id).any(1)
-            checked = t + 1
+            finished |= (torch.cat(cols[-EOS_CHECK:], 1) == eos_id).any(1)
             if bool(finished.all()):
-                L = t + 1
                 break
         logits, state = model.step(col.view(-1), state)
     model.train(was_training)
-    is_eos = tokens[:, :L] == eos_id
+    tokens, model_lp = torch.cat(cols, 1), torch.cat(model_cols, 1)
+    L = tokens.size(1)
+    is_eos = tokens == eos_id
     after_eos = is_eos.cumsum(1) > is_eos.long()  # strictly after the row's first eos
     n_new = L - after_eos.sum(1)
     L = int(n_new.max())  # rows finished before the last check leave all-pad columns
     after_eos = after_eos[:, :L]
     model_lp = model_lp[:, :L].masked_fill(after_eos, 0.0)
-    if sample_lp is None:
-        sample_lp = model_lp if not rule.greedy else torch.zeros_like(model_lp)
+    if rule.greedy:
+        sample_lp = torch.zeros_like(model_lp)  # a point mass
+    elif plain:
+        sample_lp = model_lp
     else:
-        sample_lp = sample_lp[:, :L].masked_fill(after_eos, 0.0)
+        sample_lp = torch.cat(sample_cols, 1)[:, :L].masked_fill(after_eos, 0.0)
     return Generation(tokens[:, :L].masked_fill(after_eos, pad_id), n_new, model_lp, sample_lp,
                       is_eos.any(1), rule.describe())
 

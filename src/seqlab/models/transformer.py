@@ -32,13 +32,14 @@ class KVCache:
     key_mask: torch.Tensor | None  # (B, max_len) True where a real token sits; None if no padding
     offset: torch.Tensor | None  # (B,) left-pad count: position = cache index - offset
     # Views made once, not per decode step (each view is a dispatched op in the hot loop):
-    # k and v with batch and head merged, (B * Hkv, max_len, D), and baddbmm's ignored input.
-    k_flat: list = field(init=False, repr=False)
+    # keys transposed and values with batch and head merged, (B * Hkv, D, max_len) and
+    # (B * Hkv, max_len, D), and baddbmm's ignored input.
+    kT_flat: list = field(init=False, repr=False)
     v_flat: list = field(init=False, repr=False)
     zero: torch.Tensor = field(init=False, repr=False)
 
     def __post_init__(self):
-        self.k_flat = [t.flatten(0, 1) for t in self.k]
+        self.kT_flat = [t.flatten(0, 1).transpose(1, 2) for t in self.k]
         self.v_flat = [t.flatten(0, 1) for t in self.v]
         self.zero = self.k[0].new_zeros(())
 
@@ -103,7 +104,7 @@ class CausalSelfAttention(nn.Module):
         cache.v[layer][:, :, pos] = v
         t = pos + 1
         # baddbmm with beta=0 ignores its input and applies the 1/sqrt(D) scale in the same op
-        scores = torch.baddbmm(cache.zero, q.reshape(B * Hkv, G, D), cache.k_flat[layer][:, :t].transpose(1, 2),
+        scores = torch.baddbmm(cache.zero, q.reshape(B * Hkv, G, D), cache.kT_flat[layer][:, :, :t],
                                beta=0.0, alpha=D ** -0.5)  # (B*Hkv, G, t)
         if key_mask is not None:
             scores = scores.view(B, H, t).masked_fill(~key_mask[:, None, :t], float("-inf")).view(B * Hkv, G, t)
