@@ -70,6 +70,10 @@ def test_max_length_and_prefix_not_recomputed():
     out = run(m, DecodeRule(), 0, n=4, steps=7)
     assert out.tokens.shape == (4, 7) and (out.lengths == 7).all()
     assert m.calls == 7  # 1 prefill + 6 steps: one model call per new token
+    for rule in (DecodeRule(), DecodeRule(temperature=0), DecodeRule(top_k=2)):
+        empty = run(uniform(), rule, 0, n=3, steps=0)
+        assert empty.tokens.shape == empty.model_logprobs.shape == empty.sampling_logprobs.shape == (3, 0)
+        assert empty.lengths.tolist() == [0, 0, 0] and empty.rows() == [[], [], []]
 
 
 def test_eos_stops_rows_and_pads_after():
