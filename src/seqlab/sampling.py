@@ -198,7 +198,8 @@ def generate(
         logits, state = model.step(col.view(-1), state)
     model.train(was_training)
     if not cols:  # max_new_tokens = 0
-        cols, model_cols, sample_cols = [idx.new_full((B, 0), pad_id)], [torch.zeros(B, 0, device=device)], [torch.zeros(B, 0, device=device)]
+        cols = [idx.new_full((B, 0), pad_id)]
+        model_cols = sample_cols = [torch.zeros(B, 0, device=device)]
     tokens, model_lp = torch.cat(cols, 1), torch.cat(model_cols, 1)
     L = tokens.size(1)
     is_eos = tokens == eos_id
