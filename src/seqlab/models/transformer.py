@@ -90,7 +90,7 @@ class CausalSelfAttention(nn.Module):
         costs several times more per call for a single query (measured in
         benchmarks/results.md). Grouped-query attention falls out of the layout:
         the G query heads that share a key/value head form the rows of one matmul.
-        Every op counts here (a step is ~150 small ops): views are made once per
+        Every op counts here (a step is ~90 small ops): views are made once per
         cache, and the residual add rides in the output projection's addmm.
         """
         B = h.size(0)
