@@ -77,6 +77,8 @@ def cpu_model() -> str:
 
 
 def machine_info() -> dict:
+    from seqlab.models import native
+
     info = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu": cpu_model(),
@@ -86,6 +88,8 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,
+        # seqlab's decode step: "native" (C++, models/native.py) or "python" (SEQLAB_NATIVE=0, no compiler)
+        "seqlab_decode_step": "native" if native.load() is not None else "python",
     }
     try:
         import transformers
@@ -379,6 +383,7 @@ def bench_train_makemore(args, results: dict) -> None:
 
 def bench_generate(args, results: dict) -> None:
     """(b) batch 64 x 128 new tokens from a 1-token prompt, untrained models."""
+    from seqlab.models import native
     from seqlab.sampling import DecodeRule, generate
 
     V, B, N, CTX = args.vocab, 64, 128, 256
@@ -389,6 +394,15 @@ def bench_generate(args, results: dict) -> None:
         out = generate(sl, [[1]] * B, N, DecodeRule(), eos_id=-1, pad_id=0,
                        generator=torch.Generator().manual_seed(0))
         assert out.tokens.shape == (B, N) and bool((out.lengths == N).all())
+
+    def sl_python_step():
+        # the same sampler with the Python decode step (what runs without a C++ compiler)
+        real = native.pack
+        native.pack = lambda model: None
+        try:
+            sl_cached()
+        finally:
+            native.pack = real
 
     @torch.inference_mode()
     def sl_uncached():
@@ -402,7 +416,8 @@ def bench_generate(args, results: dict) -> None:
             idx = torch.cat([idx, nxt], dim=1)
         assert idx.shape == (B, N + 1)
 
-    contenders = {"seqlab generate (KV cache)": sl_cached, "seqlab uncached loop": sl_uncached}
+    contenders = {"seqlab generate (KV cache)": sl_cached, "seqlab generate (Python step)": sl_python_step,
+                  "seqlab uncached loop": sl_uncached}
     meta = {}
     try:
         hf = hf_gpt2(V, CTX, seed=2).eval()
@@ -474,7 +489,7 @@ def report(results: dict) -> tuple[str, dict]:
         c = sec["contenders"]
         b = c["seqlab generate (KV cache)"]
         for name, s in c.items():
-            if name.startswith("seqlab generate"):
+            if name == "seqlab generate (KV cache)":
                 r1 = r2 = "base"
             else:
                 r1 = f"seqlab cached {b['tokens_per_s'] / s['tokens_per_s']:.2f}x faster"

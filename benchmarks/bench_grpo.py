@@ -235,6 +235,7 @@ def machine_info() -> dict:
     import trl
 
     import seqlab
+    from seqlab.models import native
 
     cpu = "unknown"
     with contextlib.suppress(OSError):
@@ -245,7 +246,8 @@ def machine_info() -> dict:
     info = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "cpu": cpu,
             "logical_cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "trl": trl.__version__,
-            "seqlab": getattr(seqlab, "__version__", "?")}
+            "seqlab": getattr(seqlab, "__version__", "?"),
+            "seqlab_decode_step": "native" if native.load() is not None else "python"}
     git = ["git", "--no-optional-locks", "-C", str(HERE.parent)]  # read-only: no index refresh
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)

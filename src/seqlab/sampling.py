@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import SeqlabError
+from .models import native
 
 
 @dataclass(frozen=True)
@@ -178,16 +179,23 @@ def generate(
     # out of the hot loop.
     cols, model_cols, sample_cols = [], [], []
     upcast = logits.dtype != torch.float32
+    # rules that truncate nothing draw in one native call (models/native.py) when available
+    draw_native = None if rule.greedy or rule.truncates else native.sampler(logits)
     for t in range(steps):
-        lp = (logits.float() if upcast else logits).log_softmax(-1)  # (B, V) the model's own distribution
-        if rule.greedy:
-            col = lp.argmax(-1, keepdim=True)  # (B, 1)
+        if draw_native is not None:
+            col, model_lp, sample_lp = draw_native(logits, uniforms[t], rule.temperature)
         else:
-            slp = lp if plain else sampling_logprobs(logits, rule)
-            col = _draw(slp, uniforms[t])
-            if not plain:  # plain sampling: the two log-probs are the same numbers
-                sample_cols.append(slp.gather(1, col))
-        model_cols.append(lp.gather(1, col))
+            lp = (logits.float() if upcast else logits).log_softmax(-1)  # (B, V) the model's own distribution
+            if rule.greedy:
+                col = lp.argmax(-1, keepdim=True)  # (B, 1)
+            else:
+                slp = lp if plain else sampling_logprobs(logits, rule)
+                col = _draw(slp, uniforms[t])
+                sample_lp = None if plain else slp.gather(1, col)
+            model_lp = lp.gather(1, col)
+        model_cols.append(model_lp)
+        if not plain and not rule.greedy:  # plain sampling: the two log-probs are the same numbers
+            sample_cols.append(sample_lp)
         cols.append(col)
         if t + 1 == steps:
             break

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import native
 from .base import SeqModel
 from .layers import GeluMLP, SwiGLU, apply_rope, linear, linear_residual, make_norm, norm_fn, rope_tables
 
@@ -37,6 +38,8 @@ class KVCache:
     kT_flat: list = field(init=False, repr=False)
     v_flat: list = field(init=False, repr=False)
     zero: torch.Tensor = field(init=False, repr=False)
+    # the native (C++) step's weights when it applies (models/native.py), else None
+    native: object = field(default=None, repr=False)
 
     def __post_init__(self):
         self.kT_flat = [t.flatten(0, 1).transpose(1, 2) for t in self.k]
@@ -245,12 +248,18 @@ class Transformer(SeqModel):
         x, rope = self._embed(idx, positions)
         logits = self._run(x, rope, cache, mask)
         cache.pos = T
+        if not torch.is_grad_enabled():
+            cache.native = native.pack(self)
         return logits[:, -1], cache
 
     def step(self, tokens, cache):
         if cache.pos >= cache.k[0].size(2):
             raise ValueError(f"KV cache full: {cache.k[0].size(2)} positions used")
         pos = cache.pos
+        if cache.native is not None and not torch.is_grad_enabled():
+            logits = native.step(cache.native, tokens, cache)
+            cache.pos = pos + 1
+            return logits, cache
         x = self.wte.weight[tokens]  # (B, C): decoding keeps activations 2-D
         positions = pos if cache.offset is None else pos - cache.offset  # int, or (B,) per row
         rope = None
@@ -268,5 +277,5 @@ class Transformer(SeqModel):
         return KVCache(
             k=[t[index] for t in cache.k], v=[t[index] for t in cache.v], pos=cache.pos,
             key_mask=None if cache.key_mask is None else cache.key_mask[index],
-            offset=None if cache.offset is None else cache.offset[index],
+            offset=None if cache.offset is None else cache.offset[index], native=cache.native,
         )

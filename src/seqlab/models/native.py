@@ -1,0 +1,173 @@
+"""The native (C++) decode step for the Transformer, and a native draw, built on first use.
+
+`native/decode.cpp` runs one `Transformer.step` as a single call (see its header for
+why), and draws one token per row for the sampler's rules that truncate nothing. It is compiled once per machine with torch.utils.cpp_extension (about 15 s on a
+2-core CPU; torch caches the library in its extensions folder, ~/.cache/torch_extensions
+by default) and then loaded in each process. Without a C++ compiler, or with the
+environment variable SEQLAB_NATIVE=0, the Python step runs instead: same results up to
+float rounding, slower per token.
+
+`pack(model)` decides per generation whether the native step applies: CPU, float32,
+plain nn.Linear layers (a LoRA-wrapped layer keeps the Python path, so adapters are
+never bypassed), and LayerNorm/RMSNorm with GELU/SwiGLU, which is every Transformer
+seqlab builds.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+SOURCE = Path(__file__).with_name("native") / "decode.cpp"
+_lock = threading.Lock()
+_state: dict = {}  # "op": the loaded op, or None after a failed build
+
+
+def enabled() -> bool:
+    return os.environ.get("SEQLAB_NATIVE", "1") != "0"
+
+
+def load():
+    """The ops namespace (torch.ops.seqlab: decode_step, sample_rows), building the library
+    if needed; None if it cannot be built."""
+    if not enabled():
+        return None
+    with _lock:
+        if "op" not in _state:
+            _state["op"] = _build()
+        return _state["op"]
+
+
+def _build():
+    from torch.utils import cpp_extension
+
+    if hasattr(torch.ops.seqlab, "decode_step"):  # already registered in this process
+        return torch.ops.seqlab
+    try:  # the ninja wheel (a dependency) may sit outside PATH, e.g. in a venv run without activation
+        import ninja
+
+        if ninja.BIN_DIR not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+    except ImportError:
+        pass
+    errors = []
+    # -march=native lets the compiler vectorise the attention loops for this CPU; the
+    # library is built on the machine that runs it. Plain -O3 is the fallback.
+    for name, flags in (("seqlab_native", ["-O3", "-march=native", "-fopenmp"]), ("seqlab_native_generic", ["-O3"])):
+        try:
+            _say_if_first_build(cpp_extension, name)
+            cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags,
+                               is_python_module=False, verbose=False)
+            return torch.ops.seqlab
+        except Exception as err:  # no compiler, unsupported flag, read-only cache, ...
+            errors.append(f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}")
+    warnings.warn("seqlab: native decode step unavailable, using the Python step (" + "; ".join(errors) + ")",
+                  RuntimeWarning, stacklevel=3)
+    return None
+
+
+def _say_if_first_build(cpp_extension, name):
+    """One line on stderr before a build, so a first `seqlab sample` that pauses is explained."""
+    try:
+        built = Path(cpp_extension._get_build_directory(name, False), name + ".so")
+        fresh = built.exists() and built.stat().st_mtime >= SOURCE.stat().st_mtime
+    except Exception:  # a private torch helper: never let it stop sampling
+        return
+    if not fresh:
+        print("seqlab: compiling the native decode step (once per machine, ~20 s)", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class NativeWeights:
+    """The model's tensors in decode_step's argument order (references, not copies:
+    an optimizer's in-place updates are seen by the next generation)."""
+
+    op: object
+    wte: torch.Tensor
+    wpe: torch.Tensor | None
+    rope_cos: torch.Tensor | None
+    rope_sin: torch.Tensor | None
+    layers: list
+    final: list
+    n_head: int
+    n_kv_head: int
+    norm_kind: int
+    eps: float
+    mlp_kind: int
+
+
+def _norm_parts(norm):
+    if isinstance(norm, nn.LayerNorm):
+        return 0, norm.eps, [norm.weight, norm.bias]
+    if isinstance(norm, nn.RMSNorm) and norm.eps is not None:
+        return 1, norm.eps, [norm.weight, None]
+    return None
+
+
+def pack(model) -> NativeWeights | None:
+    """The native step's view of `model`, or None when the Python step must run."""
+    from .layers import SwiGLU
+
+    wte = model.wte.weight
+    if wte.device.type != "cpu" or model.training:
+        return None
+    params = list(model.parameters())
+    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in params):
+        return None
+    norms = [model.norm_f] + [n for b in model.blocks for n in (b.norm1, b.norm2)]
+    parts = [_norm_parts(n) for n in norms]
+    if any(p is None for p in parts) or len({(k, e) for k, e, _ in parts}) != 1:
+        return None
+    linears = [model.lm_head]
+    for b in model.blocks:
+        mlp = b.mlp
+        linears += [b.attn.qkv, b.attn.proj, mlp.gate_up if isinstance(mlp, SwiGLU) else mlp.fc, mlp.proj]
+    if any(type(m) is not nn.Linear for m in linears):
+        return None  # e.g. peft LoRA layers: keep them in the loop
+    ops = load()
+    if ops is None:
+        return None
+    empty = wte.new_empty(0)
+
+    def w(t):
+        return empty if t is None else t.detach()
+
+    layers = []
+    for i, b in enumerate(model.blocks):
+        mlp = b.mlp
+        fc = mlp.gate_up if isinstance(mlp, SwiGLU) else mlp.fc
+        n1, n2 = parts[1 + 2 * i][2], parts[2 + 2 * i][2]
+        layers += [w(t) for t in (n1[0], n1[1], b.attn.qkv.weight, b.attn.qkv.bias, b.attn.proj.weight,
+                                  b.attn.proj.bias, n2[0], n2[1], fc.weight, fc.bias, mlp.proj.weight, mlp.proj.bias)]
+    attn = model.blocks[0].attn
+    rope = model.wpe is None
+    return NativeWeights(
+        op=ops.decode_step, wte=wte.detach(), wpe=None if rope else model.wpe.weight.detach(),
+        rope_cos=model.rope_cos if rope else None, rope_sin=model.rope_sin if rope else None,
+        layers=layers, final=[w(parts[0][2][0]), w(parts[0][2][1]), model.lm_head.weight.detach()],
+        n_head=attn.n_head, n_kv_head=attn.n_kv_head, norm_kind=parts[0][0], eps=float(parts[0][1]),
+        mlp_kind=1 if isinstance(model.blocks[0].mlp, SwiGLU) else 0,
+    )
+
+
+def step(nw: NativeWeights, tokens, cache):
+    """Logits (B, V) for `tokens` (B,) at cache.pos; writes the cache like Transformer.step."""
+    row_pos = None if cache.offset is None else cache.pos - cache.offset
+    return nw.op(tokens, row_pos, cache.pos, nw.wte, nw.wpe, nw.rope_cos, nw.rope_sin, nw.layers, nw.final,
+                 cache.k, cache.v, cache.key_mask, nw.n_head, nw.n_kv_head, nw.norm_kind, nw.eps, nw.mlp_kind)
+
+
+def sampler(logits: torch.Tensor):
+    """sample_rows(logits, uniform (B, 1), temperature) -> (tokens, model log-probs, sampling
+    log-probs), each (B, 1), for float32 CPU logits; None where the Python draw must run."""
+    if logits.device.type != "cpu" or logits.dtype != torch.float32 or logits.dim() != 2:
+        return None
+    ops = load()
+    return None if ops is None else ops.sample_rows

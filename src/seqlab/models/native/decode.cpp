@@ -1,0 +1,391 @@
+// seqlab's native decode step: one Transformer.step (one new token per row, KV cache)
+// as a single call into C++.
+//
+// Why by hand: a small model's decode step is ~90 tiny ATen ops, and on a CPU the
+// Python side of each op (argument parsing, tensor wrappers) costs as much as its
+// kernel. Calling the same ATen ops from C++ removes that. Two loops are written by
+// hand: RoPE plus the cache write (in place of ~8 ops), and attention over the cache
+// for one query per row (see attend below).
+// benchmarks/results.md has the measurements. The Python step in transformer.py is
+// the reference; tests/test_native_decode.py checks this file against it.
+//
+// Built on first use by seqlab/models/native.py (torch.utils.cpp_extension) and
+// registered as torch.ops.seqlab.decode_step. CPU, float32, eval only.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+using at::Tensor;
+
+namespace {
+
+bool has(const Tensor& t) { return t.defined() && t.numel() > 0; }
+
+// Linear layer y = x W^T (+ b) (+ resid), the residual folded into addmm.
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor* resid = nullptr) {
+  Tensor y;
+  if (resid != nullptr) {
+    y = at::addmm(*resid, x, w.t());
+    if (has(b)) y.add_(b);
+  } else if (has(b)) {
+    y = at::addmm(b, x, w.t());
+  } else {
+    y = at::mm(x, w.t());
+  }
+  return y;
+}
+
+// LayerNorm (kind 0) or RMSNorm (kind 1) over the last dimension of a (B, C) tensor, as
+// one loop: at::layer_norm allocates and fills per-row mean and rstd outputs for backward
+// and costs ~5 us per call at (64, 64), ten times the arithmetic.
+Tensor norm(const Tensor& x, const Tensor& w, const Tensor& b, int64_t kind, double eps) {
+  const int64_t B = x.size(0), C = x.size(1);
+  Tensor xc = x.contiguous();
+  Tensor y = at::empty_like(xc);
+  const float* xp = xc.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  const float* bp = has(b) ? b.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  for (int64_t r = 0; r < B; ++r) {
+    const float* xr = xp + r * C;
+    float* yr = yp + r * C;
+    // sums in 8 independent lanes (vectorisable; one chain of adds is ~4 cycles an element)
+    float lane[8] = {}, mean = 0.f, var = 0.f;  // var: for RMSNorm, the mean square
+    if (kind == 0) {
+      int64_t c = 0;
+      for (; c + 8 <= C; c += 8)
+        for (int l = 0; l < 8; ++l) lane[l] += xr[c + l];
+      for (; c < C; ++c) lane[0] += xr[c];
+      for (int l = 0; l < 8; ++l) mean += lane[l];
+      mean /= C;
+    }
+    std::fill_n(lane, 8, 0.f);
+    int64_t c = 0;
+    for (; c + 8 <= C; c += 8)
+      for (int l = 0; l < 8; ++l) lane[l] += (xr[c + l] - mean) * (xr[c + l] - mean);
+    for (; c < C; ++c) lane[0] += (xr[c] - mean) * (xr[c] - mean);
+    for (int l = 0; l < 8; ++l) var += lane[l];
+    const float rstd = 1.0f / std::sqrt(var / C + static_cast<float>(eps));
+    for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - mean) * rstd * wp[c] + (bp ? bp[c] : 0.f);
+  }
+  return y;
+}
+
+// Rotate q and k heads in place (half-split RoPE: pairs (x[i], x[i + D/2])) and write
+// the new keys and values into the cache at `pos`.
+// qkv: (B, (H + 2 Hkv) * D) contiguous; cos/sin: (D/2) shared or (B, D/2) per row.
+void rope_and_store(Tensor& qkv, const Tensor& cos, const Tensor& sin, Tensor& kc, Tensor& vc,
+                    int64_t H, int64_t Hkv, int64_t D, int64_t pos) {
+  const int64_t B = qkv.size(0), T = kc.size(2), half = D / 2;
+  const int64_t row = (H + 2 * Hkv) * D;
+  float* base = qkv.data_ptr<float>();
+  float* kp = kc.data_ptr<float>();
+  float* vp = vc.data_ptr<float>();
+  const bool rope = cos.defined();
+  const float* cp = rope ? cos.data_ptr<float>() : nullptr;
+  const float* sp = rope ? sin.data_ptr<float>() : nullptr;
+  const bool per_row = rope && cos.dim() == 2;
+  for (int64_t b = 0; b < B; ++b) {
+    float* r = base + b * row;
+    if (rope) {
+      const float* c = cp + (per_row ? b * half : 0);
+      const float* s = sp + (per_row ? b * half : 0);
+      for (int64_t h = 0; h < H + Hkv; ++h) {
+        float* x = r + h * D;
+        for (int64_t i = 0; i < half; ++i) {
+          const float x1 = x[i], x2 = x[i + half];
+          x[i] = x1 * c[i] - x2 * s[i];
+          x[i + half] = x1 * s[i] + x2 * c[i];
+        }
+      }
+    }
+    for (int64_t g = 0; g < Hkv; ++g) {
+      std::copy_n(r + (H + g) * D, D, kp + ((b * Hkv + g) * T + pos) * D);
+      std::copy_n(r + (H + Hkv + g) * D, D, vp + ((b * Hkv + g) * T + pos) * D);
+    }
+  }
+}
+
+// softmax(q k^T / sqrt(D)) v over the first t cache positions, one query per (row, head).
+// Query head h reads key/value head h / (H / Hkv) (grouped-query attention).
+// key_mask (B, mask_len) bool, or undefined: False positions get no weight.
+//
+// Two implementations. attend_bmm: batched matmuls over (row, key/value head), the G
+// query heads sharing a key/value head being the rows of one matmul. attend_vec, for
+// head sizes that are a multiple of a vector width: hand-vectorised loops (GCC/Clang
+// vector extensions; one AVX-512 register holds 16 floats) for q.k, the softmax and p.v,
+// in one parallel region. At batch 64 MKL's batched GEMM pays a large fixed cost per 1 x D
+// times D x t product, and a plain scalar loop is slower still (each dot product is a
+// chain of dependent adds); the vector loops are what make this step fast.
+
+Tensor attend_bmm(const Tensor& qkv, const Tensor& kc, const Tensor& vc, const Tensor& key_mask,
+                  const Tensor& zero, int64_t H, int64_t Hkv, int64_t D, int64_t t) {
+  const int64_t B = qkv.size(0), T = kc.size(2), G = H / Hkv;
+  Tensor q = qkv.narrow(1, 0, H * D).reshape({B * Hkv, G, D});
+  Tensor keys_t = kc.view({B * Hkv, T, D}).narrow(1, 0, t).transpose(1, 2);  // (B*Hkv, D, t)
+  // beta = 0 ignores the input; the 1/sqrt(D) scale rides in alpha
+  Tensor scores = at::baddbmm(zero, q, keys_t, 0.0, 1.0 / std::sqrt(static_cast<double>(D)));
+  if (key_mask.defined())
+    scores = scores.view({B, H, t})
+                 .masked_fill(key_mask.narrow(1, 0, t).logical_not().unsqueeze(1), -INFINITY)
+                 .view({B * Hkv, G, t});
+  Tensor y = at::bmm(at::_softmax(scores, -1, false), vc.view({B * Hkv, T, D}).narrow(1, 0, t));
+  return y.view({B, H * D});
+}
+
+template <int W>
+struct Vec {
+  typedef float type __attribute__((vector_size(4 * W)));
+};
+
+template <int W>
+struct IVec {
+  typedef int32_t type __attribute__((vector_size(4 * W)));
+};
+
+template <int W>
+inline typename Vec<W>::type load(const float* p) {
+  typename Vec<W>::type v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <int W>
+inline float hsum(typename Vec<W>::type v) {
+  if constexpr (W == 4) {
+    return (v[0] + v[2]) + (v[1] + v[3]);
+  } else {  // add the halves, then recurse: a tree, not a chain
+    typename Vec<W / 2>::type lo, hi;
+    std::memcpy(&lo, &v, sizeof lo);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+    return hsum<W / 2>(lo + hi);
+  }
+}
+
+// work items of roughly this many multiply-adds per thread: fewer wake the second thread
+// for less than its start-up cost
+constexpr int64_t kGrainFlops = 1 << 16;
+
+// exp(x) for x <= 0 (softmax after subtracting the max), W lanes at a time: Cephes'
+// expf (2^n times a degree-5 polynomial on [-ln2/2, ln2/2]; about 1 ulp), and exactly 0
+// below -87 (masked keys are -inf). A scalar std::exp per key costs more than the rest of
+// the attention loop.
+template <int W>
+inline typename Vec<W>::type exp_nonpos(typename Vec<W>::type x) {
+  using V = typename Vec<W>::type;
+  using I = typename IVec<W>::type;
+  const V zero = {};
+  const I keep = x > V{} - 87.0f;  // lanes all ones where exp(x) is a normal float
+  x = x > V{} - 87.0f ? x : zero;  // (select avoids inf/nan arithmetic on masked lanes)
+  const V fx = x * 1.44269504088896341f + 0.5f;
+  I n = __builtin_convertvector(fx, I);  // rounds toward zero ...
+  n += __builtin_convertvector(n, V) > fx;  // ... so step down where that went up: floor (true is -1)
+  const V nf = __builtin_convertvector(n, V);
+  V r = x - nf * 0.693359375f;
+  r = r + nf * 2.12194440e-4f;
+  V y = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * (r * r) + r + 1.0f;
+  const I bits = (n + 127) << 23;  // 2^n as a float's exponent field
+  V two_n;
+  std::memcpy(&two_n, &bits, sizeof two_n);
+  y = y * two_n;
+  I out;
+  std::memcpy(&out, &y, sizeof out);
+  out &= keep;
+  std::memcpy(&y, &out, sizeof y);
+  return y;
+}
+
+template <int W>
+Tensor attend_vec(const Tensor& qkv, const Tensor& kc, const Tensor& vc, const Tensor& key_mask,
+                  int64_t H, int64_t Hkv, int64_t D, int64_t t) {
+  using V = typename Vec<W>::type;
+  const int64_t B = qkv.size(0), T = kc.size(2), G = H / Hkv, row = (H + 2 * Hkv) * D;
+  const float* qp = qkv.data_ptr<float>();
+  const float* kp = kc.data_ptr<float>();
+  const float* vp = vc.data_ptr<float>();
+  const bool* mp = key_mask.defined() ? key_mask.data_ptr<bool>() : nullptr;
+  const int64_t mask_len = key_mask.defined() ? key_mask.size(1) : 0;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const int64_t grain = std::max<int64_t>(1, kGrainFlops / (t * D));
+  const int64_t padded = (t + W - 1) / W * W;
+  Tensor y = at::empty({B, H * D}, qkv.options());
+  float* yp = y.data_ptr<float>();
+  // one parallel region: scores, softmax and the weighted sum of values per (row, head)
+  at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(padded);
+    float* s = buf.data();
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / H;
+      const float* q = qp + b * row + (bh % H) * D;
+      const float* k = kp + (b * Hkv + (bh % H) / G) * T * D;
+      const float* v = vp + (b * Hkv + (bh % H) / G) * T * D;
+      const bool* m = mp ? mp + b * mask_len : nullptr;
+      float mx = -INFINITY;
+      for (int64_t j = 0; j < t; ++j) {
+        V acc = load<W>(q) * load<W>(k + j * D);
+        for (int64_t d = W; d < D; d += W) acc += load<W>(q + d) * load<W>(k + j * D + d);
+        s[j] = (m && !m[j]) ? -INFINITY : hsum<W>(acc) * scale;
+        mx = std::max(mx, s[j]);
+      }
+      std::fill(s + t, s + padded, -INFINITY);
+      V sum = {};
+      for (int64_t j = 0; j < padded; j += W) {
+        const V e = exp_nonpos<W>(load<W>(s + j) - mx);
+        std::memcpy(s + j, &e, sizeof e);
+        sum += e;
+      }
+      const float inv = 1.0f / hsum<W>(sum);
+      float* out = yp + bh * D;  // y is (B, H, D) row-major
+      for (int64_t d = 0; d < D; d += W) {
+        V a0 = {}, a1 = {};  // two accumulators: consecutive keys do not wait on each other
+        int64_t j = 0;
+        for (; j + 1 < t; j += 2) {
+          a0 += s[j] * load<W>(v + j * D + d);
+          a1 += s[j + 1] * load<W>(v + (j + 1) * D + d);
+        }
+        if (j < t) a0 += s[j] * load<W>(v + j * D + d);
+        a0 = (a0 + a1) * inv;
+        std::memcpy(out + d, &a0, sizeof a0);
+      }
+    }
+  });
+  return y;
+}
+
+Tensor attend(const Tensor& qkv, const Tensor& kc, const Tensor& vc, const Tensor& key_mask,
+              const Tensor& zero, int64_t H, int64_t Hkv, int64_t D, int64_t t) {
+  if (D % 16 == 0) return attend_vec<16>(qkv, kc, vc, key_mask, H, Hkv, D, t);
+  if (D % 8 == 0) return attend_vec<8>(qkv, kc, vc, key_mask, H, Hkv, D, t);
+  return attend_bmm(qkv, kc, vc, key_mask, zero, H, Hkv, D, t);
+}
+
+// layers: 12 tensors per layer, in order
+//   norm1.weight, norm1.bias, qkv.weight, qkv.bias, proj.weight, proj.bias,
+//   norm2.weight, norm2.bias, fc (or gate_up).weight, its bias, mlp proj.weight, its bias
+// (an absent bias is an empty tensor); final: norm_f.weight, norm_f.bias, lm_head.weight.
+// row_pos (B,) per-row positions for left-padded prompts, else position = pos.
+// mlp_kind 0: GELU (exact), 1: SwiGLU. norm_kind 0: LayerNorm, 1: RMSNorm.
+Tensor decode_step(const Tensor& tokens, const std::optional<Tensor>& row_pos, int64_t pos,
+                   const Tensor& wte, const std::optional<Tensor>& wpe,
+                   const std::optional<Tensor>& rope_cos, const std::optional<Tensor>& rope_sin,
+                   at::TensorList layers, at::TensorList final_weights, at::TensorList k_cache,
+                   at::TensorList v_cache, const std::optional<Tensor>& key_mask, int64_t n_head,
+                   int64_t n_kv_head, int64_t norm_kind, double eps, int64_t mlp_kind) {
+  TORCH_CHECK(layers.size() == 12 * k_cache.size(), "decode_step: 12 weights per layer expected");
+  const int64_t C = wte.size(1), D = C / n_head, L = static_cast<int64_t>(k_cache.size());
+  const bool per_row = row_pos.has_value();
+  Tensor x = at::embedding(wte, tokens);  // (B, C), a fresh tensor
+  Tensor cos, sin;
+  if (wpe.has_value()) {
+    x.add_(per_row ? at::index_select(*wpe, 0, *row_pos) : wpe->select(0, pos));
+  } else {
+    cos = per_row ? at::index_select(*rope_cos, 0, *row_pos) : rope_cos->select(0, pos);
+    sin = per_row ? at::index_select(*rope_sin, 0, *row_pos) : rope_sin->select(0, pos);
+  }
+  Tensor mask = key_mask.has_value() ? *key_mask : Tensor();
+  Tensor zero = at::zeros({}, wte.options());
+  for (int64_t l = 0; l < L; ++l) {
+    const Tensor* w = &layers[12 * l];
+    Tensor kc = k_cache[l], vc = v_cache[l];
+    Tensor qkv = linear(norm(x, w[0], w[1], norm_kind, eps), w[2], w[3]).contiguous();
+    rope_and_store(qkv, cos, sin, kc, vc, n_head, n_kv_head, D, pos);
+    Tensor y = attend(qkv, kc, vc, mask, zero, n_head, n_kv_head, D, pos + 1);
+    x = linear(y, w[4], w[5], &x);
+    Tensor h = norm(x, w[6], w[7], norm_kind, eps);
+    Tensor a;
+    if (mlp_kind == 1) {
+      Tensor gu = linear(h, w[8], w[9]);
+      const int64_t hidden = gu.size(1) / 2;
+      a = at::silu(gu.narrow(1, 0, hidden)).mul_(gu.narrow(1, hidden, hidden));
+    } else {
+      a = at::gelu(linear(h, w[8], w[9]));
+    }
+    x = linear(a, w[10], w[11], &x);
+  }
+  return at::mm(norm(x, final_weights[0], final_weights[1], norm_kind, eps), final_weights[2].t());
+}
+
+// One token per row from softmax(logits / temperature), by inverse CDF with the row's
+// uniform u in (0, 1]: the first token whose cumulative probability reaches u * total, the
+// rule of sampling.py's _draw (which documents why u must not be 0). Returns the tokens
+// (B, 1) and their log-probs under the model (temperature 1) and under the distribution
+// drawn from, (B, 1) each. For rules that truncate nothing; sampling.py handles the rest.
+std::tuple<Tensor, Tensor, Tensor> sample_rows(const Tensor& logits, const Tensor& uniform, double temperature) {
+  constexpr int W = 16;
+  using V = Vec<W>::type;
+  const Tensor x = logits.contiguous();
+  const int64_t B = x.size(0), Vn = x.size(1), padded = (Vn + W - 1) / W * W;
+  Tensor tokens = at::empty({B, 1}, x.options().dtype(at::kLong));
+  Tensor model_lp = at::empty({B, 1}, x.options()), sample_lp = at::empty({B, 1}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const Tensor u = uniform.contiguous();
+  const float* up = u.data_ptr<float>();
+  int64_t* tp = tokens.data_ptr<int64_t>();
+  float* mp = model_lp.data_ptr<float>();
+  float* sp = sample_lp.data_ptr<float>();
+  const float inv_t = static_cast<float>(1.0 / temperature);
+  std::vector<float> e(padded);
+  // log(sum(exp(row * scale - max))) + max, with the exps left in e
+  auto logsumexp = [&](const float* row, float scale) {
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < Vn; ++i) mx = std::max(mx, row[i] * scale);
+    for (int64_t i = 0; i < Vn; ++i) e[i] = row[i] * scale - mx;
+    std::fill(e.begin() + Vn, e.end(), -INFINITY);
+    V sum = {};
+    for (int64_t i = 0; i < padded; i += W) {
+      const V v = exp_nonpos<W>(load<W>(e.data() + i));
+      std::memcpy(e.data() + i, &v, sizeof v);
+      sum += v;
+    }
+    return std::log(hsum<W>(sum)) + mx;
+  };
+  for (int64_t b = 0; b < B; ++b) {
+    const float* row = xp + b * Vn;
+    const float lse_model = logsumexp(row, 1.0f);
+    const float lse = inv_t == 1.0f ? lse_model : logsumexp(row, inv_t);
+    // e holds exp(row * inv_t - max): the drawn distribution up to a constant factor,
+    // which scaling the target by the total cancels
+    float total = 0.f;
+    for (int64_t i = 0; i < Vn; ++i) total += e[i];
+    const float target = up[b] * total;
+    int64_t tok = Vn - 1;  // reached only by rounding: the last token has mass (u <= 1)
+    float cdf = 0.f;
+    for (int64_t i = 0; i < Vn; ++i) {
+      cdf += e[i];
+      if (cdf >= target && e[i] > 0.f) {
+        tok = i;
+        break;
+      }
+    }
+    tp[b] = tok;
+    mp[b] = row[tok] - lse_model;
+    sp[b] = row[tok] * inv_t - lse;
+  }
+  return {tokens, model_lp, sample_lp};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(seqlab, m) {
+  m.def(
+      "decode_step(Tensor tokens, Tensor? row_pos, int pos, Tensor wte, Tensor? wpe, Tensor? rope_cos, "
+      "Tensor? rope_sin, Tensor[] layers, Tensor[] final_weights, Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, "
+      "Tensor? key_mask, int n_head, int n_kv_head, int norm_kind, float eps, int mlp_kind) -> Tensor");
+  m.def("sample_rows(Tensor logits, Tensor uniform, float temperature) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(seqlab, CPU, m) {
+  m.impl("decode_step", decode_step);
+  m.impl("sample_rows", sample_rows);
+}
