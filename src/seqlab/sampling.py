@@ -12,6 +12,10 @@ Every result carries two per-token log-probabilities of the chosen tokens:
                     temperature and truncation; 0 for greedy, which is a point mass).
 Post-training needs the second for importance ratios and the first for
 likelihoods; `rule` says which decoding rule produced them.
+
+On a CPU the hot loop runs in C++ where it can (models/native.py): the transformer's
+step, and the draw for rules that truncate nothing (plain sampling, temperature only).
+The Python code below is the reference they are tested against.
 """
 
 from __future__ import annotations
@@ -183,7 +187,7 @@ def generate(
     draw_native = None if rule.greedy or rule.truncates else native.sampler(logits)
     for t in range(steps):
         if draw_native is not None:
-            col, model_lp, sample_lp = draw_native(logits, uniforms[t], rule.temperature)
+            col, model_col, sample_col = draw_native(logits, uniforms[t], rule.temperature)
         else:
             lp = (logits.float() if upcast else logits).log_softmax(-1)  # (B, V) the model's own distribution
             if rule.greedy:
@@ -191,11 +195,11 @@ def generate(
             else:
                 slp = lp if plain else sampling_logprobs(logits, rule)
                 col = _draw(slp, uniforms[t])
-                sample_lp = None if plain else slp.gather(1, col)
-            model_lp = lp.gather(1, col)
-        model_cols.append(model_lp)
+                sample_col = None if plain else slp.gather(1, col)
+            model_col = lp.gather(1, col)
+        model_cols.append(model_col)
         if not plain and not rule.greedy:  # plain sampling: the two log-probs are the same numbers
-            sample_cols.append(sample_lp)
+            sample_cols.append(sample_col)
         cols.append(col)
         if t + 1 == steps:
             break

@@ -293,11 +293,13 @@ Tensor decode_step(const Tensor& tokens, const std::optional<Tensor>& row_pos, i
     cos = per_row ? at::index_select(*rope_cos, 0, *row_pos) : rope_cos->select(0, pos);
     sin = per_row ? at::index_select(*rope_sin, 0, *row_pos) : rope_sin->select(0, pos);
   }
-  Tensor mask = key_mask.has_value() ? *key_mask : Tensor();
+  Tensor mask = key_mask.has_value() ? key_mask->contiguous() : Tensor();
   Tensor zero = at::zeros({}, wte.options());
   for (int64_t l = 0; l < L; ++l) {
     const Tensor* w = &layers[12 * l];
     Tensor kc = k_cache[l], vc = v_cache[l];
+    TORCH_CHECK(kc.is_contiguous() && vc.is_contiguous() && kc.scalar_type() == at::kFloat,
+                "decode_step: the KV cache must be contiguous float32 (B, Hkv, T, D)");
     Tensor qkv = linear(norm(x, w[0], w[1], norm_kind, eps), w[2], w[3]).contiguous();
     rope_and_store(qkv, cos, sin, kc, vc, n_head, n_kv_head, D, pos);
     Tensor y = attend(qkv, kc, vc, mask, zero, n_head, n_kv_head, D, pos + 1);
