@@ -112,8 +112,9 @@ class EosAtRowIndex(FixedLogits):
 def test_rows_ending_at_different_steps_are_padded_and_the_loop_stops_early():
     from seqlab.sampling import EOS_CHECK
 
+    # distinct prompts: the mock's logits depend on the row index, so rows must not share a prefill
     m = EosAtRowIndex(never=99)
-    out = run(m, DecodeRule(), 0, n=4, steps=40)
+    out = run(m, DecodeRule(), 0, steps=40, prompts=[[1, 3 + b] for b in range(4)])
     assert out.lengths.tolist() == [1, 2, 3, 4] and out.finished.all()
     assert out.tokens.shape == (4, 4)  # trimmed to the longest row
     for b in range(4):
@@ -121,7 +122,7 @@ def test_rows_ending_at_different_steps_are_padded_and_the_loop_stops_early():
         assert out.model_logprobs[b, b + 1:].eq(0).all() and out.model_logprobs[b, :b + 1].abs().max() < 1e-6
     assert m.calls == EOS_CHECK  # every row ended by the first check: no step beyond it
     m = EosAtRowIndex(never=1)
-    out = run(m, DecodeRule(temperature=0), 0, n=3, steps=12)
+    out = run(m, DecodeRule(temperature=0), 0, steps=12, prompts=[[1, 3 + b] for b in range(3)])
     assert out.finished.tolist() == [True, False, True] and out.lengths.tolist() == [1, 12, 3]
     assert out.tokens[1].eq(5).all() and out.tokens[2, 3:].eq(PAD).all() and m.calls == 12
 
@@ -257,3 +258,25 @@ def test_every_model_type_samples_through_the_same_sampler():
         out = generate(m, [[1], [1, 5, 6]], 6, generator=torch.Generator().manual_seed(0))
         assert out.tokens.shape[0] == 2 and out.tokens.shape[1] <= 6
         assert (out.model_logprobs <= 0).all()
+
+
+def test_repeated_prompts_are_prefilled_once_and_sample_like_distinct_ones(monkeypatch):
+    """GRPO-style batches (each prompt G times) prefill the distinct prompts only; each row
+    still samples from its own prompt's state, for every kind of model state."""
+    for typ, extra in [("transformer", {"pos": "rope"}), ("lstm", {}), ("mlp", {"mlp_context": 3})]:
+        torch.manual_seed(0)
+        m = build_model(ModelConfig(type=typ, block_size=24, n_embd=16, n_head=2, n_layer=2, **extra), V).eval()
+        seen = []
+        real = type(m).prefill
+        monkeypatch.setattr(type(m), "prefill", lambda self, idx, lengths, total_len=None:
+                            seen.append(idx.size(0)) or real(self, idx, lengths, total_len))
+        prompts = [[1, 5], [1], [1, 4, 6, 3]] * 4
+        out = generate(m, prompts, 8, DecodeRule(), EOS, PAD, generator=torch.Generator().manual_seed(0))
+        assert seen == [3]
+        for b, p in enumerate(prompts):  # log-probs are those of the row's own prompt + continuation
+            n = int(out.lengths[b])
+            seq = torch.tensor(p + out.tokens[b, :n].tolist())
+            logits, _ = m(seq[:-1].unsqueeze(0))
+            lp = logits[0].log_softmax(-1)[len(p) - 1:].gather(1, seq[len(p):, None]).squeeze(1)
+            assert torch.allclose(out.model_logprobs[b, :n], lp, atol=1e-5)
+        monkeypatch.undo()

@@ -142,6 +142,13 @@ def _prompt_batch(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.
     return idx.to(device), lengths.to(device)
 
 
+def _distinct_prompts(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """The distinct prompts in first-seen order, and for each row the index of its prompt among them."""
+    first: dict[tuple, int] = {}
+    row_of = [first.setdefault(tuple(p), len(first)) for p in prompts]
+    return [list(p) for p in first], row_of
+
+
 def _budget(model, prompts, max_new_tokens: int) -> int:
     if model.max_len is None:
         return max_new_tokens
@@ -175,7 +182,14 @@ def generate(
     was_training = model.training
     model.eval()
     # the last token needs no cache slot: prompt + steps - 1 positions are written
-    logits, state = model.prefill(idx, lengths, total_len=idx.size(1) + steps - 1)
+    total_len = idx.size(1) + steps - 1
+    distinct, row_of = _distinct_prompts(prompts)
+    if len(distinct) < B:  # e.g. GRPO's G samples per prompt: prefill each prompt once, then copy its state
+        logits, state = model.prefill(*_prompt_batch(distinct, pad_id, device), total_len=total_len)
+        rows = torch.tensor(row_of, device=device)
+        logits, state = logits[rows], model.select_state(state, rows)
+    else:
+        logits, state = model.prefill(idx, lengths, total_len=total_len)
     # The loop only draws and records (into lists of (B, 1) columns, joined once): a row
     # that emitted eos keeps being stepped (its tokens are masked after the loop; rows
     # never interact), and whether every row has finished is checked every EOS_CHECK
