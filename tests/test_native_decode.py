@@ -188,3 +188,4 @@ def test_native_draw_at_the_ends_of_the_unit_interval_and_its_frequencies():
     tok, _, _ = draw(p.log().expand(n, 4), u, 1.0)
     freq = torch.bincount(tok.view(-1), minlength=4).float() / n
     assert torch.allclose(freq, p, atol=0.01)  # 4 standard errors at most ~0.0098
+

@@ -280,3 +280,29 @@ def test_repeated_prompts_are_prefilled_once_and_sample_like_distinct_ones(monke
             lp = logits[0].log_softmax(-1)[len(p) - 1:].gather(1, seq[len(p):, None]).squeeze(1)
             assert torch.allclose(out.model_logprobs[b, :n], lp, atol=1e-5)
         monkeypatch.undo()
+
+
+def test_without_a_compiler_sampling_falls_back_to_the_python_step(tmp_path):
+    """A failed build warns once, in one line, and sampling still works (subprocess: fresh op registry)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, warnings\n"
+        "from seqlab.config import ModelConfig\n"
+        "from seqlab.models import build_model\n"
+        "from seqlab.sampling import generate\n"
+        "m = build_model(ModelConfig(type='transformer', n_layer=1, n_head=2, n_embd=16, block_size=16), 8)\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    out = generate(m, [[1]] * 3, 5, generator=torch.Generator().manual_seed(0))\n"
+        "    out = generate(m, [[1]] * 3, 5, generator=torch.Generator().manual_seed(0))\n"
+        "print('x'.join(map(str, out.tokens.shape)), len(w), str(w[0].message) if w else '', sep='|')\n"
+    )
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    shape, n_warnings, message = res.stdout.strip().split("|", 2)
+    assert shape == "3x5" and n_warnings == "1"  # one warning for two generations
+    assert "native decode step unavailable" in message and "no-such-compiler" in message

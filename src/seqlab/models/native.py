@@ -15,6 +15,7 @@ seqlab builds.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -60,14 +61,26 @@ def _build():
     errors = []
     # -march=native lets the compiler vectorise the attention loops for this CPU; the
     # library is built on the machine that runs it. Plain -O3 is the fallback.
-    for name, flags in (("seqlab_native", ["-O3", "-march=native", "-fopenmp"]), ("seqlab_native_generic", ["-O3"])):
-        try:
-            _say_if_first_build(cpp_extension, name)
-            cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags,
-                               is_python_module=False, verbose=False)
-            return torch.ops.seqlab
-        except Exception as err:  # no compiler, unsupported flag, read-only cache, ...
-            errors.append(f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}")
+    _say_if_first_build(cpp_extension, "seqlab_native")
+    # torch logs its own multi-line compiler warnings; the one line below says what matters
+    torch_log = logging.getLogger("torch.utils.cpp_extension")
+    level = torch_log.level
+    torch_log.setLevel(logging.ERROR)
+    try:
+        for name, flags in (("seqlab_native", ["-O3", "-march=native", "-fopenmp"]),
+                            ("seqlab_native_generic", ["-O3"])):
+            try:
+                cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags,
+                                   is_python_module=False, verbose=False)
+                return torch.ops.seqlab
+            except Exception as err:  # no compiler, unsupported flag, read-only cache, ...
+                lines = str(err).strip().splitlines() or [""]
+                # the compiler's own complaint, not ninja's closing "build stopped" line
+                cause = next((ln for ln in lines if any(k in ln for k in ("error:", "not found", "No such file"))),
+                             lines[-1])
+                errors.append(f"{type(err).__name__}: {cause.strip()[:200]}")
+    finally:
+        torch_log.setLevel(level)
     warnings.warn("seqlab: native decode step unavailable, using the Python step (" + "; ".join(errors) + ")",
                   RuntimeWarning, stacklevel=3)
     return None
