@@ -1,17 +1,17 @@
 """The native (C++) decode step for the Transformer, and a native draw, built on first use.
 
 `native/decode.cpp` runs one `Transformer.step` as a single call (see its header for
-why), and draws one token per row for the sampler's rules that truncate nothing. It is compiled once per machine with torch.utils.cpp_extension (about 15 s on a
-2-core CPU; torch caches the library in its extensions folder, ~/.cache/torch_extensions
-by default) and then loaded in each process. Without a C++ compiler, or with the
-environment variable SEQLAB_NATIVE=0, the Python step runs instead: same results up to
-float rounding, slower per token.
+why), and draws one token per row for the sampler's rules that truncate nothing. It is
+compiled once per machine with torch.utils.cpp_extension (10-20 s on a 2-core CPU; torch
+caches the library in its extensions folder, ~/.cache/torch_extensions by default) and
+then loaded in each process. Without a C++ compiler, or with the environment variable
+SEQLAB_NATIVE=0, the Python step runs instead: same results up to float rounding,
+1.5-1.8x slower per token.
 
 `pack(model)` decides per generation whether the native step applies: CPU, float32,
-plain nn.Linear layers (a LoRA-wrapped layer keeps the Python path, so adapters are
-never bypassed), and LayerNorm/RMSNorm with GELU/SwiGLU, which is every Transformer
-seqlab builds.
-"""
+eval mode, no gradients, plain nn.Linear layers (a LoRA-wrapped layer keeps the Python
+path, so adapters are never bypassed), and LayerNorm/RMSNorm with GELU/SwiGLU, which is
+every Transformer seqlab builds."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import torch.nn as nn
 
 SOURCE = Path(__file__).with_name("native") / "decode.cpp"
 _lock = threading.Lock()
-_state: dict = {}  # "op": the loaded op, or None after a failed build
+_state: dict = {}  # "op": the loaded ops namespace, or None after a failed build
 
 
 def enabled() -> bool:

@@ -3,14 +3,17 @@
 //
 // Why by hand: a small model's decode step is ~90 tiny ATen ops, and on a CPU the
 // Python side of each op (argument parsing, tensor wrappers) costs as much as its
-// kernel. Calling the same ATen ops from C++ removes that. Two loops are written by
-// hand: RoPE plus the cache write (in place of ~8 ops), and attention over the cache
-// for one query per row (see attend below).
-// benchmarks/results.md has the measurements. The Python step in transformer.py is
-// the reference; tests/test_native_decode.py checks this file against it.
+// kernel. Calling the same ATen ops (matmuls, GELU, SiLU) from C++ removes that. Three
+// loops are written by hand, each because the ATen op measured slow at this size: the
+// norms, RoPE plus the cache write (in place of ~8 ops), and attention over the cache
+// for one query per row (see attend below). sample_rows, at the end, is the sampler's
+// draw for rules that truncate nothing.
+// benchmarks/results.md has the measurements. The Python step in transformer.py and
+// _draw in sampling.py are the references; tests/test_native_decode.py checks this file
+// against them.
 //
 // Built on first use by seqlab/models/native.py (torch.utils.cpp_extension) and
-// registered as torch.ops.seqlab.decode_step. CPU, float32, eval only.
+// registered as torch.ops.seqlab.decode_step and .sample_rows. CPU, float32, eval only.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
