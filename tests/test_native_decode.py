@@ -56,8 +56,10 @@ def both_steps(m, idx, lengths, steps, seed=0):
 HEADS = [({"pos": "rope", "n_kv_head": 2}, 48), ({"n_kv_head": 2}, 64), ({"bias": True}, 64), ({}, 36)]
 
 
-@pytest.mark.parametrize("extra,n_embd", [(v, 32) for v in VARIANTS] + HEADS,
-                         ids=[f"{i}-d{n // 4}" for i, (_, n) in enumerate([(v, 32) for v in VARIANTS] + HEADS)])
+CASES = [(v, 32) for v in VARIANTS] + HEADS
+
+
+@pytest.mark.parametrize("extra,n_embd", CASES, ids=[f"{i}-d{n // 4}" for i, (_, n) in enumerate(CASES)])
 @pytest.mark.parametrize("ragged", [False, True])
 def test_native_step_matches_the_python_step(extra, n_embd, ragged):
     m = make(extra, n_embd)

@@ -128,12 +128,12 @@ void rope_and_store(Tensor& qkv, const Tensor& cos, const Tensor& sin, Tensor& k
 // chain of dependent adds); the vector loops are what make this step fast.
 
 Tensor attend_bmm(const Tensor& qkv, const Tensor& kc, const Tensor& vc, const Tensor& key_mask,
-                  const Tensor& zero, int64_t H, int64_t Hkv, int64_t D, int64_t t) {
+                  int64_t H, int64_t Hkv, int64_t D, int64_t t) {
   const int64_t B = qkv.size(0), T = kc.size(2), G = H / Hkv;
   Tensor q = qkv.narrow(1, 0, H * D).reshape({B * Hkv, G, D});
   Tensor keys_t = kc.view({B * Hkv, T, D}).narrow(1, 0, t).transpose(1, 2);  // (B*Hkv, D, t)
   // beta = 0 ignores the input; the 1/sqrt(D) scale rides in alpha
-  Tensor scores = at::baddbmm(zero, q, keys_t, 0.0, 1.0 / std::sqrt(static_cast<double>(D)));
+  Tensor scores = at::baddbmm(at::zeros({}, qkv.options()), q, keys_t, 0.0, 1.0 / std::sqrt(static_cast<double>(D)));
   if (key_mask.defined())
     scores = scores.view({B, H, t})
                  .masked_fill(key_mask.narrow(1, 0, t).logical_not().unsqueeze(1), -INFINITY)
@@ -267,10 +267,10 @@ Tensor attend_vec(const Tensor& qkv, const Tensor& kc, const Tensor& vc, const T
 }
 
 Tensor attend(const Tensor& qkv, const Tensor& kc, const Tensor& vc, const Tensor& key_mask,
-              const Tensor& zero, int64_t H, int64_t Hkv, int64_t D, int64_t t) {
+              int64_t H, int64_t Hkv, int64_t D, int64_t t) {
   if (D % 16 == 0) return attend_vec<16>(qkv, kc, vc, key_mask, H, Hkv, D, t);
   if (D % 8 == 0) return attend_vec<8>(qkv, kc, vc, key_mask, H, Hkv, D, t);
-  return attend_bmm(qkv, kc, vc, key_mask, zero, H, Hkv, D, t);
+  return attend_bmm(qkv, kc, vc, key_mask, H, Hkv, D, t);
 }
 
 // layers: 12 tensors per layer, in order
@@ -297,7 +297,6 @@ Tensor decode_step(const Tensor& tokens, const std::optional<Tensor>& row_pos, i
     sin = per_row ? at::index_select(*rope_sin, 0, *row_pos) : rope_sin->select(0, pos);
   }
   Tensor mask = key_mask.has_value() ? key_mask->contiguous() : Tensor();
-  Tensor zero = at::zeros({}, wte.options());
   for (int64_t l = 0; l < L; ++l) {
     const Tensor* w = &layers[12 * l];
     Tensor kc = k_cache[l], vc = v_cache[l];
@@ -305,7 +304,7 @@ Tensor decode_step(const Tensor& tokens, const std::optional<Tensor>& row_pos, i
                 "decode_step: the KV cache must be contiguous float32 (B, Hkv, T, D)");
     Tensor qkv = linear(norm(x, w[0], w[1], norm_kind, eps), w[2], w[3]).contiguous();
     rope_and_store(qkv, cos, sin, kc, vc, n_head, n_kv_head, D, pos);
-    Tensor y = attend(qkv, kc, vc, mask, zero, n_head, n_kv_head, D, pos + 1);
+    Tensor y = attend(qkv, kc, vc, mask, n_head, n_kv_head, D, pos + 1);
     x = linear(y, w[4], w[5], &x);
     Tensor h = norm(x, w[6], w[7], norm_kind, eps);
     Tensor a;
@@ -368,7 +367,7 @@ std::tuple<Tensor, Tensor, Tensor> sample_rows(const Tensor& logits, const Tenso
     float cdf = 0.f;
     for (int64_t i = 0; i < Vn; ++i) {
       cdf += e[i];
-      if (cdf >= target && e[i] > 0.f) {
+      if (cdf >= target && e[i] > 0.f) {  // never a zero-mass token, even for a target of 0
         tok = i;
         break;
       }
