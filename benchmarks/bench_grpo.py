@@ -12,9 +12,10 @@ Two sizes: P x G = 1 x 8 and 8 x 8, prompts of 16 characters (17 tokens with
   128, character tokenizer, dropout 0, no biases) saved as a run directory, then
   `seqlab.post.grpo.run_grpo(cfg)` with steps = warmup + N; step times are the
   `step_time_s` column of the run's metrics.csv (the product's own timer around
-  one update). The eos logit is set to -inf in the model's `prefill`/`step` (a
-  wrapper in this process; src/ is untouched) so that every completion is 64
-  tokens long, which the script checks in metrics.csv.
+  one update). `generate` is called with eos_id -1 (a wrapper in this process;
+  src/ is untouched), so no completion stops early: every one is 64 tokens
+  long, which the script checks in metrics.csv. (An eos drawn mid-way is then an
+  ordinary token; the compute is the same as TRL's, whose eos is masked.)
 * TRL: `GPT2LMHeadModel(GPT2Config(n_layer=4, n_head=4, n_embd=64,
   n_positions=128, dropouts 0, untied lm_head))` on a character tokenizer with
   the same ids (`PreTrainedTokenizerFast` over a `tokenizers` model that
@@ -267,14 +268,14 @@ def make_prompts(seed: int) -> list[str]:
     return ["".join(rng.choice(letters) for _ in range(PROMPT_CHARS)) for _ in range(N_PROMPTS)]
 
 
-def _no_eos(fn):
-    """Wrap Transformer.prefill/step: eos logit -inf, so every completion is NEW_TOKENS long."""
+def _never_stop(fn):
+    """Wrap seqlab.sampling.generate: eos_id -1, so no row stops early and every completion
+    is NEW_TOKENS long (an eos drawn mid-way is an ordinary token; the tokenizer decodes it
+    to nothing). The loop runs in C++ on this path, so a per-step logit mask cannot be used."""
     @functools.wraps(fn)
-    def wrapper(self, *a, **k):
+    def wrapper(model, prompts, max_new_tokens, rule, eos_id, *a, **k):
         PHASES.check_busy()
-        logits, state = fn(self, *a, **k)
-        logits[:, EOS_ID] = float("-inf")
-        return logits, state
+        return fn(model, prompts, max_new_tokens, rule, -1, *a, **k)
     return wrapper
 
 
@@ -286,7 +287,6 @@ def setup_seqlab(work: Path, prompts: list[str], seed: int) -> tuple[Path, Path,
     from seqlab.data.tokenizer import CharTokenizer
     from seqlab.models import build_model
     from seqlab.models.base import SeqModel
-    from seqlab.models.transformer import Transformer
 
     tok = CharTokenizer(list(CHARS))
     assert (tok.pad_id, tok.bos_id, tok.eos_id) == (PAD_ID, BOS_ID, EOS_ID)
@@ -301,9 +301,7 @@ def setup_seqlab(work: Path, prompts: list[str], seed: int) -> tuple[Path, Path,
     data = work / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts), encoding="utf-8")
     # benchmark-side wrappers (src/ is untouched): no early eos, and the phase timers
-    Transformer.prefill = _no_eos(Transformer.prefill)
-    Transformer.step = _no_eos(Transformer.step)
-    seqlab.sampling.generate = timed_generate(seqlab.sampling.generate)  # run_grpo imports it at call time
+    seqlab.sampling.generate = timed_generate(_never_stop(seqlab.sampling.generate))  # run_grpo imports it at call time
     SeqModel.forward = timed_forward(SeqModel.forward)
     # the reward is named "bench_grpo:target_fraction" in the config: make this module importable by that name
     sys.modules.setdefault("bench_grpo", sys.modules[__name__])

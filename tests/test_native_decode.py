@@ -191,3 +191,49 @@ def test_native_draw_at_the_ends_of_the_unit_interval_and_its_frequencies():
     freq = torch.bincount(tok.view(-1), minlength=4).float() / n
     assert torch.allclose(freq, p, atol=0.01)  # 4 standard errors at most ~0.0098
 
+
+
+def reference_loop(nw, logits, uniforms, temperature, eos_id, eos_check, cache):
+    """decode_loop's contract written out with the per-token ops it replaces."""
+    draw = native.sampler(logits)
+    cols = []
+    for t in range(uniforms.size(0)):
+        cols.append(draw(logits, uniforms[t], temperature))
+        if t + 1 == uniforms.size(0):
+            break
+        if eos_id >= 0 and (t + 1) % eos_check == 0:
+            seen = torch.cat([c[0] for c in cols], 1) == eos_id
+            if bool(seen.any(1).all()):
+                break
+        logits = native.step(nw, cols[-1][0].view(-1), cache)
+        cache.pos += 1
+    return tuple(torch.cat([c[i] for c in cols], 1) for i in range(3))
+
+
+@pytest.mark.parametrize("ragged,temperature,eos_id", [(False, 1.0, -1), (True, 0.7, 2), (True, 1.0, "frequent")])
+def test_native_loop_equals_the_step_by_step_loop(monkeypatch, ragged, temperature, eos_id):
+    """generate's one-call loop against the same native step and draw called per token,
+    bitwise, including the early stop once every row has drawn eos ("frequent": the
+    model's most frequent token, so the loop ends well before the budget)."""
+    m = make({"pos": "rope", "n_kv_head": 2})
+    prompts = [[1, 4, 5, 6], [1, 7], [1, 8, 9]] * 4 if ragged else [[1, 4, 5]] * 6
+
+    def run(eos):
+        return generate(m, prompts, 28, DecodeRule(temperature=temperature), eos_id=eos,
+                        generator=torch.Generator().manual_seed(9))
+
+    frequent = eos_id == "frequent"
+    if frequent:
+        eos_id = int(run(-1).tokens.flatten().bincount().argmax())
+    calls = []
+    real = native.loop
+    monkeypatch.setattr(native, "loop", lambda *a: calls.append(1) or real(*a))
+    fast = run(eos_id)
+    assert calls == [1]
+    monkeypatch.setattr(native, "loop", reference_loop)
+    slow = run(eos_id)
+    for a, b in zip((fast.tokens, fast.lengths, fast.model_logprobs, fast.sampling_logprobs, fast.finished),
+                    (slow.tokens, slow.lengths, slow.model_logprobs, slow.sampling_logprobs, slow.finished)):
+        assert torch.equal(a, b)
+    if frequent:
+        assert bool(fast.finished.all()) and fast.tokens.size(1) < 28

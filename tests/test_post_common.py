@@ -96,3 +96,26 @@ def test_group_advantages_hand_computed():
 def test_entropy_from_logits():
     assert entropy_from_logits(torch.zeros(1, 1, 4)).item() == pytest.approx(math.log(4))
     assert entropy_from_logits(torch.tensor([[[0.0, -1e9]]])).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_completion_batch_matches_the_row_by_row_padding():
+    from seqlab.post.data import completion_batch, pad_batch
+    from seqlab.sampling import Generation
+
+    pad = 0
+    prompts = [[1, 5, 6, 7], [1, 8], [1, 9, 9]]
+    # completions of 3, 5 and 0 tokens (the last one ended at once), right-padded with pad
+    tokens = torch.tensor([[4, 4, 2, pad, pad], [5, 6, 7, 8, 3], [pad] * 5])
+    lengths = torch.tensor([3, 5, 0])
+    slp = torch.tensor([[-0.1, -0.2, -0.3, 0, 0], [-1.0, -1.1, -1.2, -1.3, -1.4], [0.0] * 5])
+    gen = Generation(tokens, lengths, slp, slp, torch.tensor([True, False, False]), "plain")
+    ids, mask, old = completion_batch(prompts, gen, pad)
+    pairs = [(p + tokens[b, :int(lengths[b])].tolist(), [0] * len(p) + [1] * int(lengths[b]))
+             for b, p in enumerate(prompts)]
+    ref_ids, ref_mask = pad_batch(pairs, pad)
+    assert torch.equal(ids, ref_ids) and torch.equal(mask, ref_mask[:, 1:])
+    assert ids.shape == (3, 7)  # the longest row: 2 prompt + 5 completion tokens
+    ref_old = torch.zeros(3, 6)
+    ref_old[0, 3:6] = slp[0, :3]
+    ref_old[1, 1:6] = slp[1]
+    assert torch.equal(old, ref_old)

@@ -177,7 +177,8 @@ def generate(
     steps = _budget(model, prompts, max_new_tokens)
     plain = not rule.truncates and rule.temperature == 1.0
     # in (0, 1], see _draw; one (B, 1) view per step, split off once
-    uniforms = None if rule.greedy else (1.0 - torch.rand(steps, B, 1, generator=generator, device=device)).unbind(0)
+    uniform_table = None if rule.greedy else 1.0 - torch.rand(steps, B, 1, generator=generator, device=device)
+    uniforms = None if rule.greedy else uniform_table.unbind(0)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     was_training = model.training
     model.eval()
@@ -199,29 +200,36 @@ def generate(
     upcast = logits.dtype != torch.float32
     # rules that truncate nothing draw in one native call (models/native.py) when available
     draw_native = None if rule.greedy or rule.truncates else native.sampler(logits)
-    for t in range(steps):
-        if draw_native is not None:
-            col, model_col, sample_col = draw_native(logits, uniforms[t], rule.temperature)
-        else:
-            lp = (logits.float() if upcast else logits).log_softmax(-1)  # (B, V) the model's own distribution
-            if rule.greedy:
-                col = lp.argmax(-1, keepdim=True)  # (B, 1)
+    native_step = getattr(state, "native", None)
+    if draw_native is not None and native_step is not None and steps > 0:
+        # the transformer's native step too: the whole loop below in one C++ call
+        tok, model_lp, sample_lp = native.loop(native_step, logits, uniform_table, rule.temperature, eos_id,
+                                               EOS_CHECK, state)
+        cols, model_cols, sample_cols = [tok], [model_lp], [sample_lp]
+    else:
+        for t in range(steps):
+            if draw_native is not None:
+                col, model_col, sample_col = draw_native(logits, uniforms[t], rule.temperature)
             else:
-                slp = lp if plain else sampling_logprobs(logits, rule)
-                col = _draw(slp, uniforms[t])
-                sample_col = None if plain else slp.gather(1, col)
-            model_col = lp.gather(1, col)
-        model_cols.append(model_col)
-        if not plain and not rule.greedy:  # plain sampling: the two log-probs are the same numbers
-            sample_cols.append(sample_col)
-        cols.append(col)
-        if t + 1 == steps:
-            break
-        if eos_id >= 0 and (t + 1) % EOS_CHECK == 0:
-            finished |= (torch.cat(cols[-EOS_CHECK:], 1) == eos_id).any(1)
-            if bool(finished.all()):
+                lp = (logits.float() if upcast else logits).log_softmax(-1)  # (B, V) the model's own distribution
+                if rule.greedy:
+                    col = lp.argmax(-1, keepdim=True)  # (B, 1)
+                else:
+                    slp = lp if plain else sampling_logprobs(logits, rule)
+                    col = _draw(slp, uniforms[t])
+                    sample_col = None if plain else slp.gather(1, col)
+                model_col = lp.gather(1, col)
+            model_cols.append(model_col)
+            if not plain and not rule.greedy:  # plain sampling: the two log-probs are the same numbers
+                sample_cols.append(sample_col)
+            cols.append(col)
+            if t + 1 == steps:
                 break
-        logits, state = model.step(col.view(-1), state)
+            if eos_id >= 0 and (t + 1) % EOS_CHECK == 0:
+                finished |= (torch.cat(cols[-EOS_CHECK:], 1) == eos_id).any(1)
+                if bool(finished.all()):
+                    break
+            logits, state = model.step(col.view(-1), state)
     model.train(was_training)
     if not cols:  # max_new_tokens = 0
         cols = [idx.new_full((B, 0), pad_id)]

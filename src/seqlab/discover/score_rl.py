@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..post.common import group_advantages, token_logprobs
-from ..post.data import pad_batch
+from ..post.data import completion_batch
 from ..post.grpo import grpo_loss
 from ..sampling import DecodeRule, generate
 
@@ -54,17 +54,11 @@ def grpo_on_score(side, problem, cfg, generator: torch.Generator, deadline: floa
         r = torch.tensor(score_rewards(problem, texts, rng))
         rewards_seen.append(r.mean().item())
         adv = group_advantages(r, n, "group")
-        pairs = [([tok.bos_id] + gen.tokens[b, : int(gen.lengths[b])].tolist(), [0] + [1] * int(gen.lengths[b]))
-                 for b in range(n)]
-        ids, mask = pad_batch(pairs, tok.pad_id)
-        old = torch.zeros(n, ids.size(1) - 1)
-        for b in range(n):
-            k = int(gen.lengths[b])
-            old[b, :k] = gen.sampling_logprobs[b, :k]
+        ids, mask, old = completion_batch([[tok.bos_id]] * n, gen, tok.pad_id)
         model.train()
         logits, _ = model(ids[:, :-1])
         logp = token_logprobs(logits, ids[:, 1:], 1.0)
-        loss, _ = grpo_loss(logp, old, adv, mask[:, 1:], loss_type="dapo")
+        loss, _ = grpo_loss(logp, old, adv, mask, loss_type="dapo")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -2,8 +2,9 @@
 
 Choices (ModelConfig): LayerNorm or RMSNorm; learned or rotary positions;
 GELU MLP or SwiGLU; multi-head attention with optional grouped-query attention
-(n_kv_head < n_head); optional weight tying and dropout. Attention runs through
-torch.nn.functional.scaled_dot_product_attention.
+(n_kv_head < n_head); optional weight tying and dropout. Causal attention over a
+whole sequence runs in seqlab's native kernel on float32 CPUs (models/native/attention.cpp)
+and through torch.nn.functional.scaled_dot_product_attention otherwise.
 
 Incremental decoding keeps a KV cache of shape (B, n_kv_head, max_len, head_dim)
 per layer. Prompts of different lengths are left-aligned into the cache with
@@ -77,10 +78,13 @@ class CausalSelfAttention(nn.Module):
             # A multi-token call with a cache only happens at prefill (pos == 0),
             # where is_causal's top-left alignment is the right one.
             is_causal = is_causal and cache.pos == 0
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0, enable_gqa=Hkv != H,
-        )  # (B, H, T, D)
+        dropout_p = self.dropout if self.training else 0.0
+        if is_causal and dropout_p == 0.0 and native.attention_applies(q):
+            y = native.causal_attention(q, k, v)  # models/native/attention.cpp says why
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p, enable_gqa=Hkv != H,
+            )  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, H * D)
         return self.resid_dropout(self.proj(y))
 

@@ -70,3 +70,24 @@ def pad_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[to
         ids[b, : len(i)] = torch.tensor(i)
         mask[b, : len(m)] = torch.tensor(m, dtype=torch.float32)
     return ids, mask
+
+
+def completion_batch(prompts: list[list[int]], gen, pad_id: int):
+    """Each prompt followed by its sampled completion (a sampling.Generation), right-padded,
+    as tensors built without a per-row loop (a rollout's bookkeeping is part of every RL step):
+    ids (B, T), the completion mask over targets ids[:, 1:] (B, T - 1, float) and the
+    sampling log-probs aligned with it (0 elsewhere). The same ids and mask as pad_batch on
+    (prompt + completion, [0] * len(prompt) + [1] * len(completion)) pairs."""
+    B, L = gen.tokens.shape
+    plen = torch.tensor([len(p) for p in prompts])
+    P = int(plen.max())
+    T = int((plen + gen.lengths).max())
+    ids = torch.full((B, P + L), pad_id, dtype=torch.long)
+    ids[:, :P] = torch.tensor([p + [pad_id] * (P - len(p)) for p in prompts], dtype=torch.long)
+    slot = plen.unsqueeze(1) + torch.arange(L)  # (B, L) where completion token t of each row goes
+    ids.scatter_(1, slot, gen.tokens)  # tokens after a row's end are pad already
+    pos = torch.arange(1, T)
+    mask = ((pos >= plen.unsqueeze(1)) & (pos < (plen + gen.lengths).unsqueeze(1))).float()
+    old = torch.zeros(B, P + L)
+    old.scatter_(1, slot - 1, gen.sampling_logprobs)  # the log-prob of the token at slot predicted from slot - 1
+    return ids[:, :T], mask, old[:, :T - 1]

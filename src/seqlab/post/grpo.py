@@ -73,7 +73,7 @@ def run_grpo(cfg, progress: bool = True) -> dict:
     from ..errors import SeqlabError
     from ..sampling import DecodeRule, generate
     from .common import entropy_from_logits, group_advantages, token_logprobs
-    from .data import load_jsonl, pad_batch
+    from .data import completion_batch, load_jsonl
     from .runner import extra_columns, load_policy, optimise, prepare_out, rewards_for
 
     if cfg.temperature <= 0:
@@ -109,16 +109,7 @@ def run_grpo(cfg, progress: bool = True) -> dict:
         totals, per_fn = rewards(prompt_text, completions, columns)
         r = torch.tensor(totals)
         adv = group_advantages(r, G, cfg.advantage_scale)
-        pairs, old = [], []
-        for b, p in enumerate(prompts):
-            n = int(gen.lengths[b])
-            ids = p + gen.tokens[b, :n].tolist()
-            pairs.append((ids, [0] * len(p) + [1] * n))
-            old.append(gen.sampling_logprobs[b, :n])
-        ids, mask = pad_batch(pairs, tok.pad_id)
-        old_logp = torch.zeros(ids.size(0), ids.size(1) - 1)
-        for b, (p, o) in enumerate(zip(prompts, old)):
-            old_logp[b, len(p) - 1: len(p) - 1 + len(o)] = o
+        ids, mask, old_logp = completion_batch(prompts, gen, tok.pad_id)
         ref_logp = None
         if ref is not None:
             with torch.no_grad():
@@ -139,7 +130,7 @@ def run_grpo(cfg, progress: bool = True) -> dict:
                 for b in range(0, len(completions), G):
                     f.write(json.dumps({"step": step, "prompt": prompt_text[b], "completion": completions[b],
                                         "reward": totals[b]}) + "\n")
-        return {"ids": ids, "mask": mask[:, 1:], "old": old_logp, "ref": ref_logp, "adv": adv, "stats": stats}
+        return {"ids": ids, "mask": mask, "old": old_logp, "ref": ref_logp, "adv": adv, "stats": stats}
 
     def step_fn(step):
         if step % cfg.num_iterations == 0:

@@ -77,7 +77,7 @@ def run_ppo(cfg, progress: bool = True) -> dict:
 
     from ..sampling import DecodeRule, generate
     from .common import entropy_from_logits, token_logprobs
-    from .data import load_jsonl, pad_batch
+    from .data import completion_batch, load_jsonl
     from .runner import extra_columns, load_policy, optimise, prepare_out, rewards_for
 
     model, tok, _ = load_policy(cfg, drop_dropout=True)
@@ -105,19 +105,14 @@ def run_ppo(cfg, progress: bool = True) -> dict:
         gen = generate(model, prompts, cfg.max_new_tokens, DecodeRule(temperature=cfg.temperature),
                        tok.eos_id, tok.pad_id, generator=g)
         texts = [tok.decode(c) for c in gen.rows()]
-        pairs = []
-        for b, p in enumerate(prompts):
-            n = int(gen.lengths[b])
-            pairs.append((p + gen.tokens[b, :n].tolist(), [0] * len(p) + [1] * n))
-        ids, mask = pad_batch(pairs, tok.pad_id)
-        mask = mask[:, 1:]
+        ids, mask, _ = completion_batch(prompts, gen, tok.pad_id)
         with torch.no_grad():
             logits, _ = model(ids[:, :-1])
             old_logp = token_logprobs(logits, ids[:, 1:], cfg.temperature) * mask
             ref_logp = token_logprobs(ref(ids[:, :-1])[0], ids[:, 1:], cfg.temperature) if ref else None
             old_values = value(ids[:, :-1]) * mask
             if rewards is None:
-                lengths = torch.tensor([len(p[0]) for p in pairs])
+                lengths = torch.tensor([len(p) for p in prompts]) + gen.lengths
                 scores = rm(ids, lengths)
             else:
                 prompt_text = [rows[i]["prompt"] for i in pick]

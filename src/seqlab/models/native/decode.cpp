@@ -7,17 +7,23 @@
 // loops are written by hand, each because the ATen op measured slow at this size: the
 // norms, RoPE plus the cache write (in place of ~8 ops), and attention over the cache
 // for one query per row (see attend below). sample_rows, at the end, is the sampler's
-// draw for rules that truncate nothing.
+// draw for rules that truncate nothing, and decode_loop runs the sampler's whole loop
+// (draw, step, repeat) for those rules.
 // benchmarks/results.md has the measurements. The Python step in transformer.py and
 // _draw in sampling.py are the references; tests/test_native_decode.py checks this file
 // against them.
 //
 // Built on first use by seqlab/models/native.py (torch.utils.cpp_extension) and
-// registered as torch.ops.seqlab.decode_step and .sample_rows. CPU, float32, eval only.
+// registered as torch.ops.seqlab.decode_step, .sample_rows and .decode_loop. CPU, float32,
+// eval only.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include "vec.h"
+
+using namespace seqlab_vec;
 
 #include <algorithm>
 #include <cmath>
@@ -143,73 +149,6 @@ Tensor attend_bmm(const Tensor& qkv, const Tensor& kc, const Tensor& vc, const T
 }
 
 template <int W>
-struct Vec {
-  typedef float type __attribute__((vector_size(4 * W)));
-};
-
-template <int W>
-struct IVec {
-  typedef int32_t type __attribute__((vector_size(4 * W)));
-};
-
-template <int W>
-inline typename Vec<W>::type load(const float* p) {
-  typename Vec<W>::type v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-template <int W>
-inline float hsum(typename Vec<W>::type v) {
-  if constexpr (W == 4) {
-    return (v[0] + v[2]) + (v[1] + v[3]);
-  } else {  // add the halves, then recurse: a tree, not a chain
-    typename Vec<W / 2>::type lo, hi;
-    std::memcpy(&lo, &v, sizeof lo);
-    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
-    return hsum<W / 2>(lo + hi);
-  }
-}
-
-// work items of roughly this many multiply-adds per thread: fewer wake the second thread
-// for less than its start-up cost
-constexpr int64_t kGrainFlops = 1 << 16;
-
-// exp(x) for x <= 0 (softmax after subtracting the max), W lanes at a time: Cephes'
-// expf (2^n times a degree-5 polynomial on [-ln2/2, ln2/2]; about 1 ulp), and exactly 0
-// below -87 (masked keys are -inf). A scalar std::exp per key costs more than the rest of
-// the attention loop.
-template <int W>
-inline typename Vec<W>::type exp_nonpos(typename Vec<W>::type x) {
-  using V = typename Vec<W>::type;
-  using I = typename IVec<W>::type;
-  const V zero = {};
-  const I keep = x > V{} - 87.0f;  // lanes all ones where exp(x) is a normal float
-  x = x > V{} - 87.0f ? x : zero;  // (select avoids inf/nan arithmetic on masked lanes)
-  const V fx = x * 1.44269504088896341f + 0.5f;
-  I n = __builtin_convertvector(fx, I);  // rounds toward zero ...
-  n += __builtin_convertvector(n, V) > fx;  // ... so step down where that went up: floor (true is -1)
-  const V nf = __builtin_convertvector(n, V);
-  V r = x - nf * 0.693359375f;
-  r = r + nf * 2.12194440e-4f;
-  V y = r * 1.9875691500e-4f + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * (r * r) + r + 1.0f;
-  const I bits = (n + 127) << 23;  // 2^n as a float's exponent field
-  V two_n;
-  std::memcpy(&two_n, &bits, sizeof two_n);
-  y = y * two_n;
-  I out;
-  std::memcpy(&out, &y, sizeof out);
-  out &= keep;
-  std::memcpy(&y, &out, sizeof y);
-  return y;
-}
-
-template <int W>
 Tensor attend_vec(const Tensor& qkv, const Tensor& kc, const Tensor& vc, const Tensor& key_mask,
                   int64_t H, int64_t Hkv, int64_t D, int64_t t) {
   using V = typename Vec<W>::type;
@@ -322,22 +261,17 @@ Tensor decode_step(const Tensor& tokens, const std::optional<Tensor>& row_pos, i
 
 // One token per row from softmax(logits / temperature), by inverse CDF with the row's
 // uniform u in (0, 1]: the first token whose cumulative probability reaches u * total, the
-// rule of sampling.py's _draw (which documents why u must not be 0). Returns the tokens
-// (B, 1) and their log-probs under the model (temperature 1) and under the distribution
-// drawn from, (B, 1) each. For rules that truncate nothing; sampling.py handles the rest.
-std::tuple<Tensor, Tensor, Tensor> sample_rows(const Tensor& logits, const Tensor& uniform, double temperature) {
+// rule of sampling.py's _draw (which documents why u must not be 0). Writes each row's
+// token and its log-probs under the model (temperature 1) and under the distribution
+// drawn from to tok/model_lp/sample_lp[b * out_stride]. For rules that truncate nothing;
+// sampling.py handles the rest.
+void draw_rows(const Tensor& logits, const float* up, double temperature, int64_t* tp, float* mp, float* sp,
+               int64_t out_stride) {
   constexpr int W = 16;
   using V = Vec<W>::type;
   const Tensor x = logits.contiguous();
   const int64_t B = x.size(0), Vn = x.size(1), padded = (Vn + W - 1) / W * W;
-  Tensor tokens = at::empty({B, 1}, x.options().dtype(at::kLong));
-  Tensor model_lp = at::empty({B, 1}, x.options()), sample_lp = at::empty({B, 1}, x.options());
   const float* xp = x.data_ptr<float>();
-  const Tensor u = uniform.contiguous();
-  const float* up = u.data_ptr<float>();
-  int64_t* tp = tokens.data_ptr<int64_t>();
-  float* mp = model_lp.data_ptr<float>();
-  float* sp = sample_lp.data_ptr<float>();
   const float inv_t = static_cast<float>(1.0 / temperature);
   std::vector<float> e(padded);
   // log(sum(exp(row * scale - max))) + max, with the exps left in e
@@ -372,11 +306,70 @@ std::tuple<Tensor, Tensor, Tensor> sample_rows(const Tensor& logits, const Tenso
         break;
       }
     }
-    tp[b] = tok;
-    mp[b] = row[tok] - lse_model;
-    sp[b] = row[tok] * inv_t - lse;
+    tp[b * out_stride] = tok;
+    mp[b * out_stride] = row[tok] - lse_model;
+    sp[b * out_stride] = row[tok] * inv_t - lse;
   }
+}
+
+// The tokens (B, 1) and both log-probs (B, 1) for one step; `uniform` (B, 1).
+std::tuple<Tensor, Tensor, Tensor> sample_rows(const Tensor& logits, const Tensor& uniform, double temperature) {
+  const int64_t B = logits.size(0);
+  Tensor tokens = at::empty({B, 1}, logits.options().dtype(at::kLong));
+  Tensor model_lp = at::empty({B, 1}, logits.options()), sample_lp = at::empty({B, 1}, logits.options());
+  const Tensor u = uniform.contiguous();
+  draw_rows(logits, u.data_ptr<float>(), temperature, tokens.data_ptr<int64_t>(), model_lp.data_ptr<float>(),
+            sample_lp.data_ptr<float>(), 1);
   return {tokens, model_lp, sample_lp};
+}
+
+// sampling.generate's loop for rules that truncate nothing, on the native step: draw a
+// token per row from `logits` with uniforms[t] (steps, B, 1), step the model on it, repeat,
+// for up to `steps` tokens. Every eos_check steps it stops if every row has produced
+// eos_id (eos_id < 0: never). Returns tokens, model and sampling log-probs, (B, n) each
+// for the n <= steps tokens drawn; the cache advances n - 1 positions from `pos`. Rows
+// that finished early keep being stepped: generate masks what follows a row's eos.
+// Without this loop the Python around each step (a draw call, a step call, list
+// appends) was a fifth of a 64-row generation (benchmarks/results.md).
+std::tuple<Tensor, Tensor, Tensor> decode_loop(
+    const Tensor& first_logits, const Tensor& uniforms, double temperature, int64_t eos_id, int64_t eos_check,
+    const std::optional<Tensor>& offset, int64_t pos, const Tensor& wte, const std::optional<Tensor>& wpe,
+    const std::optional<Tensor>& rope_cos, const std::optional<Tensor>& rope_sin, at::TensorList layers,
+    at::TensorList final_weights, at::TensorList k_cache, at::TensorList v_cache,
+    const std::optional<Tensor>& key_mask, int64_t n_head, int64_t n_kv_head, int64_t norm_kind, double eps,
+    int64_t mlp_kind) {
+  const int64_t steps = uniforms.size(0), B = first_logits.size(0);
+  TORCH_CHECK(uniforms.size(1) == B, "decode_loop: one uniform per row and step expected");
+  Tensor tokens = at::empty({B, steps}, first_logits.options().dtype(at::kLong));
+  Tensor model_lp = at::empty({B, steps}, first_logits.options());
+  Tensor sample_lp = at::empty({B, steps}, first_logits.options());
+  int64_t* tp = tokens.data_ptr<int64_t>();
+  float* mp = model_lp.data_ptr<float>();
+  float* sp = sample_lp.data_ptr<float>();
+  const Tensor u = uniforms.contiguous();
+  const float* up = u.data_ptr<float>();
+  std::vector<char> finished(B, 0);
+  Tensor logits = first_logits;
+  int64_t n = 0;
+  while (n < steps) {
+    draw_rows(logits, up + n * B, temperature, tp + n, mp + n, sp + n, steps);
+    ++n;
+    if (n == steps) break;
+    if (eos_id >= 0 && n % eos_check == 0) {
+      bool all = true;
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t t = n - eos_check; t < n && !finished[b]; ++t) finished[b] = tp[b * steps + t] == eos_id;
+        all = all && finished[b];
+      }
+      if (all) break;
+    }
+    Tensor row_pos = offset.has_value() ? at::sub(at::scalar_tensor(pos, offset->options()), *offset) : Tensor();
+    logits = decode_step(tokens.select(1, n - 1), row_pos.defined() ? std::optional<Tensor>(row_pos) : std::nullopt,
+                         pos, wte, wpe, rope_cos, rope_sin, layers, final_weights, k_cache, v_cache, key_mask,
+                         n_head, n_kv_head, norm_kind, eps, mlp_kind);
+    ++pos;
+  }
+  return {tokens.narrow(1, 0, n), model_lp.narrow(1, 0, n), sample_lp.narrow(1, 0, n)};
 }
 
 }  // namespace
@@ -387,9 +380,15 @@ TORCH_LIBRARY(seqlab, m) {
       "Tensor? rope_sin, Tensor[] layers, Tensor[] final_weights, Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, "
       "Tensor? key_mask, int n_head, int n_kv_head, int norm_kind, float eps, int mlp_kind) -> Tensor");
   m.def("sample_rows(Tensor logits, Tensor uniform, float temperature) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "decode_loop(Tensor logits, Tensor uniforms, float temperature, int eos_id, int eos_check, Tensor? offset, "
+      "int pos, Tensor wte, Tensor? wpe, Tensor? rope_cos, Tensor? rope_sin, Tensor[] layers, "
+      "Tensor[] final_weights, Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, Tensor? key_mask, int n_head, "
+      "int n_kv_head, int norm_kind, float eps, int mlp_kind) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(seqlab, CPU, m) {
   m.impl("decode_step", decode_step);
   m.impl("sample_rows", sample_rows);
+  m.impl("decode_loop", decode_loop);
 }

@@ -1,0 +1,133 @@
+"""The native causal attention (forward and backward) against scaled_dot_product_attention."""
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seqlab.config import ModelConfig
+from seqlab.models import build_model, native
+
+pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                reason="no C++ compiler: seqlab runs scaled_dot_product_attention")
+
+SHAPES = [  # B, H, Hkv, T, D
+    (2, 4, 4, 66, 16),  # the GRPO benchmark's heads
+    (3, 4, 2, 17, 8),  # grouped-query attention, the smallest head size
+    (2, 2, 1, 33, 24),  # multi-query, head size a multiple of 8 but not 16
+    (1, 3, 3, 1, 16),  # one token
+    (2, 2, 2, 130, 32),  # several key blocks, the last one partial
+]
+
+
+def rel(a, b):
+    return ((a.double() - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()
+
+
+@pytest.mark.parametrize("B,H,Hkv,T,D", SHAPES)
+def test_forward_and_backward_match_sdpa_in_float64(B, H, Hkv, T, D):
+    g = torch.Generator().manual_seed(T * D + H)
+    # scores of a few units, so the softmax is neither flat nor one-hot
+    q, k, v = (torch.randn(B, h, T, D, generator=g, dtype=torch.float64) * s
+               for h, s in ((H, 1.5), (Hkv, 1.5), (Hkv, 1.0)))
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=H != Hkv)
+    dout = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), dout)
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    out = native.causal_attention(q32, k32, v32)
+    grads = torch.autograd.grad(out, (q32, k32, v32), dout.float())
+    assert out.shape == ref.shape and rel(out, ref) < 2e-6
+    for name, got, want in zip("qkv", grads, ref_grads):
+        assert got.shape == want.shape
+        if T == 1 and name != "v":  # one key: the softmax is constant, so q and k get no gradient
+            assert want.abs().max() < 1e-12
+            assert got.abs().max() < 1e-6
+        else:
+            assert rel(got, want) < 5e-6
+
+
+def test_strided_views_of_a_packed_projection():
+    """The Transformer hands in q, k, v as transposed views of one (B, T, 3 H D) projection."""
+    B, T, H, D = 3, 20, 2, 16
+    qkv = torch.randn(B, T, 3 * H * D, requires_grad=True)
+    q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in qkv.split(H * D, dim=-1))
+    assert not q.is_contiguous()
+    out = native.causal_attention(q, k, v)
+    (out * torch.arange(out.numel()).view(out.shape).sin()).sum().backward()
+    qkv2 = qkv.detach().clone().requires_grad_()
+    q2, k2, v2 = (t.view(B, T, H, D).transpose(1, 2).contiguous() for t in qkv2.split(H * D, dim=-1))
+    ref = F.scaled_dot_product_attention(q2, k2, v2, is_causal=True)
+    (ref * torch.arange(ref.numel()).view(ref.shape).sin()).sum().backward()
+    assert rel(out, ref) < 1e-5 and rel(qkv.grad, qkv2.grad) < 1e-5
+
+
+def test_future_tokens_have_no_influence():
+    B, H, T, D = 2, 2, 12, 8
+    q, k, v = (torch.randn(B, H, T, D) for _ in range(3))
+    out = native.causal_attention(q, k, v)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, 7:] += 5.0
+    v2[:, :, 7:] -= 3.0
+    out2 = native.causal_attention(q, k2, v2)
+    assert torch.equal(out[:, :, :7], out2[:, :, :7])
+    assert (out[:, :, 7:] - out2[:, :, 7:]).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("extra", [{}, {"pos": "rope", "n_kv_head": 2, "mlp": "swiglu", "norm": "rmsnorm"}])
+def test_training_step_matches_the_sdpa_path(monkeypatch, extra):
+    """Loss and every parameter's gradient of a Transformer, native attention vs SDPA."""
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(type="transformer", block_size=40, n_embd=32, n_head=4, n_layer=2,
+                                dropout=0.0, **extra), 13)
+    idx = torch.randint(0, 13, (5, 33))
+
+    def loss_and_grads():
+        m.zero_grad()
+        logits = m.logits(idx[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1), idx[:, 1:].flatten())
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in m.named_parameters()}
+
+    calls = []
+    real = native.causal_attention
+    monkeypatch.setattr(native, "causal_attention", lambda *a: calls.append(1) or real(*a))
+    loss, grads = loss_and_grads()
+    assert len(calls) == 2  # once per layer: the native path really ran
+    monkeypatch.setattr(native, "attention_applies", lambda q: False)
+    ref_loss, ref_grads = loss_and_grads()
+    assert len(calls) == 2
+    assert abs(loss - ref_loss) < 1e-6
+    for name, g in ref_grads.items():
+        assert rel(grads[name], g) < 1e-4, name
+
+
+def test_sdpa_runs_where_the_native_kernel_does_not_apply(monkeypatch):
+    calls = []
+    real = native.causal_attention
+    monkeypatch.setattr(native, "causal_attention", lambda *a: calls.append(1) or real(*a))
+    idx = torch.randint(0, 7, (2, 10))
+
+    def model(**kw):
+        cfg = {"type": "transformer", "block_size": 16, "n_embd": 32, "n_head": 4, "n_layer": 1, "dropout": 0.0}
+        return build_model(ModelConfig(**{**cfg, **kw}), 7)
+
+    model().logits(idx)
+    assert len(calls) == 1
+    model(dropout=0.1).train().logits(idx)  # attention dropout in training: SDPA
+    model(n_embd=24).logits(idx)  # head size 6
+    model().double().logits(idx)  # float64
+    model(n_embd=256, block_size=160).logits(torch.randint(0, 7, (1, 160)))  # T x D = 160 x 64: long heads
+    m = model().eval()
+    with torch.no_grad():  # ragged prompts give an explicit padding mask: SDPA
+        m.prefill(idx, torch.tensor([10, 6]))
+    assert len(calls) == 1
+    model(dropout=0.1).eval().logits(idx)  # dropout is off in eval
+    assert len(calls) == 2
+
+
+def test_unsupported_head_size_is_refused_with_a_clear_message():
+    x = torch.randn(1, 1, 4, 12)
+    with pytest.raises(RuntimeError, match="head size must be a multiple of 8"):
+        native.load().causal_attention(x, x, x, 0.5)
