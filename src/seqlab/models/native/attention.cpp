@@ -78,7 +78,6 @@ inline void row_times_transposed(const float* x, const float* t, int64_t D, int6
 
 template <int W>
 std::tuple<Tensor, Tensor> forward_impl(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, double scale_d) {
-  using V = typename Vec<W>::type;
   const Tensor q = unit_last_stride(q_in), k = unit_last_stride(k_in), v = unit_last_stride(v_in);
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3), Hkv = k.size(1), G = H / Hkv;
   const int64_t Tp = (T + KW - 1) / KW * KW;
@@ -113,17 +112,7 @@ std::tuple<Tensor, Tensor> forward_impl(const Tensor& q_in, const Tensor& k_in, 
           sum += e;
         }
         const float l = hsum<KW>(sum);
-        float* out = op + ((b * T + i) * H + h) * D;
-        for (int64_t d = 0; d < D; d += W) {
-          V a0 = {}, a1 = {};  // two accumulators: consecutive keys do not wait on each other
-          int64_t j = 0;
-          for (; j + 1 < n; j += 2) {
-            a0 += s[j] * load<W>(vrow + j * Vv.st + d);
-            a1 += s[j + 1] * load<W>(vrow + (j + 1) * Vv.st + d);
-          }
-          if (j < n) a0 += s[j] * load<W>(vrow + j * Vv.st + d);
-          store<W>(out + d, (a0 + a1) * (1.0f / l));
-        }
+        weighted_row_sum<W>(s.data(), n, vrow, Vv.st, D, 1.0f / l, op + ((b * T + i) * H + h) * D);
         lp[bh * T + i] = m + std::log(l);
       }
     }
@@ -211,17 +200,7 @@ std::tuple<Tensor, Tensor, Tensor> backward_impl(const Tensor& dout_in, const Te
             store<KW>(pi + j, pj);
             store<KW>(dsi + j, pj * (load<KW>(dsi + j) - delta) * scale);  // ds with the scale folded in
           }
-          float* dqi = dqp + ((b * T + i) * H + h) * D;
-          for (int64_t d = 0; d < D; d += W) {
-            V a0 = {}, a1 = {};  // two accumulators: consecutive keys do not wait on each other
-            int64_t j = 0;
-            for (; j + 1 < n; j += 2) {
-              a0 += dsi[j] * load<W>(krow + j * K.st + d);
-              a1 += dsi[j + 1] * load<W>(krow + (j + 1) * K.st + d);
-            }
-            if (j < n) a0 += dsi[j] * load<W>(krow + j * K.st + d);
-            store<W>(dqi + d, a0 + a1);
-          }
+          weighted_row_sum<W>(dsi, n, krow, K.st, D, 1.0f, dqp + ((b * T + i) * H + h) * D);  // dq_i
         }
         // dk and dv, four key columns at a time
         const float* qh = Q(b, h, 0);

@@ -187,19 +187,7 @@ Tensor attend_vec(const Tensor& qkv, const Tensor& kc, const Tensor& vc, const T
         std::memcpy(s + j, &e, sizeof e);
         sum += e;
       }
-      const float inv = 1.0f / hsum<W>(sum);
-      float* out = yp + bh * D;  // y is (B, H, D) row-major
-      for (int64_t d = 0; d < D; d += W) {
-        V a0 = {}, a1 = {};  // two accumulators: consecutive keys do not wait on each other
-        int64_t j = 0;
-        for (; j + 1 < t; j += 2) {
-          a0 += s[j] * load<W>(v + j * D + d);
-          a1 += s[j + 1] * load<W>(v + (j + 1) * D + d);
-        }
-        if (j < t) a0 += s[j] * load<W>(v + j * D + d);
-        a0 = (a0 + a1) * inv;
-        std::memcpy(out + d, &a0, sizeof a0);
-      }
+      weighted_row_sum<W>(s, t, v, D, D, 1.0f / hsum<W>(sum), yp + bh * D);  // y is (B, H, D) row-major
     }
   });
   return y;

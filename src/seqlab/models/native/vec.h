@@ -88,4 +88,22 @@ inline void store(float* p, typename Vec<W>::type v) {
   std::memcpy(p, &v, sizeof v);
 }
 
+// out[0..D) = factor * sum_{j < n} w[j] * rows[j * stride + 0..D), W floats at a time (D a
+// multiple of W): attention's p.v and its gradient's ds.k.
+template <int W>
+inline void weighted_row_sum(const float* w, int64_t n, const float* rows, int64_t stride, int64_t D, float factor,
+                             float* out) {
+  using V = typename Vec<W>::type;
+  for (int64_t d = 0; d < D; d += W) {
+    V a0 = {}, a1 = {};  // two accumulators: consecutive rows do not wait on each other
+    int64_t j = 0;
+    for (; j + 1 < n; j += 2) {
+      a0 += w[j] * load<W>(rows + j * stride + d);
+      a1 += w[j + 1] * load<W>(rows + (j + 1) * stride + d);
+    }
+    if (j < n) a0 += w[j] * load<W>(rows + j * stride + d);
+    store<W>(out + d, (a0 + a1) * factor);
+  }
+}
+
 }  // namespace seqlab_vec
