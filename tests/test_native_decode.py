@@ -193,6 +193,14 @@ def test_native_draw_at_the_ends_of_the_unit_interval_and_its_frequencies():
 
 
 
+@pytest.fixture
+def two_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
 def reference_loop(nw, logits, uniforms, temperature, eos_id, eos_check, cache):
     """decode_loop's contract written out with the per-token ops it replaces."""
     draw = native.sampler(logits)
@@ -211,10 +219,11 @@ def reference_loop(nw, logits, uniforms, temperature, eos_id, eos_check, cache):
 
 
 @pytest.mark.parametrize("ragged,temperature,eos_id", [(False, 1.0, -1), (True, 0.7, 2), (True, 1.0, "frequent")])
-def test_native_loop_equals_the_step_by_step_loop(monkeypatch, ragged, temperature, eos_id):
-    """generate's one-call loop against the same native step and draw called per token,
-    bitwise, including the early stop once every row has drawn eos ("frequent": the
-    model's most frequent token, so the loop ends well before the budget)."""
+def test_native_loop_equals_the_step_by_step_loop(monkeypatch, two_threads, ragged, temperature, eos_id):
+    """generate's one-call loop against the same native step and draw called per token:
+    the same tokens, including the early stop once every row has drawn eos ("frequent": the
+    model's most frequent token, so the loop ends well before the budget). With 2 threads
+    the loop runs two blocks of rows, each stopping on its own."""
     m = make({"pos": "rope", "n_kv_head": 2})
     prompts = [[1, 4, 5, 6], [1, 7], [1, 8, 9]] * 4 if ragged else [[1, 4, 5]] * 6
 
@@ -232,8 +241,10 @@ def test_native_loop_equals_the_step_by_step_loop(monkeypatch, ragged, temperatu
     assert calls == [1]
     monkeypatch.setattr(native, "loop", reference_loop)
     slow = run(eos_id)
-    for a, b in zip((fast.tokens, fast.lengths, fast.model_logprobs, fast.sampling_logprobs, fast.finished),
-                    (slow.tokens, slow.lengths, slow.model_logprobs, slow.sampling_logprobs, slow.finished)):
+    for a, b in zip((fast.tokens, fast.lengths, fast.finished), (slow.tokens, slow.lengths, slow.finished)):
         assert torch.equal(a, b)
+    # the blocks' single-threaded matmuls may round differently from the whole batch's
+    assert torch.allclose(fast.model_logprobs, slow.model_logprobs, atol=1e-5, rtol=0)
+    assert torch.allclose(fast.sampling_logprobs, slow.sampling_logprobs, atol=1e-5, rtol=0)
     if frequent:
         assert bool(fast.finished.all()) and fast.tokens.size(1) < 28

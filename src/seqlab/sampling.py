@@ -14,8 +14,9 @@ Post-training needs the second for importance ratios and the first for
 likelihoods; `rule` says which decoding rule produced them.
 
 On a CPU the hot loop runs in C++ where it can (models/native.py): the transformer's
-step, and the draw for rules that truncate nothing (plain sampling, temperature only).
-The Python code below is the reference they are tested against.
+step, the draw for rules that truncate nothing (plain sampling, temperature only), and,
+for those rules on the transformer's native step, the whole loop in one call. The Python
+code below is the reference they are tested against.
 """
 
 from __future__ import annotations

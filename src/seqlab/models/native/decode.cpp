@@ -318,7 +318,13 @@ std::tuple<Tensor, Tensor, Tensor> sample_rows(const Tensor& logits, const Tenso
 // for the n <= steps tokens drawn; the cache advances n - 1 positions from `pos`. Rows
 // that finished early keep being stepped: generate masks what follows a row's eos.
 // Without this loop the Python around each step (a draw call, a step call, list
-// appends) was a fifth of a 64-row generation (benchmarks/results.md).
+// appends) cost 8-13% of a generation (benchmarks/results.md).
+//
+// Rows never interact, so the batch is split into one block of rows per thread, and each
+// thread runs the whole loop for its block with single-threaded ops: no fork and join per
+// op (a decode step is ~40 small ops; at batch 64 each waited on the slower thread). A
+// block whose rows have all ended stops on its own; its columns after that are filled with
+// eos and log-prob 0, which generate masks like any token after a row's eos.
 std::tuple<Tensor, Tensor, Tensor> decode_loop(
     const Tensor& first_logits, const Tensor& uniforms, double temperature, int64_t eos_id, int64_t eos_check,
     const std::optional<Tensor>& offset, int64_t pos, const Tensor& wte, const std::optional<Tensor>& wpe,
@@ -336,27 +342,59 @@ std::tuple<Tensor, Tensor, Tensor> decode_loop(
   float* sp = sample_lp.data_ptr<float>();
   const Tensor u = uniforms.contiguous();
   const float* up = u.data_ptr<float>();
-  std::vector<char> finished(B, 0);
-  Tensor logits = first_logits;
-  int64_t n = 0;
-  while (n < steps) {
-    draw_rows(logits, up + n * B, temperature, tp + n, mp + n, sp + n, steps);
-    ++n;
-    if (n == steps) break;
-    if (eos_id >= 0 && n % eos_check == 0) {
-      bool all = true;
-      for (int64_t b = 0; b < B; ++b) {
-        for (int64_t t = n - eos_check; t < n && !finished[b]; ++t) finished[b] = tp[b * steps + t] == eos_id;
-        all = all && finished[b];
-      }
-      if (all) break;
+  // rows [b0, b1) from `pos` on; returns the number of tokens drawn for them
+  auto run_rows = [&](int64_t b0, int64_t b1) -> int64_t {
+    const int64_t nb = b1 - b0;
+    std::vector<Tensor> kc, vc;
+    for (size_t l = 0; l < k_cache.size(); ++l) {
+      kc.push_back(k_cache[l].narrow(0, b0, nb));
+      vc.push_back(v_cache[l].narrow(0, b0, nb));
     }
-    Tensor row_pos = offset.has_value() ? at::sub(at::scalar_tensor(pos, offset->options()), *offset) : Tensor();
-    logits = decode_step(tokens.select(1, n - 1), row_pos.defined() ? std::optional<Tensor>(row_pos) : std::nullopt,
-                         pos, wte, wpe, rope_cos, rope_sin, layers, final_weights, k_cache, v_cache, key_mask,
-                         n_head, n_kv_head, norm_kind, eps, mlp_kind);
-    ++pos;
+    const std::optional<Tensor> mask =
+        key_mask.has_value() ? std::optional<Tensor>(key_mask->narrow(0, b0, nb)) : std::nullopt;
+    const std::optional<Tensor> off =
+        offset.has_value() ? std::optional<Tensor>(offset->narrow(0, b0, nb)) : std::nullopt;
+    std::vector<char> finished(nb, 0);
+    Tensor logits = first_logits.narrow(0, b0, nb);
+    int64_t n = 0, p = pos;
+    while (n < steps) {
+      draw_rows(logits, up + n * B + b0, temperature, tp + b0 * steps + n, mp + b0 * steps + n,
+                sp + b0 * steps + n, steps);
+      ++n;
+      if (n == steps) break;
+      if (eos_id >= 0 && n % eos_check == 0) {
+        bool all = true;
+        for (int64_t b = 0; b < nb; ++b) {
+          for (int64_t t = n - eos_check; t < n && !finished[b]; ++t)
+            finished[b] = tp[(b0 + b) * steps + t] == eos_id;
+          all = all && finished[b];
+        }
+        if (all) break;
+      }
+      const std::optional<Tensor> row_pos =
+          off.has_value() ? std::optional<Tensor>(at::sub(at::scalar_tensor(p, off->options()), *off)) : std::nullopt;
+      logits = decode_step(tokens.narrow(0, b0, nb).select(1, n - 1), row_pos, p, wte, wpe, rope_cos, rope_sin,
+                           layers, final_weights, kc, vc, mask, n_head, n_kv_head, norm_kind, eps, mlp_kind);
+      ++p;
+    }
+    return n;
+  };
+  const int64_t blocks = B >= 4 ? std::min<int64_t>(at::get_num_threads(), B / 2) : 1;
+  std::vector<int64_t> drawn(blocks, 0);
+  if (blocks == 1) {
+    drawn[0] = run_rows(0, B);
+  } else {
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) drawn[c] = run_rows(B * c / blocks, B * (c + 1) / blocks);
+    });
   }
+  const int64_t n = *std::max_element(drawn.begin(), drawn.end());
+  for (int64_t c = 0; c < blocks; ++c)  // blocks that stopped early: eos and 0 up to n
+    for (int64_t b = B * c / blocks; b < B * (c + 1) / blocks; ++b)
+      for (int64_t t = drawn[c]; t < n; ++t) {
+        tp[b * steps + t] = eos_id;
+        mp[b * steps + t] = sp[b * steps + t] = 0.f;
+      }
   return {tokens.narrow(1, 0, n), model_lp.narrow(1, 0, n), sample_lp.narrow(1, 0, n)};
 }
 
