@@ -1,17 +1,21 @@
-"""The native (C++) decode step for the Transformer, and a native draw, built on first use.
+"""seqlab's native (C++) kernels for the Transformer on CPUs, built on first use.
 
 `native/decode.cpp` runs one `Transformer.step` as a single call (see its header for
-why), and draws one token per row for the sampler's rules that truncate nothing. It is
-compiled once per machine with torch.utils.cpp_extension (10-20 s on a 2-core CPU; torch
-caches the library in its extensions folder, ~/.cache/torch_extensions by default) and
-then loaded in each process. Without a C++ compiler, or with the environment variable
-SEQLAB_NATIVE=0, the Python step runs instead: same results up to float rounding,
-1.5-1.8x slower per token.
+why), draws one token per row for the sampler's rules that truncate nothing, and runs the
+sampler's whole loop for those rules (`loop`). `native/attention.cpp` is causal
+self-attention over whole sequences, forward and backward (`causal_attention`, an
+autograd.Function), used by the Transformer for training, scoring and prefill. The library
+is compiled once per machine with torch.utils.cpp_extension (about 30 s on a 2-core CPU;
+torch caches it in its extensions folder, ~/.cache/torch_extensions by default) and then
+loaded in each process. Without a C++ compiler, or with the environment variable
+SEQLAB_NATIVE=0, the Python code runs instead: same results up to float rounding.
 
 `pack(model)` decides per generation whether the native step applies: CPU, float32,
 eval mode, no gradients, plain nn.Linear layers (a LoRA-wrapped layer keeps the Python
 path, so adapters are never bypassed), and LayerNorm/RMSNorm with GELU/SwiGLU, which is
-every Transformer seqlab builds."""
+every Transformer seqlab builds. `attention_applies(q)` decides per call for attention:
+float32 CPU heads of a multiple of 8 dims, T x D within ATTENTION_MAX_TD, and no attention
+dropout (the Transformer checks that)."""
 
 from __future__ import annotations
 
