@@ -177,10 +177,8 @@ def generate(
     B = idx.size(0)
     steps = _budget(model, prompts, max_new_tokens)
     plain = not rule.truncates and rule.temperature == 1.0
-    # in (0, 1], see _draw; one (B, 1) view per step, split off once
+    # in (0, 1], see _draw; (steps, B, 1), one column of uniforms per step
     uniform_table = None if rule.greedy else 1.0 - torch.rand(steps, B, 1, generator=generator, device=device)
-    uniforms = None if rule.greedy else uniform_table.unbind(0)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
     was_training = model.training
     model.eval()
     # the last token needs no cache slot: prompt + steps - 1 positions are written
@@ -208,6 +206,8 @@ def generate(
                                                EOS_CHECK, state)
         cols, model_cols, sample_cols = [tok], [model_lp], [sample_lp]
     else:
+        uniforms = None if rule.greedy else uniform_table.unbind(0)  # (B, 1) views, split off once
+        finished = torch.zeros(B, dtype=torch.bool, device=device)
         for t in range(steps):
             if draw_native is not None:
                 col, model_col, sample_col = draw_native(logits, uniforms[t], rule.temperature)

@@ -88,32 +88,29 @@ std::tuple<Tensor, Tensor> forward_impl(const Tensor& q_in, const Tensor& k_in, 
   const Rows Q(q), K(k), Vv(v);
   float* op = o.data_ptr<float>();
   float* lp = lse.data_ptr<float>();
-  const int64_t grain = std::max<int64_t>(1, kGrainFlops / std::max<int64_t>(1, T * T * D));
-  at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
+  // per (row, key/value head): its keys are transposed once for the G query heads that share them
+  const int64_t grain = std::max<int64_t>(1, kGrainFlops / std::max<int64_t>(1, G * T * T * D));
+  at::parallel_for(0, B * Hkv, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> kt(D * Tp), s(Tp);
-    for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / H, h = bh % H, g = h / G;
+    for (int64_t bg = begin; bg < end; ++bg) {
+      const int64_t b = bg / Hkv, g = bg % Hkv;
       transpose_rows(K(b, g, 0), K.st, T, D, Tp, kt.data());
       const float* vrow = Vv(b, g, 0);
-      for (int64_t i = 0; i < T; ++i) {
-        const int64_t n = i + 1, np = (n + KW - 1) / KW * KW;
-        row_times_transposed(Q(b, h, i), kt.data(), D, Tp, n, scale, s.data());
-        std::fill(s.begin() + n, s.begin() + np, -INFINITY);
-        VK mx = load<KW>(s.data());
-        for (int64_t j = KW; j < np; j += KW) {
-          const VK x = load<KW>(s.data() + j);
-          mx = x > mx ? x : mx;
+      for (int64_t h = g * G; h < (g + 1) * G; ++h) {
+        for (int64_t i = 0; i < T; ++i) {
+          const int64_t n = i + 1, np = (n + KW - 1) / KW * KW;
+          row_times_transposed(Q(b, h, i), kt.data(), D, Tp, n, scale, s.data());
+          std::fill(s.begin() + n, s.begin() + np, -INFINITY);
+          VK mx = load<KW>(s.data());
+          for (int64_t j = KW; j < np; j += KW) {
+            const VK x = load<KW>(s.data() + j);
+            mx = x > mx ? x : mx;
+          }
+          const float m = hmax<KW>(mx);
+          const float l = exp_sum<KW>(s.data(), np, m);
+          weighted_row_sum<W>(s.data(), n, vrow, Vv.st, D, 1.0f / l, op + ((b * T + i) * H + h) * D);
+          lp[(b * H + h) * T + i] = m + std::log(l);
         }
-        const float m = hmax<KW>(mx);
-        VK sum = {};
-        for (int64_t j = 0; j < np; j += KW) {
-          const VK e = exp_nonpos<KW>(load<KW>(s.data() + j) - m);
-          store<KW>(s.data() + j, e);
-          sum += e;
-        }
-        const float l = hsum<KW>(sum);
-        weighted_row_sum<W>(s.data(), n, vrow, Vv.st, D, 1.0f / l, op + ((b * T + i) * H + h) * D);
-        lp[bh * T + i] = m + std::log(l);
       }
     }
   });

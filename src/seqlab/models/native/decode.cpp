@@ -21,14 +21,14 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "vec.h"
-
-using namespace seqlab_vec;
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
+
+#include "vec.h"
+
+using namespace seqlab_vec;
 
 using at::Tensor;
 
@@ -181,13 +181,7 @@ Tensor attend_vec(const Tensor& qkv, const Tensor& kc, const Tensor& vc, const T
         mx = std::max(mx, s[j]);
       }
       std::fill(s + t, s + padded, -INFINITY);
-      V sum = {};
-      for (int64_t j = 0; j < padded; j += W) {
-        const V e = exp_nonpos<W>(load<W>(s + j) - mx);
-        std::memcpy(s + j, &e, sizeof e);
-        sum += e;
-      }
-      weighted_row_sum<W>(s, t, v, D, D, 1.0f / hsum<W>(sum), yp + bh * D);  // y is (B, H, D) row-major
+      weighted_row_sum<W>(s, t, v, D, D, 1.0f / exp_sum<W>(s, padded, mx), yp + bh * D);  // y is (B, H, D)
     }
   });
   return y;
@@ -268,13 +262,7 @@ void draw_rows(const Tensor& logits, const float* up, double temperature, int64_
     for (int64_t i = 0; i < Vn; ++i) mx = std::max(mx, row[i] * scale);
     for (int64_t i = 0; i < Vn; ++i) e[i] = row[i] * scale - mx;
     std::fill(e.begin() + Vn, e.end(), -INFINITY);
-    V sum = {};
-    for (int64_t i = 0; i < padded; i += W) {
-      const V v = exp_nonpos<W>(load<W>(e.data() + i));
-      std::memcpy(e.data() + i, &v, sizeof v);
-      sum += v;
-    }
-    return std::log(hsum<W>(sum)) + mx;
+    return std::log(exp_sum<W>(e.data(), padded, 0.f)) + mx;
   };
   for (int64_t b = 0; b < B; ++b) {
     const float* row = xp + b * Vn;

@@ -88,6 +88,20 @@ inline void store(float* p, typename Vec<W>::type v) {
   std::memcpy(p, &v, sizeof v);
 }
 
+// s[0..len) = exp(s - m) in place (len a multiple of W; -inf lanes become 0), returning
+// the sum: the softmax numerators and denominator of every kernel here.
+template <int W>
+inline float exp_sum(float* s, int64_t len, float m) {
+  using V = typename Vec<W>::type;
+  V sum = {};
+  for (int64_t j = 0; j < len; j += W) {
+    const V e = exp_nonpos<W>(load<W>(s + j) - m);
+    store<W>(s + j, e);
+    sum += e;
+  }
+  return hsum<W>(sum);
+}
+
 // out[0..D) = factor * sum_{j < n} w[j] * rows[j * stride + 0..D), W floats at a time (D a
 // multiple of W): attention's p.v and its gradient's ds.k.
 template <int W>
