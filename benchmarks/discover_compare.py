@@ -148,10 +148,32 @@ def diagnostics(rows: list[dict]) -> dict:
     # novelty is the share of the valid samples that are new: only generations with some
     with_valid = [r for r in gens if (_num(r, "valid_before_repair") or 0) > 0]
 
+    # pool diversity: the share of a generation's locally searched samples that entered the
+    # pool as constructions it did not hold (after repair + local search, unlike novelty)
+    entered = [_num(r, "distinct") / _num(r, "new") for r in gens if _num(r, "new")]
+
     return {"generations": len(gens), "best_found_in": found, "valid": mean("valid_before_repair"),
             "novelty": mean("novelty", with_valid), "train_s": mean("train_s"), "grpo_s": mean("grpo_s"),
             "sample_s": mean("sample_s"), "local_s": mean("local_s"),
+            "entered": statistics.fmean(entered) if entered else None,
+            "entered_last": entered[-1] if entered else None,
             "gen0_s": _num(rows[0], "seconds") if rows else None}
+
+
+def why(per_run: list[dict]) -> dict:
+    """One (size, searcher)'s diagnostics over its seeds: means of the per-run figures, the
+    time split as shares of a generation, and how many runs found their final best after
+    generation 0 (i.e. with a model's samples)."""
+    def mean(key):
+        vals = [d[key] for d in per_run if d[key] is not None]
+        return statistics.fmean(vals) if vals else None
+
+    parts = {k: mean(k) for k in ("train_s", "grpo_s", "sample_s", "local_s")}
+    total = sum(v for v in parts.values() if v is not None)
+    shares = {k: (v / total if v is not None and total else None) for k, v in parts.items()}
+    return {"runs": len(per_run), "generations": mean("generations"), "valid": mean("valid"),
+            "novelty": mean("novelty"), "entered": mean("entered"), "entered_last": mean("entered_last"),
+            "after_gen0": sum(1 for d in per_run if (d["best_found_in"] or 0) >= 1), **shares}
 
 
 def report(records: list[dict], runs: Path, img_dir: Path | None) -> str:
@@ -161,6 +183,10 @@ def report(records: list[dict], runs: Path, img_dir: Path | None) -> str:
     diag = ["", "| problem | n | minutes | searcher | seed | generations | final best first in generation | "
             "valid before repair | novelty | train s / gen | GRPO s / gen | sample s / gen | local s / gen | "
             "generation 0, s |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    summary = ["", "| problem | n | minutes | searcher | generations | runs whose final best came from a model "
+               "generation | valid before repair | novelty of valid samples | samples entering the pool after "
+               "local search (last generation) | train | GRPO | sample | local search |",
+               "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def f(v, spec):
         return "-" if v is None else format(v, spec)
@@ -182,17 +208,23 @@ def report(records: list[dict], runs: Path, img_dir: Path | None) -> str:
                          f"{min(r['other_cpu_share'] for r in rs):.0%}-{max(r['other_cpu_share'] for r in rs):.0%} |")
             if searcher == "local":
                 continue
-            for r, rows in zip(rs, metrics):
-                d = diagnostics(rows)
+            per_run = [diagnostics(rows) for rows in metrics]
+            for r, d in zip(rs, per_run):
                 diag.append(f"| {problem} | {n} | {minutes:g} | {searcher} | {r['seed']} | {d['generations']} | "
                             f"{f(d['best_found_in'], 'd')} | {f(d['valid'], '.1%')} | {f(d['novelty'], '.0%')} | "
                             f"{f(d['train_s'], '.1f')} | {f(d['grpo_s'], '.1f')} | {f(d['sample_s'], '.2f')} | "
                             f"{f(d['local_s'], '.1f')} | {f(d['gen0_s'], '.0f')} |")
+            w = why(per_run)
+            if w["generations"]:
+                summary.append(f"| {problem} | {n} | {minutes:g} | {searcher} | {w['generations']:.0f} | "
+                               f"{w['after_gen0']} of {w['runs']} | {f(w['valid'], '.1%')} | {f(w['novelty'], '.0%')} | "
+                               f"{f(w['entered'], '.0%')} ({f(w['entered_last'], '.0%')}) | {f(w['train_s'], '.0%')} | "
+                               f"{f(w['grpo_s'], '.0%')} | {f(w['sample_s'], '.1%')} | {f(w['local_s'], '.0%')} |")
         if img_dir is not None:
             suffix = "" if minutes == 10 else f"-m{minutes:g}"
             plot_size([r for r in records if r["minutes"] == minutes], runs, problem, n,
                       img_dir / f"discover-{problem}-{n}{suffix}.png")
-    return "\n".join(lines + diag)
+    return "\n".join(lines + diag + summary)
 
 
 def plot_size(records: list[dict], runs: Path, problem: str, n: int, path: Path) -> None:
