@@ -248,3 +248,21 @@ def test_native_loop_equals_the_step_by_step_loop(monkeypatch, two_threads, ragg
     assert torch.allclose(fast.sampling_logprobs, slow.sampling_logprobs, atol=1e-5, rtol=0)
     if frequent:
         assert bool(fast.finished.all()) and fast.tokens.size(1) < 28
+
+
+def test_the_first_build_notice_does_not_split_an_open_progress_bar(capsys, tmp_path):
+    """The 'compiling' line goes through tqdm.write: on its own line, with training's bar
+    redrawn below it, not appended to the bar's half-written line."""
+    from seqlab.train import Progress
+
+    class NoBuildYet:  # a build directory with no library in it: the first build
+        @staticmethod
+        def _get_build_directory(name, verbose):
+            return str(tmp_path)
+
+    bar = Progress(10, 0, enabled=True)
+    bar.update(1, loss=1.0)
+    native._say_if_first_build(NoBuildYet, "seqlab_native")
+    bar.bar.close()
+    lines = [seg.strip() for seg in capsys.readouterr().err.replace("\r", "\n").split("\n")]
+    assert "seqlab: compiling the native kernels (once per machine, ~30 s)" in lines

@@ -104,7 +104,10 @@ def _say_if_first_build(cpp_extension, name):
     except Exception:  # a private torch helper: never let it stop sampling
         return
     if not fresh:
-        print("seqlab: compiling the native kernels (once per machine, ~30 s)", file=sys.stderr, flush=True)
+        # tqdm.write moves an open progress bar (training's) below the line instead of splitting it
+        from tqdm import tqdm
+
+        tqdm.write("seqlab: compiling the native kernels (once per machine, ~30 s)", file=sys.stderr)
 
 
 @dataclass(frozen=True)
