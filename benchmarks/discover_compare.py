@@ -132,6 +132,12 @@ def _num(row: dict, key: str) -> float | None:
     return None if v in (None, "") else float(v)
 
 
+def _mean(values) -> float | None:
+    """The mean of the values that are present (not None), or None if none is."""
+    vals = [v for v in values if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
 def diagnostics(rows: list[dict]) -> dict:
     """What a model-based run did: generations after the initial pool, the generation whose
     pool first held the final best, and per-generation means of sample validity before
@@ -141,9 +147,7 @@ def diagnostics(rows: list[dict]) -> dict:
     found = next((int(r["round"]) for r in rows if final is not None and _num(r, "best") >= final), None)
 
     def mean(key, rows=gens):
-        vals = [_num(r, key) for r in rows]
-        vals = [v for v in vals if v is not None]
-        return statistics.fmean(vals) if vals else None
+        return _mean(_num(r, key) for r in rows)
 
     # novelty is the share of the valid samples that are new: only generations with some
     with_valid = [r for r in gens if (_num(r, "valid_before_repair") or 0) > 0]
@@ -155,7 +159,7 @@ def diagnostics(rows: list[dict]) -> dict:
     return {"generations": len(gens), "best_found_in": found, "valid": mean("valid_before_repair"),
             "novelty": mean("novelty", with_valid), "train_s": mean("train_s"), "grpo_s": mean("grpo_s"),
             "sample_s": mean("sample_s"), "local_s": mean("local_s"),
-            "entered": statistics.fmean(entered) if entered else None,
+            "entered": _mean(entered),
             "entered_last": entered[-1] if entered else None,
             "gen0_s": _num(rows[0], "seconds") if rows else None}
 
@@ -165,8 +169,7 @@ def why(per_run: list[dict]) -> dict:
     time split as shares of a generation, and how many runs found their final best after
     generation 0 (i.e. with a model's samples)."""
     def mean(key):
-        vals = [d[key] for d in per_run if d[key] is not None]
-        return statistics.fmean(vals) if vals else None
+        return _mean(d[key] for d in per_run)
 
     parts = {k: mean(k) for k in ("train_s", "grpo_s", "sample_s", "local_s")}
     total = sum(v for v in parts.values() if v is not None)
