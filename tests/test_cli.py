@@ -1,6 +1,7 @@
 """CLI contract: --help everywhere, --json shapes, one-line `error:` failures."""
 
 import json
+import shutil
 import subprocess
 
 import pytest
@@ -96,7 +97,16 @@ def test_resume_via_cli_extends_training(trained_run, tmp_path):
     run("train", "--data", data, "--out", out, "--model", "bigram", "--steps", "10", "--quiet", check=True)
     r = run("train", "--out", out, "--resume", "--steps", "15", "--quiet", "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["step"] == 15
+    extended = json.loads(r.stdout)
+    assert extended["step"] == 15
+    # a finished run resumed: nothing to do, the summary reports the logged losses
+    again = run("train", "--out", out, "--resume", "--quiet")
+    assert again.returncode == 0, again.stderr
+    logged = float(again.stdout.split("train loss ")[1].split(",")[0])
+    assert again.stdout.startswith("trained 225 parameters for 15 steps")
+    assert logged == pytest.approx(extended["train_loss"], abs=1e-4)  # metrics.csv keeps 6 decimals
+    assert_one_error_line(run("train", "--out", out, "--resume", "--steps", "12"), "already at step 15")
+    assert_one_error_line(run("train", "--data", data, "--out", tmp_path / "z", "--steps", "0"), "train.steps")
 
 
 def test_data_tasks_and_make(tmp_path):
@@ -120,13 +130,28 @@ def test_errors_are_one_line(tmp_path, trained_run):
     cfg.write_text("[model]\nn_layers = 2\n")
     wrong = tmp_path / "w.toml"
     wrong.write_text("[train]\nsteps = 'many'\n")
+    bad_sample = tmp_path / "bs.toml"
+    bad_sample.write_text("[sample]\ntop_k = 'two'\n")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    weights = damaged / "best.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # cut short, as by a full disk in an old copy
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a run\n")
     cases = [
+        (("sample", damaged), ["best.safetensors", "cannot load these weights"]),
+        (("train", "--data", data, "--out", a_file), ["a-file: is a file"]),
+        (("data", "make", "rule-13-22", "--out", tmp_path), [f"{tmp_path}: is a folder"]),
+        (("bench", "--repeats", "0"), ["--repeats must be >= 1"]),
         (("train", "--data", empty, "--out", tmp_path / "a"), ["empty.txt", "no examples"]),
         (("train", "--data", bad, "--out", tmp_path / "b"), ["bad.txt:2", "UTF-8"]),
         (("train", "--data", tmp_path / "missing.txt", "--out", tmp_path / "c"), ["data file not found"]),
         (("train", "--data", data, "--out", tmp_path / "d", "--block-size", "3"), ["block_size=3", "--truncate"]),
-        (("train", "--data", data, "--out", tmp_path / "e", "--config", cfg), ["model.n_layers"]),
-        (("train", "--data", data, "--out", tmp_path / "f", "--config", wrong), ["train.steps"]),
+        (("train", "--data", data, "--out", tmp_path / "e", "--config", cfg), ["c.toml: ", "model.n_layers"]),
+        (("train", "--data", data, "--out", tmp_path / "f", "--config", wrong), ["w.toml: ", "train.steps"]),
+        # the flag's value is wrong, not the file's: no file name
+        (("train", "--data", data, "--out", tmp_path / "f", "--config", wrong, "--steps", "-2"),
+         ["error: config key 'train.steps'"]),
         (("train", "--data", data, "--out", out), ["already holds a run", "--resume"]),
         (("train", "--out", tmp_path / "g", "--resume"), ["not a seqlab run directory"]),
         (("train", "--data", data, "--out", tmp_path / "h", "--device", "cuda"), ["CUDA is not available"]),
@@ -134,6 +159,9 @@ def test_errors_are_one_line(tmp_path, trained_run):
         (("sample", out, "--prompt", "Zé"), ["not in the vocabulary", "'Z'", "'é'"]),
         (("sample", tmp_path), ["not a seqlab run directory"]),
         (("sample", out, "--top-p", "1.5"), ["top-p"]),
+        (("sample", out, "--max-new-tokens", "-1"), ["sample.max_new_tokens", "--max-new-tokens"]),
+        (("sample", out, "--n", "0"), ["sample.n"]),
+        (("sample", out, "--config", bad_sample), ["bs.toml: ", "sample.top_k"]),
         (("data", "make", "nope", "--out", tmp_path / "x.txt"), ["unknown task 'nope'"]),
         (("frobnicate",), ["invalid choice"]),
     ]

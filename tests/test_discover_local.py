@@ -62,6 +62,7 @@ def test_run_local_moves_budget_is_deterministic(tmp_path):
 
 def test_run_local_stops_at_time_budget_and_target():
     p = get_problem("no-three-in-line", 10)
+    run_local(p, seed=0, workers=1, moves=1000, rounds=2, jobs_per_round=2)  # numba compiles outside the timing
     t = time.perf_counter()
     r = run_local(p, seconds=1.5, seed=0, workers=1, round_seconds=0.5)
     assert time.perf_counter() - t < 1.5 + 1.0  # one chunk of moves past the deadline at most
@@ -103,8 +104,8 @@ def test_discover_list_json(capsys):
 
 def test_discover_local_run_files(tmp_path, capsys):
     out = tmp_path / "run"
-    discover("golomb", "--n", 6, "--out", out, "--minutes", 0.5, "--workers", 1, "--target", "best-known",
-             "--json", "--quiet")
+    discover("golomb", "--n", 6, "--out", out, "--searcher", "local", "--minutes", 0.5, "--workers", 1,
+             "--target", "best-known", "--json", "--quiet")
     cap = capsys.readouterr()
     res = json.loads(cap.out.strip().splitlines()[-1])
     assert len(cap.out.strip().splitlines()) == 1  # nothing else on stdout
@@ -118,9 +119,69 @@ def test_discover_local_run_files(tmp_path, capsys):
     assert (out / "best.png").stat().st_size > 1000
     with pytest.raises(SeqlabError, match="already holds a run"):
         discover("golomb", "--n", 6, "--out", out, "--minutes", 0.01, "--workers", 1)
-    discover("golomb", "--n", 6, "--out", out, "--minutes", 0.01, "--workers", 1, "--resume", "--json", "--quiet")
+    discover("golomb", "--n", 6, "--out", out, "--searcher", "local", "--minutes", 0.05, "--workers", 1, "--resume",
+             "--json", "--quiet")
     res2 = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res2["best_score"] == -17 and res2["generations"][0]["round"] == len(rows)
+
+
+def test_an_interrupted_run_resumes_from_its_last_round(tmp_path, capsys, monkeypatch):
+    """best.json is written after every round, so a run killed in round 2 resumes from round 1's pool."""
+    import seqlab.discover.local as local
+
+    p = get_problem("golomb", 5)
+    ruler = np.array([0, 1, 4, 9, 11])
+    real = local.run_local
+
+    def killed_in_round_two(problem, seconds, pool_out=None, progress=None, **kw):
+        pool_out.write_text(p.encode(ruler) + "\n")
+        progress({"round": 0, "seconds": 2.5, "moves": 7, "new": 1, "distinct": 1, "pool_size": 1, "mean": -11.0,
+                  "median": -11.0, "top20": -11.0, "max": -11.0, "best": -11.0})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(local, "run_local", killed_in_round_two)
+    out = tmp_path / "k"
+    out.mkdir()
+    (out / "metrics.csv").write_text("round,seconds\n0,1.0\n")  # a run that failed before writing best.json
+    with pytest.raises(KeyboardInterrupt):
+        discover("golomb", "--n", 5, "--out", out, "--searcher", "local", "--minutes", 1, "--workers", 1, "--quiet")
+    best = json.loads((out / "best.json").read_text())
+    assert best["rounds"] == 1 and best["seconds"] == 2.5 and best["best_score"] == -11
+    assert [c["encoded"] for c in best["constructions"]] == [p.encode(ruler)]
+    assert [r["seconds"] for r in csv.DictReader((out / "metrics.csv").open())] == ["2.5"]  # leftovers replaced
+    monkeypatch.setattr(local, "run_local", real)
+    discover("golomb", "--n", 5, "--out", out, "--searcher", "local", "--minutes", 0.05, "--workers", 1,
+             "--resume", "--json", "--quiet")
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["generations"][0]["round"] == 1 and res["generations"][0]["seconds"] > 2.5
+    assert res["best_score"] >= -11  # it started from the saved ruler
+
+
+def test_a_resumed_patternboost_run_numbers_its_rounds_on(tmp_path, capsys, monkeypatch):
+    """metrics.csv and best.json count PatternBoost's generations once: 0, 1, 2, then 3, 4 after
+    a resume (the searcher numbers them on itself; the command must not add the old count again)."""
+    import seqlab.discover.patternboost as pb
+    from seqlab.discover.local import LocalResult
+
+    p = get_problem("golomb", 5)
+    ruler = np.array([0, 1, 4, 9, 11])
+
+    def fake(problem, out, seconds, seed=0, workers=None, init=None, progress=None, pool_out=None, **kw):
+        start = 3 if init else 0  # as the real one: a resumed run goes on after its newest model
+        for g in range(start, start + (2 if init else 3)):
+            pool_out.write_text(p.encode(ruler) + "\n")
+            progress({"generation": g, "seconds": 1.0 + g, "pool_size": 1, "mean": -11.0, "median": -11.0,
+                      "top20": -11.0, "max": -11.0, "best": -11.0, "moves": 10, "scores": [-11.0]})
+        return LocalResult(best=[ruler], scores=[-11.0], log=[{}] * (2 if init else 3), moves=10, seconds=5.0)
+
+    monkeypatch.setattr(pb, "run_patternboost", fake)
+    out = tmp_path / "pb"
+    for extra in ([], ["--resume"]):
+        discover("golomb", "--n", 5, "--out", out, "--searcher", "patternboost", "--minutes", 0.01, "--quiet",
+                 *extra)
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["round"]) for r in rows] == [0, 1, 2, 3, 4]
+    assert json.loads((out / "best.json").read_text())["rounds"] == 5
 
 
 def test_discover_writes_a_record_when_beating_best_known(tmp_path, capsys, monkeypatch):

@@ -9,6 +9,16 @@ import seqlab.discover.patternboost as pb
 from seqlab.discover.patternboost import PatternBoostConfig, run_patternboost
 from seqlab.discover.problems import get_problem
 
+@pytest.fixture(scope="module", autouse=True)
+def native_kernels_built():
+    """Build (or load) the native kernels and compile golomb's numba search before any timed
+    run: a first build takes 15-30 s, which would otherwise eat the budgets of the runs below."""
+    from seqlab.models import native
+
+    native.load()
+    pb.improve_many(get_problem("golomb", 6), [None], seed=0, moves_per_start=100)
+
+
 TINY = PatternBoostConfig(first_steps=30, steps=10, samples=48, moves_per_start=200, n_layer=1, n_embd=32,
                           grpo_steps=2, grpo_group=4, init_fraction=0.2)
 

@@ -105,6 +105,8 @@ def test_user_problem_from_file_and_module(tmp_path, monkeypatch):
     c = p.random_construction(np.random.default_rng(0))
     assert p.is_valid(c) and p.score(c) == 3 and p.decode(p.encode(c)).tolist() == [0, 2, 4]
     assert len(p.local_search([np.array([0, 1])], seed=0, max_moves=5)) == 1  # the default local search
+    assert p.last_moves == 5  # counted, so the run's moves and the measured speed are not 0
+    assert len(p.local_search([None, None], seed=0, max_moves=1000, seconds=0.0)) == 2 and p.last_moves == 0
     monkeypatch.syspath_prepend(str(tmp_path))
     q = get_problem("user_evens:Evens", 7)
     assert q.n == 7 and q.spec == "user_evens:Evens"

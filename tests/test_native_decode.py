@@ -95,7 +95,10 @@ def test_peaked_attention_matches(n_embd):
     idx = torch.randint(3, V, (4, 5), generator=torch.Generator().manual_seed(6))
     lengths = torch.tensor([5, 1, 3, 5])
     err, fast, _ = both_steps(m, idx.masked_fill(torch.arange(5) >= lengths[:, None], 0), lengths, steps=15)
-    assert err < 1e-5
+    # float32 rounding through 15 steps of peaked softmaxes: 9e-6 at this seed, median 1e-5 and
+    # worst 2.8e-4 over 100 seeds (and it depends on the CPU's vector width); a wrong mask, scale
+    # or exp gives errors of order 1
+    assert err < 5e-4
 
 
 def test_two_threads_split_the_attention_and_agree_with_one():

@@ -103,7 +103,7 @@ def test_post_cli_json_and_errors(bases, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[post]\nstepz = 3\n")
     r = subprocess.run(seqlab_cmd("post", "sft", "--config", bad), capture_output=True, text=True)
-    assert r.returncode != 0 and r.stderr.startswith("error: unknown config key 'post.stepz'")
+    assert r.returncode != 0 and r.stderr.startswith(f"error: {bad}: unknown config key 'post.stepz'")
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"prompt": "1+1=", "completion": "2"}\n{"prompt": 3}\n')
     cfg.write_text(f'[post]\npolicy = "{runs["gru"]}"\ndata = "{broken}"\nout = "{tmp_path / "o2"}"\n')

@@ -197,3 +197,25 @@ def test_torch_compile_matches_eager(words_file, tmp_path):
     eager.model.dropout = 0.0
     ref = train(eager, tmp_path / "e", progress=False)
     assert res["val_loss"] == pytest.approx(ref["val_loss"], abs=2e-2)
+
+
+def test_atomic_writes_get_the_modes_of_plain_writes(tmp_path):
+    """mkstemp/mkdtemp make 0600/0700 temporaries; the renamed results follow the umask like
+    open() and mkdir() (a run shared with a group stays readable)."""
+    import os
+
+    from seqlab import atomic
+
+    old = os.umask(0o022)
+    try:
+        atomic.write_text(tmp_path / "f.txt", "x")
+        with atomic.atomic_dir(tmp_path / "d") as d:
+            (d / "w.bin").write_bytes(b"1")
+        os.umask(0o077)
+        atomic.write_text(tmp_path / "private.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "d" / "w.bin").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600

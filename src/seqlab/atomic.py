@@ -14,11 +14,31 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .errors import SeqlabError
+
+
+def _umask() -> int:
+    # mkstemp/mkdtemp create 0600/0700 whatever the umask; the renamed result should get
+    # the mode a plain open()/mkdir() would have. Linux reports the umask without changing
+    # it; elsewhere set-and-restore (briefly process-wide).
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success rename it over `path`."""
     path = Path(path)
+    if path.is_dir():
+        raise SeqlabError(f"{path}: is a folder; give a file name to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -27,6 +47,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -57,6 +78,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         for child in tmp.iterdir():
             with open(child, "rb+") as f:
                 os.fsync(f.fileno())
+        os.chmod(tmp, 0o777 & ~_umask())
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old")

@@ -13,6 +13,7 @@ import time
 import torch
 
 from .config import ModelConfig, TrainConfig
+from .errors import SeqlabError
 from .models import build_model
 from .sampling import DecodeRule, generate
 from .train import make_optimizer
@@ -28,6 +29,8 @@ def _median_time(fn, repeats: int) -> float:
 
 
 def run_bench(device: str = "cpu", repeats: int = 5, vocab: int = 32) -> dict:
+    if repeats < 1:
+        raise SeqlabError(f"--repeats must be >= 1, got {repeats}")
     dev = torch.device(device)
     cfg = ModelConfig(type="transformer", n_layer=4, n_head=4, n_embd=64, block_size=256, dropout=0.0)
     torch.manual_seed(0)

@@ -79,9 +79,30 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return path if (path / "state.json").exists() else None
 
 
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """safetensors weights into `model`; a damaged or mismatched file is a one-line error naming it."""
+    try:
+        st_load_model(model, str(path))
+    except Exception as e:
+        raise SeqlabError(f"{path}: cannot load these weights ({_first_line(e)})") from None
+
+
+def load_tensors(path: Path) -> dict:
+    """A torch file of plain tensors (optimizer and RNG state), never an arbitrary pickle."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:
+        raise SeqlabError(f"{path}: cannot load this checkpoint file ({_first_line(e)})") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
 def load_checkpoint(path: Path, model: SeqModel) -> tuple[dict, dict]:
-    st_load_model(model, str(path / "model.safetensors"))
-    extra = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+    load_weights(model, path / "model.safetensors")
+    extra = load_tensors(path / "optimizer.pt")
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     return extra, state
 
@@ -109,5 +130,5 @@ def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu"):
         weights = best
     else:
         raise SeqlabError(f"{run_dir}: no weights yet (no best.safetensors or checkpoint)")
-    st_load_model(model, str(weights))
+    load_weights(model, weights)
     return model.to(device).eval(), tokenizer, cfg

@@ -66,11 +66,12 @@ def _train_overrides(args) -> dict:
 
 
 def cmd_train(args) -> None:
-    from .config import load_toml, merge, run_config_from_dict
+    from .config import load_toml, merge, naming_the_file, run_config_from_dict
     from .train import train
 
     base = load_toml(args.config) if args.config else {}
-    cfg = run_config_from_dict(merge(base, _train_overrides(args)))
+    flags = _train_overrides(args)
+    cfg = naming_the_file(args.config, base, flags, lambda: run_config_from_dict(merge(base, flags)))
     if args.resume and args.steps is None and "steps" not in base.get("train", {}):
         from .checkpoint import load_run_files
 
@@ -78,10 +79,13 @@ def cmd_train(args) -> None:
     result = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
     payload = {k: result[k] for k in ("step", "train_loss", "val_loss", "seconds")}
     payload.update(best_val_loss=result["best_val_loss"], params=result["params"], run=str(args.out))
+    def loss(x):  # None: no training step was logged in this run
+        return "-" if x is None else f"{x:.4f}"
+
     _emit(args, payload,
           f"trained {result['params']:,} parameters for {result['step']} steps in {result['seconds']:.1f}s: "
-          f"train loss {result['train_loss']:.4f}, val loss {result['val_loss']:.4f} "
-          f"(best {result['best_val_loss']:.4f}); run saved in {args.out}")
+          f"train loss {loss(result['train_loss'])}, val loss {loss(result['val_loss'])} "
+          f"(best {loss(result['best_val_loss'])}); run saved in {args.out}")
 
 
 # ---------------------------------------------------------------- sample
@@ -105,16 +109,18 @@ def cmd_sample(args) -> None:
     import torch
 
     from .checkpoint import load_model
-    from .config import SampleConfig, load_toml, section_from_dict
+    from .config import SampleConfig, load_toml, naming_the_file, section_from_dict
     from .generate_text import sample_text
     from .sampling import DecodeRule
     from .train import resolve_device
 
-    base = load_toml(args.config).get("sample", {}) if args.config else {}
+    whole = load_toml(args.config) if args.config else {}
+    base = whole.get("sample", {})
     flags = {k: getattr(args, k) for k in ("n", "prompt", "max_new_tokens", "seed", "temperature", "top_k",
                                           "top_p", "min_p", "beam", "device", "checkpoint")
              if getattr(args, k) is not None}
-    sc = section_from_dict(SampleConfig, {**base, **flags}, prefix="sample")
+    sc = naming_the_file(args.config, whole, {"sample": flags},
+                         lambda: section_from_dict(SampleConfig, {**base, **flags}, prefix="sample"))
     device = resolve_device(sc.device)
     model, tokenizer, cfg = load_model(args.run, sc.checkpoint, device=str(device))
     rule = DecodeRule(sc.temperature, sc.top_k, sc.top_p, sc.min_p)
@@ -540,6 +546,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # an internal bug: still one line, unless --debug
         if args.debug:
             raise
+        if isinstance(e, OSError) and e.strerror:  # the file system said no (permissions, disk full, ...)
+            where = e.filename2 or e.filename
+            print(f"error: {f'{where}: ' if where else ''}{e.strerror.lower()}", file=sys.stderr)
+            return EXIT_ERROR
         msg = str(e).splitlines()[0] if str(e) else ""
         print(f"error: internal error: {type(e).__name__}: {msg} (rerun with --debug for a traceback)",
               file=sys.stderr)

@@ -8,11 +8,12 @@ being silently ignored. The resolved config is saved in every run directory.
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Optional, get_args, get_origin
+from typing import Any, Callable, Literal, Optional, TypeVar, get_args, get_origin
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -21,7 +22,7 @@ else:  # pragma: no cover
 
 from .errors import SeqlabError
 
-
+T = TypeVar("T")
 
 @dataclass
 class ModelConfig:
@@ -174,6 +175,27 @@ def load_toml(path: str | Path) -> dict:
         raise SeqlabError(f"{path}: invalid TOML: {e}") from None
 
 
+def naming_the_file(path, file_values: dict, flag_values: dict, parse: Callable[[], T]) -> T:
+    """Run `parse`; a config error about a key set in the TOML file at `path` (`file_values`,
+    the whole file) and not by a flag (`flag_values`, nested the same way) gets the file's
+    name in front, so the user knows where to look."""
+    try:
+        return parse()
+    except SeqlabError as e:
+        match = re.search(r"config key '([\w.]+)", str(e))
+        if path and match and _has_key(file_values, match[1]) and not _has_key(flag_values, match[1]):
+            raise SeqlabError(f"{path}: {e}") from None
+        raise
+
+
+def _has_key(values: dict, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(values, dict) or part not in values:
+            return False
+        values = values[part]
+    return True
+
+
 # TOML sections map onto RunConfig fields; [data] holds both the data path and
 # the data options so that users write `[data] path = "names.txt"`.
 def run_config_from_dict(data: dict) -> RunConfig:
@@ -204,13 +226,12 @@ def _validate(cfg: RunConfig) -> None:
         "model.n_layer": m.n_layer, "model.n_head": m.n_head, "model.n_embd": m.n_embd,
         "train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum,
         "train.eval_interval": t.eval_interval, "train.checkpoint_interval": t.checkpoint_interval,
-        "model.mlp_context": m.mlp_context, "train.log_interval": t.log_interval,
+        "model.mlp_context": m.mlp_context, "train.log_interval": t.log_interval, "train.steps": t.steps,
+        "train.lr": t.lr,
     }
     for key, v in positive.items():
         if v <= 0:
             raise SeqlabError(f"config key '{key}': must be positive, got {v}")
-    if t.steps < 0:
-        raise SeqlabError(f"config key 'train.steps': must be >= 0, got {t.steps}")
     if m.type == "transformer":
         kv = m.n_kv_head or m.n_head
         if m.n_embd % m.n_head:
@@ -235,6 +256,13 @@ class SampleConfig:
     top_k: Optional[int] = None
     top_p: Optional[float] = None
     min_p: Optional[float] = None
-    beam: int = 0
+    beam: int = 0  # 0: no beam search
     device: str = "cpu"
     checkpoint: Literal["best", "last"] = "best"
+
+    def __post_init__(self):
+        for key, low in (("n", 1), ("max_new_tokens", 1), ("beam", 0)):
+            value = getattr(self, key)
+            if value is not None and value < low:
+                raise SeqlabError(f"config key 'sample.{key}' (--{key.replace('_', '-')}): must be >= {low}, "
+                                  f"got {value}")

@@ -154,13 +154,16 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     initialisation (same config and vocabulary), e.g. PatternBoost keeping its
     transformer between generations."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SeqlabError(f"{out}: is a file; --out names a run folder")
     tc = cfg.train
     device = resolve_device(tc.device)
     last = ckpt.latest_checkpoint(out)
     if resume:
         if last is None:
             raise SeqlabError(f"{out}: nothing to resume (no checkpoint found)")
-        saved_cfg, tokenizer, _ = ckpt.load_run_files(out)
+        saved_cfg, tokenizer, vocab_size = ckpt.load_run_files(out)
+        extended = saved_cfg.train.steps != tc.steps
         saved_cfg.train.steps = tc.steps  # the one setting a resume may change: train longer
         saved_cfg.train.device = tc.device
         cfg, tc = saved_cfg, saved_cfg.train
@@ -194,6 +197,11 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             torch.cuda.set_rng_state(extra["cuda_rng"])
         step, best_val = state["step"], state["best_val"]
         elapsed_before, tokens_seen = state["elapsed_s"], state["tokens_seen"]
+        if tc.steps < step:
+            raise SeqlabError(f"{out}: the run is already at step {step}, past --steps {tc.steps}; "
+                              f"pass a larger --steps to extend it")
+        if extended:  # the run's target is now the new one (a later plain --resume keeps it)
+            ckpt.save_run_files(out, cfg, tokenizer, vocab_size)
     else:
         out.mkdir(parents=True, exist_ok=True)
         ckpt.save_run_files(out, cfg, tokenizer, tokenizer.vocab_size)
@@ -277,6 +285,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     if step == 0 or val_loss is None:
         val_loss = evaluate(model, data.val, pad, device, amp=amp)
     rows = read_metrics(out / "metrics.csv")
+    if train_loss is None:  # no step ran now (a finished run resumed): the last one logged
+        train_loss = next((float(r["train_loss"]) for r in reversed(rows) if r.get("train_loss")), None)
     loss_curve(rows, out / "loss.png", title=f"{cfg.model.type} on {Path(cfg.data).name}")
     seconds = rows[-1]["elapsed_s"] if rows and rows[-1].get("elapsed_s") else elapsed_before
     return {"step": step, "train_loss": train_loss, "val_loss": val_loss, "best_val_loss": best_val,

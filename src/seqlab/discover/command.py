@@ -6,7 +6,8 @@
 
 Run directory of the `local` searcher:
     metrics.csv            one row per round (see METRICS_COLUMNS)
-    best.json              the best distinct constructions (encoded) and their scores
+    best.json              the best distinct constructions (encoded) and their scores,
+                           rewritten after every round, so an interrupted run resumes
     best.png               a drawing of the best construction
     pool.txt               every kept construction, encoded, best first (training data)
     record-<score>.json    written when a construction beats the best known value
@@ -129,7 +130,7 @@ def cmd_discover(args) -> None:
     init, round0, sec0 = [], 0, 0.0
     if args.resume:
         init, round0, sec0 = _read_best(out, problem)
-    elif (out / "best.json").exists() or (out / "metrics.csv").exists():
+    elif (out / "best.json").exists():  # (metrics.csv alone: a run that ended before its first round)
         raise SeqlabError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     run_search(args, problem, out, best_known, target, init, round0, sec0)
@@ -146,13 +147,27 @@ def _write_best(out: Path, problem, result, best_known, args, rounds: int, secon
                           for c, s in zip(result.best[:top], result.scores[:top])]})
 
 
+def _pool_top(problem, pool_out: Path, top: int = 20):
+    """The best `top` constructions of the pool file (best first), as a LocalResult."""
+    from .local import LocalResult
+
+    best, scores = [], []
+    lines = pool_out.read_text(encoding="utf-8").splitlines()[:top] if pool_out.exists() else []
+    for line in lines:
+        c = problem.decode(line)
+        if c is not None and problem.is_valid(c):
+            best.append(c)
+            scores.append(float(problem.score(c)))
+    return LocalResult(best=best, scores=scores)
+
+
 def run_search(args, problem, out: Path, best_known, target, init, round0: int, sec0: float) -> None:
     from ..atomic import write_json
     from .local import run_local
 
     metrics_path = out / "metrics.csv"
-    new_file = not metrics_path.exists()
-    f = metrics_path.open("a", encoding="utf-8", newline="")
+    new_file = not (args.resume and metrics_path.exists())  # a fresh run replaces a failed run's leftovers
+    f = metrics_path.open("w" if new_file else "a", encoding="utf-8", newline="")
     writer = csv.DictWriter(f, fieldnames=METRICS_COLUMNS, extrasaction="ignore")
     if new_file:
         writer.writeheader()
@@ -173,13 +188,18 @@ def run_search(args, problem, out: Path, best_known, target, init, round0: int, 
         _say(args, f"NEW RECORD for {problem.name} n={problem.n}: score {score:g} > best known {best_known:g}; "
                    f"saved in {path}\n{problem.encode(c)}\n{problem.pretty(c)}")
 
-    def on_round(entry: dict) -> None:
-        entry = {**entry, "round": entry["round"] + round0, "seconds": round(entry["seconds"] + sec0, 3)}
+    def on_round(entry: dict, numbered_on: bool = False) -> None:
+        """numbered_on: the searcher already numbers on from the resumed run (PatternBoost's generations)."""
+        entry = {**entry, "round": entry["round"] + (0 if numbered_on else round0),
+                 "seconds": round(entry["seconds"] + sec0, 3)}
         plotted.append(entry)
         entry = {k: v for k, v in entry.items() if k != "scores"}  # the pool's scores: for the picture only
         generations.append(entry)
         writer.writerow({k: ("" if v is None else v) for k, v in entry.items()})
         f.flush()
+        # what --resume needs, after every round: a kill loses at most the round under way
+        _write_best(out, problem, _pool_top(problem, pool_out), best_known, args, entry["round"] + 1,
+                    entry["seconds"])
         if not args.quiet:
             print(f"round {entry['round']}: {entry['seconds']:.1f}s best {_fmt(entry['best'])} "
                   f"(best known {_fmt(best_known)}) pool {entry['pool_size']} "
@@ -209,9 +229,9 @@ def run_search(args, problem, out: Path, best_known, target, init, round0: int, 
 
         result = run_patternboost(problem, out, seconds=args.minutes * 60, seed=args.seed, workers=args.workers,
                                   init=init, target=target, pool_out=pool_out, use_grpo=args.searcher == "grpo",
-                                  progress=lambda e: on_round({**e, "round": e["generation"]}))
+                                  progress=lambda e: on_round({**e, "round": e["generation"]}, numbered_on=True))
     f.close()
-    rounds = round0 + len(result.log)
+    rounds = plotted[-1]["round"] + 1 if plotted else round0
     seconds = sec0 + result.seconds
     if not result.best:
         raise SeqlabError(f"{problem.name} n={problem.n}: the search found no valid construction")

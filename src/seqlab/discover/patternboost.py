@@ -199,7 +199,7 @@ def run_patternboost(problem, out: Path, seconds: float, seed: int = 0, workers:
             speed.add(stats.get("moves", 0), time.perf_counter() - t)
             return res, stats.get("moves", 0)
 
-        if generation == 0:
+        if not init:  # a resumed run has its pool (generation 0 ended before it was saved)
             init_end = t0 + seconds * cfg.init_fraction
             # the pool's first fill: about cfg.keep searches share the initial budget
             per_start_s = seconds * cfg.init_fraction * pool.workers / max(1, cfg.keep)

@@ -37,6 +37,7 @@ passed as `module:Class` or `path/to/file.py:Class`. Only `encode`, `decode`,
 
 from __future__ import annotations
 
+import time
 import unicodedata
 from functools import lru_cache
 from typing import Sequence
@@ -148,18 +149,25 @@ class Problem:
 
     def local_search(self, starts: Sequence | None = None, seed=0, max_moves: int | None = None,
                      seconds: float | None = None, target: float | None = None) -> list:
-        """Default: repair each start, then keep the best of it and `max_moves`
-        random valid constructions (a plain random search)."""
+        """Default: repair each start, then keep the best of it and up to `max_moves`
+        (at most 1000) random valid constructions, a plain random search that stops
+        when `seconds` have passed. Sets `self.last_moves`, the constructions drawn."""
         rng = as_rng(seed)
         starts = [None] if starts is None else list(starts)
-        out = []
+        deadline = None if seconds is None else time.perf_counter() + seconds
+        out, moves = [], 0
         for s in starts:
             best = self.repair(s, rng) if s is not None else self.random_construction(rng)
+            best_score = self.score(best)
             for _ in range(min(max_moves or 0, 1000)):
+                if deadline is not None and time.perf_counter() >= deadline:
+                    break
                 c = self.random_construction(rng)
-                if self.score(c) > self.score(best):
-                    best = c
+                moves += 1
+                if (score := self.score(c)) > best_score:
+                    best, best_score = c, score
             out.append(best)
+        self.last_moves = moves
         return out
 
     def key(self, c) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from ..config import load_toml, section_from_dict
+from ..config import load_toml, naming_the_file, section_from_dict
 from ..errors import SeqlabError
 
 
@@ -91,13 +91,17 @@ def load_post_config(path: str | None, overrides: dict) -> PostConfig:
     unknown = set(data) - {"post"}
     if unknown:
         raise SeqlabError(f"{path}: unknown table(s) {', '.join(sorted(unknown))} (post-training reads [post])")
-    cfg = section_from_dict(PostConfig, {**data.get("post", {}), **overrides}, prefix="post")
+    return naming_the_file(path, data, {"post": overrides}, lambda: _checked(data.get("post", {}), overrides))
+
+
+def _checked(section: dict, overrides: dict) -> PostConfig:
+    cfg = section_from_dict(PostConfig, {**section, **overrides}, prefix="post")
     for key in ("policy", "data", "out"):
         if not getattr(cfg, key):
             raise SeqlabError(f"config key 'post.{key}' is required")
     if cfg.lora_rank < 0:
         raise SeqlabError("config key 'post.lora_rank': must be >= 0 (0 = full fine-tuning)")
-    for key in ("steps", "batch_size", "group_size", "prompts_per_step", "max_new_tokens", "num_iterations"):
+    for key in ("steps", "batch_size", "group_size", "prompts_per_step", "max_new_tokens", "num_iterations", "lr"):
         if getattr(cfg, key) <= 0:
             raise SeqlabError(f"config key 'post.{key}': must be positive")
     return cfg

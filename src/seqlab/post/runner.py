@@ -25,11 +25,10 @@ from typing import Callable
 
 import torch
 
-from safetensors.torch import load_model as st_load_model
 from safetensors.torch import save_model as st_save_model
 
 from .. import atomic
-from ..checkpoint import latest_checkpoint, load_model, save_best
+from ..checkpoint import latest_checkpoint, load_model, load_tensors, load_weights, save_best
 from ..errors import SeqlabError
 from ..metrics import MetricsLog, read_metrics
 from ..models.base import disable_dropout
@@ -100,8 +99,8 @@ def save_post_checkpoint(out: Path, step: int, trained: torch.nn.Module, opt, ge
 
 def _restore(out: Path, trained, opt, generator) -> tuple[int, float]:
     path = latest_checkpoint(out)
-    st_load_model(trained, str(path / "trained.safetensors"))
-    extra = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+    load_weights(trained, path / "trained.safetensors")
+    extra = load_tensors(path / "optimizer.pt")
     opt.load_state_dict(extra["optimizer"])
     torch.set_rng_state(extra["torch_rng"])
     if generator is not None and extra["generator"] is not None:
