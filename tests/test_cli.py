@@ -143,6 +143,7 @@ def test_errors_are_one_line(tmp_path, trained_run):
         (("train", "--data", data, "--out", a_file), ["a-file: is a file"]),
         (("data", "make", "rule-13-22", "--out", tmp_path), [f"{tmp_path}: is a folder"]),
         (("bench", "--repeats", "0"), ["--repeats must be >= 1"]),
+        (("bench", "--repeats", "0", "--bogus"), ["unrecognized arguments: --bogus"]),
         (("train", "--data", empty, "--out", tmp_path / "a"), ["empty.txt", "no examples"]),
         (("train", "--data", bad, "--out", tmp_path / "b"), ["bad.txt:2", "UTF-8"]),
         (("train", "--data", tmp_path / "missing.txt", "--out", tmp_path / "c"), ["data file not found"]),
@@ -167,6 +168,8 @@ def test_errors_are_one_line(tmp_path, trained_run):
     ]
     for args, fragments in cases:
         assert_one_error_line(run(*args), *fragments)
+    for args in (("--debug", "bench", "--repeats", "0"), ("bench", "--repeats", "0", "--debug")):
+        assert "Traceback" in run(*args).stderr  # --debug before or after the verb
 
 
 def test_bench_json():

@@ -31,6 +31,8 @@ def test_lines_are_stripped_and_blank_dropped(tmp_path):
     p = tmp_path / "x.txt"
     p.write_text(" ab \n\ncd\r\n")
     assert read_lines(p) == ["ab", "cd"]
+    p.write_bytes("\ufeffab\ncd\n".encode())  # an editor's byte-order mark is not a character of the data
+    assert read_lines(p) == ["ab", "cd"]
 
 
 def test_overlong_line_errors_or_truncates():
@@ -40,6 +42,17 @@ def test_overlong_line_errors_or_truncates():
     enc = encode_lines(["abc", "abcdefgh"], tok, block_size=5, truncate=True)
     assert enc.lengths.tolist() == [3, 4]
     assert tok.decode(enc.tokens[1].tolist()) == "abcd"
+
+
+def test_jsonl_errors_name_the_file_line_and_key(tmp_path):
+    from seqlab.post.data import load_jsonl
+
+    tok = CharTokenizer.train(["abc"])
+    p = tmp_path / "d.jsonl"
+    p.write_bytes('\ufeff{"prompt": "ab", "completion": "c"}\n\n{"prompt": "a", "completion": "bé"}\n'.encode())
+    with pytest.raises(SeqlabError, match=r"d.jsonl:3: key 'completion' has characters not in the vocabulary: 'é'"):
+        load_jsonl(p, ("prompt", "completion"), tok)
+    assert [r["prompt"] for r in load_jsonl(p, ("prompt", "completion"))] == ["ab", "a"]  # BOM dropped
 
 
 def test_unknown_prompt_characters_are_listed():

@@ -4,6 +4,9 @@ tiny end-to-end run of every stage."""
 import json
 import random
 
+import pytest
+
+from seqlab.errors import SeqlabError
 from seqlab.post.template import ReasoningTemplate
 from seqlab.recipes.arithmetic import ArithmeticConfig, run_arithmetic
 from seqlab.recipes.arithmetic_data import Problem, draw_problem, pretrain_line, sft_row, split_problems
@@ -74,3 +77,5 @@ def test_recipe_resume_keeps_finished_stages(tmp_path):
     for stage in ("pretrain", "sft", "grpo"):
         assert again["stages"][stage] == first["stages"][stage]
     assert (tmp_path / "r" / "rejection" / "best.safetensors").exists()
+    with pytest.raises(SeqlabError, match="nothing to resume"):  # a typo in --out must not start afresh
+        run_arithmetic(tmp_path / "typo", cfg, progress=False, log=lambda s: None, resume=True)

@@ -63,4 +63,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                            epilog="It takes no options; it rewrites the files listed above.").parse_args()
     main()

@@ -530,7 +530,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and all(a == "--debug" for a in rest):  # --debug after the verb works too
+        args.debug = True
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if getattr(args, "_toml", None):
             _apply_toml(args)

@@ -23,7 +23,7 @@ def read_lines(path: str | Path) -> list[str]:
     """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # an editor's UTF-8 byte-order mark
     except FileNotFoundError:
         raise SeqlabError(f"data file not found: {path}") from None
     except IsADirectoryError:

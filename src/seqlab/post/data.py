@@ -19,10 +19,12 @@ from ..data.tokenizer import Tokenizer
 from ..errors import SeqlabError
 
 
-def load_jsonl(path: str | Path, required: tuple[str, ...]) -> list[dict]:
+def load_jsonl(path: str | Path, required: tuple[str, ...], tokenizer: Tokenizer | None = None) -> list[dict]:
+    """JSON objects, one per line, each with string values for the `required` keys; with a
+    `tokenizer`, those values must be encodable (errors name the file, line and key)."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # an editor's UTF-8 byte-order mark
     except FileNotFoundError:
         raise SeqlabError(f"data file not found: {path}") from None
     rows = []
@@ -43,6 +45,8 @@ def load_jsonl(path: str | Path, required: tuple[str, ...]) -> list[dict]:
         for k in required:
             if not isinstance(row[k], str):
                 raise SeqlabError(f"{path}:{lineno}: key '{k}' must be a string")
+            if tokenizer is not None:
+                tokenizer.check_encodable(row[k], f"{path}:{lineno}: key '{k}'")
         rows.append(row)
     if not rows:
         raise SeqlabError(f"{path}: no examples")

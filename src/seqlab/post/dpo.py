@@ -50,7 +50,7 @@ def run_dpo(cfg, progress: bool = True) -> dict:
     from .runner import load_policy, optimise, prepare_out
 
     model, tok, _ = load_policy(cfg, drop_dropout=True)
-    rows = load_jsonl(cfg.data, ("prompt", "chosen", "rejected"))
+    rows = load_jsonl(cfg.data, ("prompt", "chosen", "rejected"), tok)
     chosen = [encode_pair(tok, r["prompt"], r["chosen"], model.max_len) for r in rows]
     rejected = [encode_pair(tok, r["prompt"], r["rejected"], model.max_len) for r in rows]
     mean = cfg.dpo_loss == "ipo"

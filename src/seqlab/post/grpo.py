@@ -79,12 +79,11 @@ def run_grpo(cfg, progress: bool = True) -> dict:
     if cfg.temperature <= 0:
         raise SeqlabError("config key 'post.temperature': GRPO samples, so it must be > 0")
     model, tok, _ = load_policy(cfg, drop_dropout=True)
-    rows = load_jsonl(cfg.data, ("prompt",))
+    rows = load_jsonl(cfg.data, ("prompt",), tok)
     rewards = rewards_for(cfg)
     col_names = extra_columns(rows)
     prompt_ids = []
     for r in rows:
-        tok.check_encodable(r["prompt"], "prompt")
         prompt_ids.append([tok.bos_id] + tok.encode(r["prompt"]))
     ref = None
     if cfg.kl_beta != 0.0:

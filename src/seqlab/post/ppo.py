@@ -81,7 +81,7 @@ def run_ppo(cfg, progress: bool = True) -> dict:
     from .runner import extra_columns, load_policy, optimise, prepare_out, rewards_for
 
     model, tok, _ = load_policy(cfg, drop_dropout=True)
-    rows = load_jsonl(cfg.data, ("prompt",))
+    rows = load_jsonl(cfg.data, ("prompt",), tok)
     col_names = extra_columns(rows)
     if cfg.reward_model:
         from .reward_model import load_reward_model

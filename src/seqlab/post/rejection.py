@@ -24,7 +24,7 @@ def run_rejection(cfg, progress: bool = True) -> dict:
     from .runner import extra_columns, load_policy, optimise, prepare_out, rewards_for
 
     model, tok, _ = load_policy(cfg, drop_dropout=False)
-    rows = load_jsonl(cfg.data, ("prompt",))
+    rows = load_jsonl(cfg.data, ("prompt",), tok)
     rewards = rewards_for(cfg)
     col_names = extra_columns(rows)
     out = prepare_out(cfg)

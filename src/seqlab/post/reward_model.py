@@ -52,7 +52,7 @@ def run_reward_model(cfg, progress: bool = True) -> dict:
     for name, p in body.named_parameters():
         if name in FROZEN:
             p.requires_grad_(False)
-    rows = load_jsonl(cfg.data, ("prompt", "chosen", "rejected"))
+    rows = load_jsonl(cfg.data, ("prompt", "chosen", "rejected"), tok)
     g = torch.Generator().manual_seed(cfg.seed)
     perm = torch.randperm(len(rows), generator=g).tolist()
     n_val = max(1, int(len(rows) * cfg.val_fraction)) if len(rows) > 1 else 0

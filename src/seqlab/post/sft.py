@@ -27,7 +27,7 @@ def run_sft(cfg, progress: bool = True) -> dict:
     from .runner import load_policy, optimise, prepare_out
 
     model, tok, _ = load_policy(cfg, drop_dropout=False)
-    rows = load_jsonl(cfg.data, ("prompt", "completion"))
+    rows = load_jsonl(cfg.data, ("prompt", "completion"), tok)
     pairs = [encode_pair(tok, r["prompt"], r["completion"], model.max_len) for r in rows]
     out = prepare_out(cfg)
     g = torch.Generator().manual_seed(cfg.seed)

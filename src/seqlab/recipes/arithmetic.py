@@ -164,6 +164,8 @@ def run_arithmetic(out: str | Path, cfg: ArithmeticConfig | None = None, progres
         raise SeqlabError(f"recipe arithmetic: unknown algorithm(s) {sorted(unknown)} to compare "
                           f"(choose from {', '.join(COMPARED)})")
     out = Path(out)
+    if resume and not (out.is_dir() and any(out.iterdir())):
+        raise SeqlabError(f"{out}: nothing to resume (no earlier recipe run there)")
     if (out / "results.json").exists() and not resume:
         raise SeqlabError(f"{out} already holds a finished recipe; pass --resume or choose another --out")
     previous: dict = {}
