@@ -79,6 +79,7 @@ def cmd_train(args) -> None:
     result = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
     payload = {k: result[k] for k in ("step", "train_loss", "val_loss", "seconds")}
     payload.update(best_val_loss=result["best_val_loss"], params=result["params"], run=str(args.out))
+
     def loss(x):  # None: no training step was logged in this run
         return "-" if x is None else f"{x:.4f}"
 

@@ -24,6 +24,7 @@ from .errors import SeqlabError
 
 T = TypeVar("T")
 
+
 @dataclass
 class ModelConfig:
     type: Literal["bigram", "mlp", "rnn", "lstm", "gru", "transformer"] = "transformer"
