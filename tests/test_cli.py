@@ -136,6 +136,8 @@ def test_errors_are_one_line(tmp_path, trained_run):
     shutil.copytree(out, damaged)
     weights = damaged / "best.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # cut short, as by a full disk in an old copy
+    nested = data.parent / "sub.toml"  # next to the data file; the test runs from another folder
+    nested.write_text('[data]\npath = "w.txt"\n')
     a_file = tmp_path / "a-file"
     a_file.write_text("not a run\n")
     cases = [
@@ -143,6 +145,8 @@ def test_errors_are_one_line(tmp_path, trained_run):
         (("train", "--data", data, "--out", a_file), ["a-file: is a file"]),
         (("data", "make", "rule-13-22", "--out", tmp_path), [f"{tmp_path}: is a folder"]),
         (("bench", "--repeats", "0"), ["--repeats must be >= 1"]),
+        (("train", "--config", nested, "--out", tmp_path / "n"),
+         ["data file not found: w.txt", "sub.toml", f"did you mean {data}?"]),
         (("bench", "--repeats", "0", "--bogus"), ["unrecognized arguments: --bogus"]),
         (("train", "--data", empty, "--out", tmp_path / "a"), ["empty.txt", "no examples"]),
         (("train", "--data", bad, "--out", tmp_path / "b"), ["bad.txt:2", "UTF-8"]),

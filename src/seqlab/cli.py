@@ -65,6 +65,18 @@ def _train_overrides(args) -> dict:
     return {k: v for k, v in over.items() if v}
 
 
+def _check_config_data_path(config: str, data: str) -> None:
+    """A relative data path written in a config file is read from the current folder; say so
+    (and where the file is, if it sits next to the config) instead of a bare 'not found'."""
+    path = Path(data)
+    if not data or path.is_absolute() or path.exists():
+        return
+    near = Path(config).parent / path
+    hint = f"; did you mean {near}?" if near.exists() else ""
+    raise SeqlabError(f"data file not found: {data} (set in {config}; a relative path there is read from the "
+                      f"current folder{hint})")
+
+
 def cmd_train(args) -> None:
     from .config import load_toml, merge, naming_the_file, run_config_from_dict
     from .train import train
@@ -72,6 +84,8 @@ def cmd_train(args) -> None:
     base = load_toml(args.config) if args.config else {}
     flags = _train_overrides(args)
     cfg = naming_the_file(args.config, base, flags, lambda: run_config_from_dict(merge(base, flags)))
+    if args.config and args.data is None and not args.resume:
+        _check_config_data_path(args.config, cfg.data)
     if args.resume and args.steps is None and "steps" not in base.get("train", {}):
         from .checkpoint import load_run_files
 
