@@ -234,3 +234,43 @@ def test_post_training_switches_dropout_off_where_asked(bases, setting, default,
     model.train()
     x = torch.randint(0, 10, (8, 12))
     assert torch.equal(model(x)[0], model(x)[0]) == deterministic
+
+
+def test_post_resume_edges_and_refusals(bases, monkeypatch):
+    """A finished run resumes to its logged result; a run that ended mid-rollout (steps not a
+    multiple of num_iterations) extends without a stale rollout; --resume refuses another
+    algorithm; GRPO refuses groups of one, DPO a beta <= 0; a rejection round that keeps
+    nothing leaves the weights exactly as they were (no AdamW step)."""
+    from seqlab.errors import SeqlabError
+    from seqlab.post import get_runner
+
+    d, runs, data = bases
+    monkeypatch.syspath_prepend(str(d))
+    base = {"policy": str(runs["transformer"]), "batch_size": 4, "lr": 1e-2, "group_size": 2, "prompts_per_step": 2,
+            "max_new_tokens": 5, "rewards": ["toyrewards:count_ones"], "steps": 3}
+    sft = d / "edge-sft"
+    first = get_runner("sft")(load_post_config(None, {**base, "data": str(data["sft"]), "out": str(sft)}),
+                              progress=False)
+    again = get_runner("sft")(load_post_config(None, {**base, "data": str(data["sft"]), "out": str(sft),
+                                                      "resume": True}), progress=False)
+    assert again["step"] == 3 and again["loss"] == pytest.approx(first["loss"], abs=1e-5)
+    assert json.loads((sft / "post_config.json").read_text())["algorithm"] == "sft"
+    with pytest.raises(SeqlabError, match="a sft run .* cannot continue it with algorithm dpo"):
+        get_runner("dpo")(load_post_config(None, {**base, "data": str(data["dpo"]), "out": str(sft),
+                                                  "resume": True}), progress=False)
+    grpo = {**base, "data": str(data["grpo"]), "out": str(d / "edge-grpo"), "num_iterations": 2}
+    get_runner("grpo")(load_post_config(None, grpo), progress=False)  # ends after update 3 of a 2-update rollout
+    longer = get_runner("grpo")(load_post_config(None, {**grpo, "steps": 5, "resume": True}), progress=False)
+    assert longer["step"] == 5
+    with pytest.raises(SeqlabError, match="post.group_size"):
+        get_runner("grpo")(load_post_config(None, {**grpo, "out": str(d / "g1"), "group_size": 1}), progress=False)
+    with pytest.raises(SeqlabError, match="post.beta"):
+        get_runner("dpo")(load_post_config(None, {**base, "data": str(data["dpo"]), "out": str(d / "b0"),
+                                                  "beta": 0.0}), progress=False)
+    keeps_nothing = {**base, "data": str(data["rejection"]), "out": str(d / "edge-rej"), "rounds": 1,
+                     "reward_threshold": 1e9, "weight_decay": 0.1}
+    result = get_runner("rejection")(load_post_config(None, keeps_nothing), progress=False)
+    assert result["kept"] == 0
+    before = params_before(runs["transformer"])
+    after, _, _ = load_model(d / "edge-rej")
+    assert all(torch.equal(p, before[n]) for n, p in after.named_parameters())

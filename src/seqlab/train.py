@@ -208,7 +208,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
 
     amp = autocast_dtype(tc.dtype, device)
     fwd = torch.compile(model) if tc.compile else model
-    log = MetricsLog(out / "metrics.csv", COLUMNS, keep_until_step=step if resume else None)
+    log = MetricsLog(out / "metrics.csv", COLUMNS, keep_until_step=step)
     bar = Progress(tc.steps, step, progress)
     pad = tokenizer.pad_id
     n_train = len(data.train)

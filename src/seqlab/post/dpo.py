@@ -14,6 +14,8 @@ Logged: chosen/rejected implicit rewards beta*h, accuracy (beta*h_w > beta*h_l),
 
 from __future__ import annotations
 
+from ..errors import SeqlabError
+
 import torch
 import torch.nn.functional as F
 
@@ -49,6 +51,8 @@ def run_dpo(cfg, progress: bool = True) -> dict:
     from .data import encode_pair, load_jsonl, pad_batch
     from .runner import load_policy, optimise, prepare_out
 
+    if cfg.beta <= 0:  # beta = 0 divides by zero in IPO; beta < 0 prefers the rejected answers
+        raise SeqlabError(f"config key 'post.beta': must be > 0, got {cfg.beta}")
     model, tok, _ = load_policy(cfg, drop_dropout=True)
     rows = load_jsonl(cfg.data, ("prompt", "chosen", "rejected"), tok)
     chosen = [encode_pair(tok, r["prompt"], r["chosen"], model.max_len) for r in rows]
@@ -61,7 +65,7 @@ def run_dpo(cfg, progress: bool = True) -> dict:
                            for i in range(0, len(rows), 64)])
         ref_r = torch.cat([_sequence_scores(model, *pad_batch(rejected[i:i + 64], tok.pad_id), mean)
                            for i in range(0, len(rows), 64)])
-    out = prepare_out(cfg)
+    out = prepare_out(cfg, "dpo")
     g = torch.Generator().manual_seed(cfg.seed)
 
     def step_fn(step):

@@ -78,6 +78,8 @@ def run_grpo(cfg, progress: bool = True) -> dict:
 
     if cfg.temperature <= 0:
         raise SeqlabError("config key 'post.temperature': GRPO samples, so it must be > 0")
+    if cfg.group_size < 2:  # one completion per prompt: every group advantage is 0, nothing is learned
+        raise SeqlabError("config key 'post.group_size': GRPO compares completions of a prompt, so it must be >= 2")
     model, tok, _ = load_policy(cfg, drop_dropout=True)
     rows = load_jsonl(cfg.data, ("prompt",), tok)
     rewards = rewards_for(cfg)
@@ -90,7 +92,7 @@ def run_grpo(cfg, progress: bool = True) -> dict:
         ref = copy.deepcopy(model).eval()
         for p in ref.parameters():
             p.requires_grad_(False)
-    out = prepare_out(cfg)
+    out = prepare_out(cfg, "grpo")
     g = torch.Generator().manual_seed(cfg.seed)
     G = cfg.group_size
     rule = DecodeRule(temperature=cfg.temperature)  # no truncation: the ratio's denominator is the policy
@@ -132,7 +134,7 @@ def run_grpo(cfg, progress: bool = True) -> dict:
         return {"ids": ids, "mask": mask, "old": old_logp, "ref": ref_logp, "adv": adv, "stats": stats}
 
     def step_fn(step):
-        if step % cfg.num_iterations == 0:
+        if step % cfg.num_iterations == 0 or "ids" not in rollout:  # (or resumed mid-rollout)
             rollout.update(new_rollout(step))
         ids, mask = rollout["ids"], rollout["mask"]
         logits, _ = model(ids[:, :-1])

@@ -21,6 +21,8 @@ Logged: reward, KL, clip fraction, approx KL = 1/2 mean (logp - logp_old)^2, ent
 
 from __future__ import annotations
 
+from ..errors import SeqlabError
+
 import torch
 import torch.nn as nn
 
@@ -80,6 +82,8 @@ def run_ppo(cfg, progress: bool = True) -> dict:
     from .data import completion_batch, load_jsonl
     from .runner import extra_columns, load_policy, optimise, prepare_out, rewards_for
 
+    if cfg.temperature <= 0:
+        raise SeqlabError("config key 'post.temperature': PPO samples, so it must be > 0")
     model, tok, _ = load_policy(cfg, drop_dropout=True)
     rows = load_jsonl(cfg.data, ("prompt",), tok)
     col_names = extra_columns(rows)
@@ -93,7 +97,7 @@ def run_ppo(cfg, progress: bool = True) -> dict:
     ref = copy.deepcopy(model).eval() if cfg.kl_beta else None
     value = ValueModel(copy.deepcopy(model), tok.vocab_size)
     both = nn.ModuleDict({"policy": model, "value": value})
-    out = prepare_out(cfg)
+    out = prepare_out(cfg, "ppo")
     g = torch.Generator().manual_seed(cfg.seed)
     B = cfg.batch_size
     updates_per_rollout = cfg.ppo_epochs * cfg.minibatches
@@ -132,7 +136,7 @@ def run_ppo(cfg, progress: bool = True) -> dict:
 
     def step_fn(step):
         k = step % updates_per_rollout
-        if k == 0:
+        if k == 0 or "order" not in roll:  # (or the first step after resuming a run cut mid-rollout)
             new_rollout()
         mb = roll["order"].chunk(cfg.minibatches)[k % cfg.minibatches]
         ids, mask = roll["ids"][mb], roll["mask"][mb]

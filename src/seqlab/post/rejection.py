@@ -27,10 +27,10 @@ def run_rejection(cfg, progress: bool = True) -> dict:
     rows = load_jsonl(cfg.data, ("prompt",), tok)
     rewards = rewards_for(cfg)
     col_names = extra_columns(rows)
-    out = prepare_out(cfg)
+    out = prepare_out(cfg, "rejection")
     g = torch.Generator().manual_seed(cfg.seed)
     per_round = max(1, cfg.steps // cfg.rounds)
-    state: dict = {"kept": [], "reward": 0.0}
+    state: dict = {}
 
     def resample():
         picked = rows
@@ -53,12 +53,12 @@ def run_rejection(cfg, progress: bool = True) -> dict:
         state["reward"] = sum(totals) / len(totals)
 
     def step_fn(step):
-        if step % per_round == 0:
+        if step % per_round == 0 or "kept" not in state:  # (or resumed mid-round, e.g. after more steps)
             resample()
         kept = state["kept"]
         stats = {"kept": float(len(kept)), "reward": state["reward"]}
-        if not kept:
-            return sum(p.sum() * 0.0 for p in model.parameters()), stats
+        if not kept:  # no update (a loss without a graph; see optimise)
+            return torch.zeros(()), stats
         idx = torch.randint(len(kept), (cfg.batch_size,), generator=g).tolist()
         ids, mask = pad_batch([kept[i] for i in idx], tok.pad_id)
         return sft_loss(model, ids, mask), stats

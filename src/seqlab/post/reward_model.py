@@ -61,7 +61,7 @@ def run_reward_model(cfg, progress: bool = True) -> dict:
             encode_pair(tok, r["prompt"], r["rejected"], body.max_len), float(r.get("margin", cfg.margin)))
            for r in rows]
     model = ScalarHead(body, tok.vocab_size)
-    out = prepare_out(cfg)
+    out = prepare_out(cfg, "rm")
 
     def scores(items):
         ids_w, _ = pad_batch([c for c, _, _ in items], tok.pad_id)

@@ -16,6 +16,7 @@ loop (reference model, DPO reference log-probs) is rebuilt from `policy`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -70,17 +71,27 @@ def extra_columns(rows: list[dict]) -> list[str]:
     return sorted({k for r in rows for k in r} - {"prompt"})
 
 
-def prepare_out(cfg: PostConfig) -> Path:
+def prepare_out(cfg: PostConfig, algorithm: str) -> Path:
+    """The run folder: checked on resume (same algorithm and policy as the run it continues),
+    fresh otherwise, with the post-training settings in post_config.json."""
     out = Path(cfg.out)
     if cfg.resume:
         if latest_checkpoint(out) is None:
             raise SeqlabError(f"{out}: nothing to resume (no checkpoint found)")
+        saved = out / "post_config.json"
+        before = json.loads(saved.read_text(encoding="utf-8")) if saved.exists() else {}
+        for key, now in (("algorithm", algorithm), ("policy", cfg.policy)):
+            if key in before and before[key] != now:
+                raise SeqlabError(f"{out}: a {before['algorithm']} run of policy {before['policy']}; "
+                                  f"--resume cannot continue it with {key} {now}")
         return out
     if (out / "best.safetensors").exists() or (out / "checkpoints").exists():
         raise SeqlabError(f"{out} already holds a run; pass --resume to continue it or choose another out")
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "tokenizer.json"):
+    (out / "samples.jsonl").unlink(missing_ok=True)  # a killed earlier try's samples do not carry over
+    for name in ("config.json", "tokenizer.json"):  # the model's: the result samples like any run
         shutil.copyfile(Path(cfg.policy) / name, out / name)
+    atomic.write_json(out / "post_config.json", {"algorithm": algorithm, **dataclasses.asdict(cfg)})
     return out
 
 
@@ -128,15 +139,18 @@ def optimise(model, cfg: PostConfig, out: Path, columns: list[str], step_fn: Cal
     opt = make_optimizer(trained, cfg)
     start, elapsed_before = (_restore(out, trained, opt, generator) if cfg.resume else (0, 0.0))
     interval = max(1, math.ceil(cfg.checkpoint_interval / boundary)) * boundary
+    # a fresh run keeps no rows (start = 0): a killed earlier try's log does not carry over
     log = MetricsLog(out / "metrics.csv", ["step", *columns, "lr", "grad_norm", "step_time_s", "elapsed_s"],
-                     keep_until_step=start if cfg.resume else None)
+                     keep_until_step=start)
     bar = Progress(cfg.steps, start, progress)
     stats: dict = {}
     started = time.perf_counter() - elapsed_before
     done = start
     try:
         for step in range(start, cfg.steps):
-            if cfg.max_seconds and time.perf_counter() - started >= cfg.max_seconds:
+            # the time budget ends a run only at a rollout boundary, so its final checkpoint
+            # holds no half-used rollout (and a resume continues exactly)
+            if cfg.max_seconds and step % boundary == 0 and time.perf_counter() - started >= cfg.max_seconds:
                 break
             t0 = time.perf_counter()
             lr = cfg.lr * lr_factor(step, cfg)
@@ -146,14 +160,18 @@ def optimise(model, cfg: PostConfig, out: Path, columns: list[str], step_fn: Cal
             if not math.isfinite(float(loss.detach())):
                 raise SeqlabError(f"non-finite loss at step {step + 1}; stopped (lower post.lr)")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.grad_clip or float("inf"))
-            opt.step()
+            if loss.requires_grad:
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.grad_clip or float("inf"))
+                opt.step()
+            else:  # step_fn asks for no update (e.g. a rejection round that kept nothing): AdamW's
+                grad_norm = torch.zeros(())  # momentum and weight decay would still move the weights
             stats = {"loss": float(loss.detach()), **stats}
             row = {"step": step + 1, **{k: stats.get(k) for k in columns}, "lr": lr,
                    "grad_norm": round(float(grad_norm), 4), "step_time_s": round(time.perf_counter() - t0, 4),
                    "elapsed_s": round(time.perf_counter() - started, 2)}
-            last = step + 1 == cfg.steps or (cfg.max_seconds and time.perf_counter() - started >= cfg.max_seconds)
+            last = step + 1 == cfg.steps or (cfg.max_seconds and (step + 1) % boundary == 0
+                                             and time.perf_counter() - started >= cfg.max_seconds)
             if (step + 1) % cfg.log_interval == 0 or last:
                 log.log(row)
             bar.update(1, **{k: f"{stats[k]:.4f}" for k in progress_keys if stats.get(k) is not None})
@@ -171,6 +189,8 @@ def optimise(model, cfg: PostConfig, out: Path, columns: list[str], step_fn: Cal
         model = merge_and_save(model, out)
     save_best(out, model, {"step": done, "algorithm": title, "lora_rank": cfg.lora_rank})
     rows = read_metrics(out / "metrics.csv")
+    if done == start and rows:  # nothing ran (a finished run resumed): report the last logged row
+        stats = {k: float(rows[-1][k]) for k in columns if rows[-1].get(k)}
     for r in rows:  # the loss plot reads train_loss
         r["train_loss"] = r.get("loss", "")
     loss_curve(rows, out / "loss.png", title=title)

@@ -29,7 +29,7 @@ def run_sft(cfg, progress: bool = True) -> dict:
     model, tok, _ = load_policy(cfg, drop_dropout=False)
     rows = load_jsonl(cfg.data, ("prompt", "completion"), tok)
     pairs = [encode_pair(tok, r["prompt"], r["completion"], model.max_len) for r in rows]
-    out = prepare_out(cfg)
+    out = prepare_out(cfg, "sft")
     g = torch.Generator().manual_seed(cfg.seed)
 
     def step_fn(step):
