@@ -206,7 +206,11 @@ def test_discover_writes_a_record_when_beating_best_known(tmp_path, capsys, monk
 
 
 @pytest.mark.parametrize("argv,fragment", [
-    (["golomb", "--n", 5, "--out", "X", "--minutes", 0], "--minutes must be positive"),
+    (["golomb", "--n", 5, "--out", "X", "--minutes", 0], "--minutes must be a positive number"),
+    (["golomb", "--n", 5, "--out", "X", "--minutes", "nan"], "--minutes must be a positive number, got nan"),
+    (["golomb", "--n", 5, "--out", "X", "--keep", 0], "--keep must be >= 1"),
+    (["golomb", "--n", 5, "--out", "X", "--workers", 0], "--workers must be >= 1"),
+    (["golomb", "--n", 5, "--out", "X", "--round-seconds", 0], "--round-seconds must be positive"),
     (["golomb", "--out", "X"], "--n is required"),
     (["golomb", "--n", 5], "--out is required"),
     (["nope", "--n", 5, "--out", "X"], "unknown problem 'nope'"),

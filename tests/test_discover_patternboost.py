@@ -111,17 +111,18 @@ def test_resume_continues_with_the_pool_and_the_model(tmp_path, monkeypatch):
     models_at_fit = []
     real_fit = pb.ModelSide.fit
 
-    def spy(self, lines, generation):
+    def spy(self, lines, generation, **kw):
         models_at_fit.append((generation, self.model is not None))
-        return real_fit(self, lines, generation)
+        return real_fit(self, lines, generation, **kw)
 
     monkeypatch.setattr(pb.ModelSide, "fit", spy)
     second = []
     run_patternboost(problem, tmp_path / "run", seconds=6, seed=0, workers=1, cfg=TINY, init=result.best,
-                     progress=second.append)
-    # no new generation 0; the first resumed generation trains the newest saved model further
-    assert second and second[0]["generation"] == newest + 1
-    assert models_at_fit[0] == (newest + 1, True)
+                     progress=second.append, last_logged=last_gen)
+    # no new generation 0; the first resumed generation trains the last logged generation's model
+    # further (a model trained after it, in a generation cut off by the budget, is trained again)
+    assert second and second[0]["generation"] == last_gen + 1
+    assert models_at_fit[0] == (last_gen + 1, True)
     assert second[0]["max"] >= result.best_score
 
 

@@ -102,11 +102,25 @@ def test_user_problem_from_file_and_module(tmp_path, monkeypatch):
     (tmp_path / "user_evens.py").write_text(src)
     p = get_problem(f"{tmp_path / 'user_evens.py'}:Evens", 6)
     assert type(p).__name__ == "Evens" and p.n == 6 and p.best_known(6) == 3.0
+    # a problem file importing a module next to it, as `python file.py` would allow
+    (tmp_path / "sibling_names.py").write_text("NAME = 'wrapped'\n")
+    (tmp_path / "wrapper.py").write_text("from sibling_names import NAME\nfrom user_evens import Evens\n\n"
+                                         "class Wrapped(Evens):\n    name = NAME\n")
+    assert get_problem(f"{tmp_path / 'wrapper.py'}:Wrapped", 6).name == "wrapped"
     c = p.random_construction(np.random.default_rng(0))
     assert p.is_valid(c) and p.score(c) == 3 and p.decode(p.encode(c)).tolist() == [0, 2, 4]
     assert len(p.local_search([np.array([0, 1])], seed=0, max_moves=5)) == 1  # the default local search
     assert p.last_moves == 5  # counted, so the run's moves and the measured speed are not 0
     assert len(p.local_search([None, None], seed=0, max_moves=1000, seconds=0.0)) == 2 and p.last_moves == 0
+    p.local_search([None], seed=0, seconds=0.05)  # the `local` searcher's call: no move budget, a time one
+    assert p.last_moves > 100
+    from seqlab.discover.local import Elite
+
+    pool = Elite(p)
+    pool.add([np.array([0, 2, 4])])
+    p.encode = lambda c: "0\n2"  # breaks the one-construction-per-line contract
+    with pytest.raises(SeqlabError, match="encode\\(\\) produced a newline"):
+        pool.write(tmp_path / "pool.txt")
     monkeypatch.syspath_prepend(str(tmp_path))
     q = get_problem("user_evens:Evens", 7)
     assert q.n == 7 and q.spec == "user_evens:Evens"

@@ -219,3 +219,14 @@ def test_atomic_writes_get_the_modes_of_plain_writes(tmp_path):
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "d" / "w.bin").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_deadline_ends_training_like_a_last_step(words_file, tmp_path):
+    """A passed deadline: one step, then evaluated, logged and checkpointed as the run's end,
+    and --resume carries on from there to the configured steps."""
+    out = tmp_path / "run"
+    res = train(cfg_for(words_file), out, progress=False, deadline=time.perf_counter())
+    assert res["step"] == 1 and res["val_loss"] is not None
+    assert ckpt.latest_checkpoint(out).name.endswith("1") and losses(out)[-1][0] == "1"
+    assert losses(out)[-1][2] != ""  # evaluated at the stop
+    assert train(cfg_for(words_file), out, resume=True, progress=False)["step"] == 30

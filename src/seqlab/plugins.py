@@ -27,6 +27,9 @@ def load_object(spec: str):
             path = Path(module_name)
             if not path.exists():
                 raise SeqlabError(f"{spec}: file {path} not found")
+            folder = str(path.resolve().parent)
+            if folder not in sys.path:  # like `python file.py`: modules next to the file are importable
+                sys.path.insert(0, folder)
             mod_spec = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(mod_spec)
             sys.modules.setdefault(path.stem, module)

@@ -146,8 +146,12 @@ class Progress:
 
 
 def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
-          tokenizer: Tokenizer | None = None, init_from: SeqModel | None = None) -> dict:
+          tokenizer: Tokenizer | None = None, init_from: SeqModel | None = None,
+          deadline: float | None = None) -> dict:
     """Train (or resume) a model into run directory `out_dir`. Returns final metrics.
+
+    `deadline` (a time.perf_counter() value): stop after the step that passes it, evaluated
+    and checkpointed like a last step (e.g. PatternBoost inside its wall-clock budget).
 
     `tokenizer`: use this one instead of building one from the data (e.g. a fixed
     vocabulary). `init_from`: start from this model's weights instead of a random
@@ -258,15 +262,17 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             step += 1
             tokens_seen += n_tokens
             tok_window += n_tokens
+            # the last step: the run's end, or the caller's deadline (then logged and saved alike)
+            final = step == tc.steps or (deadline is not None and time.perf_counter() >= deadline)
             row = {"step": step}
-            if step % tc.log_interval == 0 or step == tc.steps:
+            if step % tc.log_interval == 0 or final:
                 now = time.perf_counter()
                 tokens_per_s = round(tok_window / max(now - t_window, 1e-9))
                 row.update(train_loss=round(train_loss, 6), lr=lr, grad_norm=round(float(grad_norm), 4),
                            tokens_per_s=tokens_per_s,
                            elapsed_s=round(elapsed_before + now - t_start, 3))
                 t_window, tok_window = now, 0
-            if step % tc.eval_interval == 0 or step == tc.steps:
+            if step % tc.eval_interval == 0 or final:
                 val_loss = evaluate(model, data.val, pad, device, amp=amp)
                 row.update(val_loss=round(val_loss, 6), val_ppl=round(math.exp(min(val_loss, 50)), 4))
                 if val_loss < best_val:
@@ -277,8 +283,10 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             bar.update(1, loss=f"{train_loss:.4f}",
                        val=f"{val_loss:.4f}" if val_loss is not None else "-",
                        tok_s=tokens_per_s)
-            if step % tc.checkpoint_interval == 0 or step == tc.steps:
+            if step % tc.checkpoint_interval == 0 or final:
                 last_good = checkpoint_now()
+            if final:
+                break
     finally:
         bar.close()
         log.close()

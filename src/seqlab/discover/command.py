@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -49,7 +50,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, help="worker processes (default: all CPU cores)")
     d.add_argument("--target", help="stop once the best score reaches this value ('best-known': the table's)")
     d.add_argument("--round-seconds", type=float, help="length of one round (default minutes*6, 2..60 s)")
-    d.add_argument("--keep", type=int, default=1000, help="distinct constructions kept in the pool (default 1000)")
+    d.add_argument("--keep", type=int,
+                   help="distinct constructions kept in the pool (default 1000 for local, 2000 for the model loop)")
     d.add_argument("--resume", action="store_true", help="continue the run in --out from its best constructions")
     d.add_argument("--quiet", action="store_true", help="no per-round progress on stderr")
     d.add_argument("--json", action="store_true", help="print one JSON object of results on stdout")
@@ -63,7 +65,7 @@ def _say(args, text: str) -> None:
 
 
 def _fmt(v) -> str:
-    return "-" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+    return "-" if v is None else f"{v + 0.0:g}" if isinstance(v, float) else str(v)  # + 0.0: no "-0"
 
 
 def cmd_list(args) -> None:
@@ -75,7 +77,7 @@ def cmd_list(args) -> None:
                                        for r in rows]}))
         return
     for r in rows:
-        items = [f"{n}:{v:g}" for n, v in r["best_known"].items()]
+        items = [f"{n}:{v + 0.0:g}" for n, v in r["best_known"].items()]
         shown = ", ".join(items if len(items) <= 14 else items[:9] + ["..."] + items[-4:])
         print(f"{r['name']:<18} {r['description']}")
         print(f"{'':<18} best known (n:score): {shown}")
@@ -109,8 +111,13 @@ def cmd_discover(args) -> None:
         raise SeqlabError("seqlab discover: --n is required")
     if not args.out:
         raise SeqlabError("seqlab discover: --out is required")
-    if args.minutes <= 0:
-        raise SeqlabError("seqlab discover: --minutes must be positive")
+    if not (math.isfinite(args.minutes) and args.minutes > 0):
+        raise SeqlabError(f"seqlab discover: --minutes must be a positive number, got {args.minutes}")
+    for flag, value in (("keep", args.keep), ("workers", args.workers)):
+        if value is not None and value < 1:
+            raise SeqlabError(f"seqlab discover: --{flag} must be >= 1, got {value}")
+    if args.round_seconds is not None and not args.round_seconds > 0:
+        raise SeqlabError(f"seqlab discover: --round-seconds must be positive, got {args.round_seconds}")
     from .problems import get_problem
 
     problem = get_problem(args.problem, args.n)
@@ -211,7 +218,7 @@ def run_search(args, problem, out: Path, best_known, target, init, round0: int, 
         if not state["reached"]:
             state["reached"] = True
             verb = "beats" if best > best_known else "reaches"
-            _say(args, f"{problem.name} n={problem.n}: score {best:g} {verb} the best known {best_known:g} "
+            _say(args, f"{problem.name} n={problem.n}: score {_fmt(best)} {verb} the best known {_fmt(best_known)} "
                        f"after {entry['seconds']:.1f}s")
         if best > best_known and best not in state["records"]:
             first = pool_out.read_text(encoding="utf-8").split("\n", 1)[0]  # the pool file is best first
@@ -222,13 +229,17 @@ def run_search(args, problem, out: Path, best_known, target, init, round0: int, 
     pool_out = out / "pool.txt"
     if args.searcher == "local":
         result = run_local(problem, seconds=args.minutes * 60, seed=args.seed, workers=args.workers,
-                           pool_out=pool_out, round_seconds=args.round_seconds, target=target, keep=args.keep,
+                           pool_out=pool_out, round_seconds=args.round_seconds, target=target, keep=args.keep or 1000,
+                           first_round=round0,
                            init=init, progress=on_round)
     else:  # a resumed run continues from its pool and its newest generation's model
-        from .patternboost import run_patternboost
+        from .patternboost import PatternBoostConfig, run_patternboost
 
+        cfg = PatternBoostConfig(**({"keep": args.keep} if args.keep else {}))
         result = run_patternboost(problem, out, seconds=args.minutes * 60, seed=args.seed, workers=args.workers,
+                                  cfg=cfg,
                                   init=init, target=target, pool_out=pool_out, use_grpo=args.searcher == "grpo",
+                                  last_logged=round0 - 1 if args.resume else None,
                                   progress=lambda e: on_round({**e, "round": e["generation"]}, numbered_on=True))
     f.close()
     rounds = plotted[-1]["round"] + 1 if plotted else round0
@@ -252,5 +263,5 @@ def run_search(args, problem, out: Path, best_known, target, init, round0: int, 
     if args.json:
         print(json.dumps(payload))
     else:
-        print(f"{problem.name} n={problem.n}: best score {best_s:g} (best known {_fmt(best_known)}) after "
+        print(f"{problem.name} n={problem.n}: best score {_fmt(best_s)} (best known {_fmt(best_known)}) after "
               f"{len(result.log)} rounds, {result.moves:,} moves, {result.seconds:.1f}s; run saved in {out}")

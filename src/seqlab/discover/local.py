@@ -23,6 +23,7 @@ import inspect
 import math
 import multiprocessing as mp
 import os
+import signal
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import SeqlabError
-from .problem import Problem, derive_seed
+from .problem import Problem, check_encoded, derive_seed
 
 # ------------------------------------------------------------------ worker side
 _W: dict = {}
@@ -55,6 +56,9 @@ def _resolve(ref):
 
 
 def _init_worker(ref, stop_event) -> None:
+    # Ctrl-C reaches the whole process group: the main process stops the pool and says
+    # "interrupted" once; workers would each print a KeyboardInterrupt traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _W["problem"] = _resolve(ref)
     _W["stop"] = stop_event
 
@@ -202,7 +206,9 @@ class Elite:
     def write(self, path) -> None:
         from ..atomic import write_text
 
-        write_text(path, "".join(self.problem.encode(c) + "\n" for _, c in self.ranked()))
+        # one construction per line: an encoding with a newline would split (and corrupt) the pool
+        write_text(path, "".join(check_encoded(self.problem, self.problem.encode(c)) + "\n"
+                                 for _, c in self.ranked()))
 
 
 @dataclass
@@ -264,7 +270,8 @@ def run_local(problem, seconds: float | None = None, seed: int = 0, workers: int
               pool_out=None, *, moves: int | None = None, rounds: int | None = None,
               round_seconds: float | None = None, jobs_per_round: int | None = None,
               target: float | None = None, keep: int = 1000, init: Sequence | None = None,
-              progress: Callable[[dict], None] | None = None, start_method: str = "spawn") -> LocalResult:
+              progress: Callable[[dict], None] | None = None, start_method: str = "spawn",
+              first_round: int = 0) -> LocalResult:
     """Repeated randomised-greedy + annealing runs in a process pool.
 
     Budget: `seconds` (wall clock; each round gets `round_seconds`, default
@@ -305,7 +312,8 @@ def run_local(problem, seconds: float | None = None, seed: int = 0, workers: int
             jobs = []
             for j in range(jpr):
                 start = ranked[(j // 2) % len(ranked)][1] if (j % 2 == 1 and ranked) else None
-                jobs.append(([start], [derive_seed(seed, r * 1_000_003 + j)],
+                # a resumed run (first_round > 0) draws new starts, not the first session's again
+                jobs.append(([start], [derive_seed(seed, (first_round + r) * 1_000_003 + j)],
                              moves, sec, target))
             outs = pool.run(jobs, use_stop=seconds is not None and target is not None)
             found = [c for res, _ in outs for c in res]

@@ -23,6 +23,7 @@ constructions; the model trains on the best half of them.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,11 +104,14 @@ class ModelSide:
         self.model = None
         self.block_size = 0
 
-    def resume(self) -> int:
-        """Load the newest generation's model of a run in `out`; returns its generation (0: none)."""
+    def resume(self, last_logged: int | None = None) -> int:
+        """Load the newest generation's model of a run in `out`, up to generation `last_logged`
+        (a later one was trained but its generation never finished); returns its generation (0: none)."""
         from ..checkpoint import load_model
 
         for gdir in sorted(self.out.glob("gen-[0-9][0-9][0-9]"), reverse=True):
+            if last_logged is not None and int(gdir.name[4:]) > last_logged:
+                continue
             if (gdir / "model").is_dir():
                 try:
                     self.model, _, _ = load_model(gdir / "model", "last")
@@ -117,9 +121,11 @@ class ModelSide:
                 return int(gdir.name[4:])
         return 0
 
-    def fit(self, lines: list[str], generation: int) -> dict:
+    def fit(self, lines: list[str], generation: int, deadline: float | None = None) -> dict:
         t0 = time.perf_counter()
         gdir = self.out / f"gen-{generation:03d}"
+        if (gdir / "model").exists():  # a generation trained but never logged (a kill, or the budget): again
+            shutil.rmtree(gdir / "model")
         gdir.mkdir(parents=True, exist_ok=True)
         data = gdir / "train.txt"
         atomic.write_text(data, "\n".join(lines) + "\n")
@@ -137,7 +143,8 @@ class ModelSide:
         usable = [x for x in lines if len(x) < self.block_size]
         if len(usable) < len(lines):  # longer than the model's context: leave them out of training
             atomic.write_text(data, "\n".join(usable) + "\n")
-        result = train(cfg, gdir / "model", progress=False, tokenizer=self.tokenizer, init_from=self.model)
+        result = train(cfg, gdir / "model", progress=False, tokenizer=self.tokenizer, init_from=self.model,
+                       deadline=deadline)
         from ..checkpoint import load_model
 
         self.model, _, _ = load_model(gdir / "model", "last")
@@ -155,10 +162,11 @@ class ModelSide:
 def run_patternboost(problem, out: Path, seconds: float, seed: int = 0, workers: int | None = None,
                      cfg: PatternBoostConfig | None = None, init: list | None = None, target: float | None = None,
                      progress: Callable[[dict], None] | None = None, pool_out: Path | None = None,
-                     use_grpo: bool = False) -> LocalResult:
+                     use_grpo: bool = False, last_logged: int | None = None) -> LocalResult:
     """PatternBoost (or, with use_grpo, PatternBoost + GRPO on the score) for `seconds`
     of wall clock. Returns the pool as a LocalResult; `progress` gets one dict per
-    generation (generation 0 is the initial local search)."""
+    generation (generation 0 is the initial local search). A resumed run (`init`, the
+    pool) goes on from the model of generation `last_logged` (None: the newest)."""
     cfg = cfg or PatternBoostConfig()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -185,7 +193,7 @@ def run_patternboost(problem, out: Path, seconds: float, seed: int = 0, workers:
     elite = Elite(problem, cfg.keep)
     elite.add(init or [])
     side = ModelSide(problem, out, cfg, seed)
-    generation = side.resume() if init else 0  # a resumed run keeps its pool and its model
+    generation = side.resume(last_logged) if init else 0  # a resumed run keeps its pool and its model
     g = torch.Generator().manual_seed(derive_seed(seed, generation))
     moves = 0
     with LocalPool(problem, workers) as pool:
@@ -216,8 +224,15 @@ def run_patternboost(problem, out: Path, seconds: float, seed: int = 0, workers:
                   "sample_s": 0.0, "grpo_s": 0.0, "new": found, "distinct": len(elite.items),
                   "valid_before_repair": None, "decodable": None, "novelty": None, "moves_per_start": m}, elite)
         while time.perf_counter() < end and not reached():
+            lines = [x for x in _training_lines(problem, elite, cfg) if x]
+            if not lines:  # every kept construction encodes to "" (e.g. n = 1): nothing for a model to learn
+                break
             generation += 1
-            fit = side.fit(_training_lines(problem, elite, cfg), generation)
+            # training may use the model's share of what is left, so that sampling and the local
+            # search still run and the generation is logged inside the budget
+            left = end - time.perf_counter()
+            fit = side.fit(lines, generation,
+                           deadline=time.perf_counter() + max(1.0, left * (1.0 - cfg.local_share)))
             grpo_s = 0.0
             if use_grpo and generation > 1 and time.perf_counter() < end:
                 from .score_rl import grpo_on_score

@@ -150,8 +150,9 @@ class Problem:
     def local_search(self, starts: Sequence | None = None, seed=0, max_moves: int | None = None,
                      seconds: float | None = None, target: float | None = None) -> list:
         """Default: repair each start, then keep the best of it and up to `max_moves`
-        (at most 1000) random valid constructions, a plain random search that stops
-        when `seconds` have passed. Sets `self.last_moves`, the constructions drawn."""
+        random valid constructions (1000 when neither `max_moves` nor `seconds` is given),
+        a plain random search that stops when `seconds` have passed or `target` is reached. Sets
+        `self.last_moves`, the constructions drawn."""
         rng = as_rng(seed)
         starts = [None] if starts is None else list(starts)
         deadline = None if seconds is None else time.perf_counter() + seconds
@@ -159,9 +160,13 @@ class Problem:
         for s in starts:
             best = self.repair(s, rng) if s is not None else self.random_construction(rng)
             best_score = self.score(best)
-            for _ in range(min(max_moves or 0, 1000)):
-                if deadline is not None and time.perf_counter() >= deadline:
+            moves_here = 0
+            budget = max_moves if max_moves is not None else (1000 if deadline is None else None)
+            while budget is None or moves_here < budget:
+                if (deadline is not None and time.perf_counter() >= deadline) or (
+                        target is not None and best_score >= target):
                     break
+                moves_here += 1
                 c = self.random_construction(rng)
                 moves += 1
                 if (score := self.score(c)) > best_score:
@@ -199,7 +204,7 @@ class Problem:
     @classmethod
     def best_known(cls, n: int) -> float | None:
         v = cls.best_known_table.get(int(n))
-        return None if v is None else float(v)
+        return None if v is None else float(v) + 0.0  # + 0.0: golomb n = 1's -0 shows as 0
 
 
 def check_encoded(problem: Problem, s: str) -> str:
