@@ -126,6 +126,9 @@ def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu"):
         weights = best
     elif last is not None:
         weights = last / "model.safetensors"
+        if not weights.exists() and (last / "trained.safetensors").exists():
+            raise SeqlabError(f"{run_dir}: a post-training run that has not finished (no best.safetensors yet); "
+                              f"resume it with --resume")
     elif best.exists():
         weights = best
     else:

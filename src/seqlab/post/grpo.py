@@ -142,7 +142,7 @@ def run_grpo(cfg, progress: bool = True) -> dict:
         loss, lstats = grpo_loss(logp, rollout["old"], rollout["adv"], mask, cfg.epsilon, cfg.epsilon_high,
                                  cfg.kl_beta, rollout["ref"], cfg.loss_type, cfg.max_new_tokens)
         with torch.no_grad():
-            ent = entropy_from_logits(logits)
+            ent = entropy_from_logits(logits / cfg.temperature)  # of the sampled distribution, as TRL
             entropy = ((ent * mask).sum() / mask.sum().clamp(min=1)).item()
         return loss, {**rollout["stats"], **lstats, "entropy": entropy}
 

@@ -138,6 +138,8 @@ def run_ppo(cfg, progress: bool = True) -> dict:
         k = step % updates_per_rollout
         if k == 0 or "order" not in roll:  # (or the first step after resuming a run cut mid-rollout)
             new_rollout()
+        elif k % cfg.minibatches == 0:  # a new epoch over the rollout: new minibatches, as TRL's PPOTrainer
+            roll["order"] = torch.randperm(roll["order"].numel(), generator=g)
         mb = roll["order"].chunk(cfg.minibatches)[k % cfg.minibatches]
         ids, mask = roll["ids"][mb], roll["mask"][mb]
         logits, _ = model(ids[:, :-1])
@@ -150,7 +152,8 @@ def run_ppo(cfg, progress: bool = True) -> dict:
         if roll["ref_logp"] is not None and not cfg.kl_in_reward:
             loss = loss + cfg.kl_beta * masked_mean(kl_estimate(logp, roll["ref_logp"][mb], "k3"), mask)
         with torch.no_grad():
-            stats["entropy"] = masked_mean(entropy_from_logits(logits), mask).item()
+            # of the distribution sampled from (temperature-scaled), as TRL logs it
+            stats["entropy"] = masked_mean(entropy_from_logits(logits / cfg.temperature), mask).item()
         return loss, {**roll["stats"], **stats}
 
     columns = ["loss", "reward", "kl", "policy_loss", "value_loss", "clip_frac", "approx_kl", "entropy",
