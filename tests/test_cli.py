@@ -145,6 +145,7 @@ def test_errors_are_one_line(tmp_path, trained_run):
         (("train", "--data", data, "--out", a_file), ["a-file: is a file"]),
         (("data", "make", "rule-13-22", "--out", tmp_path), [f"{tmp_path}: is a folder"]),
         (("bench", "--repeats", "0"), ["--repeats must be >= 1"]),
+        (("recipe", "arithmetic", "--out", tmp_path / "ar", "--pretrain-steps", "-5"), ["--pretrain-steps must be"]),
         (("train", "--config", nested, "--out", tmp_path / "n"),
          ["data file not found: w.txt", "sub.toml", f"did you mean {data}?"]),
         (("bench", "--repeats", "0", "--bogus"), ["unrecognized arguments: --bogus"]),

@@ -294,10 +294,12 @@ def cmd_quickstart(args) -> None:
 def cmd_recipe(args) -> None:
     from .recipes.arithmetic import ArithmeticConfig, run_arithmetic
 
+    if args.pretrain_steps is not None and args.pretrain_steps <= 0:
+        raise SeqlabError(f"--pretrain-steps must be positive, got {args.pretrain_steps}")
     compare = [] if args.compare in ("", "none") else [a.strip() for a in args.compare.split(",")]
     cfg = ArithmeticConfig(seed=args.seed, rl_minutes=args.rl_minutes, compare=compare or [],
                            threads=args.threads, **({"pretrain_steps": args.pretrain_steps}
-                                                    if args.pretrain_steps else {}))
+                                                    if args.pretrain_steps is not None else {}))
     if args.rl_minutes <= 0:
         raise SeqlabError("--rl-minutes must be > 0")
     result = run_arithmetic(args.out, cfg, progress=not args.quiet,
