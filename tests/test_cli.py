@@ -89,6 +89,7 @@ def test_sample_rules_via_flags_and_toml(trained_run, tmp_path):
     assert len(r["samples"]) == 4 and "top_k=2" in r["rule"]
     beam = json.loads(run("sample", out, "--n", "2", "--beam", "3", "--json").stdout)
     assert beam["rule"].startswith("beam(width=3")
+    assert len(set(beam["samples"])) == 2 and beam["logprobs"][0] >= beam["logprobs"][1]  # the 2 best, in order
 
 
 def test_resume_via_cli_extends_training(trained_run, tmp_path):
@@ -106,6 +107,8 @@ def test_resume_via_cli_extends_training(trained_run, tmp_path):
     assert again.stdout.startswith("trained 225 parameters for 15 steps")
     assert logged == pytest.approx(extended["train_loss"], abs=1e-4)  # metrics.csv keeps 6 decimals
     assert_one_error_line(run("train", "--out", out, "--resume", "--steps", "12"), "already at step 15")
+    assert_one_error_line(run("train", "--out", out, "--resume", "--steps", "20", "--lr", "0.5", "--model", "lstm"),
+                          "only --steps and --device may change", "model.type ('bigram' -> 'lstm')", "train.lr")
     assert_one_error_line(run("train", "--data", data, "--out", tmp_path / "z", "--steps", "0"), "train.steps")
 
 

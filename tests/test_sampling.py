@@ -249,6 +249,10 @@ def test_beam_search_finds_the_best_sequence():
     assert out.model_logprobs.sum().item() == pytest.approx(math.log(.36), abs=1e-5)
     greedy = beam_search(Toy(), [[1]], 3, beam_width=1, eos_id=EOS, pad_id=PAD)
     assert greedy.tokens[0, 0].item() == 3
+    two = beam_search(Toy(), [[1], [1]], 3, beam_width=2, eos_id=EOS, pad_id=PAD, top=2)  # prompt-major rows
+    totals = two.total_logprob()
+    assert two.tokens.size(0) == 4 and two.tokens[0, :2].tolist() == [4, EOS] and two.tokens[2, 0].item() == 4
+    assert totals[0] >= totals[1] and totals[1] == pytest.approx(math.log(.5 / 81), abs=1e-5)  # 3, then 2 of 1/9
 
 
 def test_every_model_type_samples_through_the_same_sampler():

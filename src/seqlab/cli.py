@@ -77,6 +77,22 @@ def _check_config_data_path(config: str, data: str) -> None:
                       f"current folder{hint})")
 
 
+def _refuse_changed_settings(out: Path, flags: dict) -> None:
+    """--resume continues a run with its saved settings; a flag that asks for another value
+    (other than --steps and --device) would be silently ignored, so it is an error."""
+    from .checkpoint import load_run_files
+    from .config import run_config_to_dict
+
+    saved = run_config_to_dict(load_run_files(out)[0])
+    changed = [f"{section}.{key} ({saved.get(section, {}).get(key)!r} -> {value!r})"
+               for section, values in flags.items() for key, value in values.items()
+               if (section, key) not in (("train", "steps"), ("train", "device"))
+               and saved.get(section, {}).get(key) != value]
+    if changed:
+        raise SeqlabError(f"{out}: --resume continues the run with its own settings; only --steps and --device may "
+                          f"change, not {', '.join(changed)}")
+
+
 def cmd_train(args) -> None:
     from .config import load_toml, merge, naming_the_file, run_config_from_dict
     from .train import train
@@ -86,6 +102,8 @@ def cmd_train(args) -> None:
     cfg = naming_the_file(args.config, base, flags, lambda: run_config_from_dict(merge(base, flags)))
     if args.config and args.data is None and not args.resume:
         _check_config_data_path(args.config, cfg.data)
+    if args.resume:
+        _refuse_changed_settings(Path(args.out), flags)
     if args.resume and args.steps is None and "steps" not in base.get("train", {}):
         from .checkpoint import load_run_files
 
@@ -462,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=int)
     s.add_argument("--top-p", type=float)
     s.add_argument("--min-p", type=float)
-    s.add_argument("--beam", type=int, help="beam search with this many beams")
+    s.add_argument("--beam", type=int, help="beam search with this many beams; returns the --n best (at most "
+                                          "--beam), best first; temperature/top-k/top-p do not apply")
     s.add_argument("--device")
     s.add_argument("--checkpoint", choices=["best", "last"], help="which weights (default best)")
     s.add_argument("--json", action="store_true")

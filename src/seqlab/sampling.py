@@ -262,8 +262,10 @@ def beam_search(
     eos_id: int = 2,
     pad_id: int = 0,
     length_penalty: float = 0.0,
+    top: int = 1,
 ) -> Generation:
-    """The highest-scoring continuation per prompt by beam search.
+    """The `top` highest-scoring continuations per prompt by beam search (at most
+    beam_width; rows prompt-major, best first).
 
     Score = sum of model log-probs / (number of new tokens) ** length_penalty
     (0 ranks by total log-prob). A beam that emits eos is frozen and competes
@@ -314,9 +316,11 @@ def beam_search(
         logits, state = model.step(tok.view(-1), state)
     model.train(was_training)
     final = score / length.clamp(min=1) ** length_penalty if length_penalty else score
-    pick = final.argmax(-1)  # (B,)
-    ar = torch.arange(B, device=device)
-    toks, tok_lp, n = hist[ar, pick], hist_lp[ar, pick], length[ar, pick].long()
+    k = max(1, min(top, W))
+    pick = final.topk(k, dim=-1).indices  # (B, k), best first
+    ar = torch.arange(B, device=device).unsqueeze(1)
+    toks, tok_lp = hist[ar, pick].flatten(0, 1), hist_lp[ar, pick].flatten(0, 1)
+    n = length[ar, pick].flatten().long()
     finished = (toks == eos_id).any(-1)
     return Generation(toks, n, tok_lp, torch.zeros_like(tok_lp), finished,
                       f"beam(width={W}, length_penalty={length_penalty:g})")
