@@ -69,6 +69,8 @@ def test_sample_json_and_novelty_split(trained_run):
     payload = json.loads(r.stdout.strip().splitlines()[-1])
     assert len(payload["samples"]) == 12 and len(payload["logprobs"]) == 12
     assert all(lp < 0 for lp in payload["logprobs"])
+    cut = json.loads(run("sample", out, "--n", "3", "--max-new-tokens", "1", "--temperature", "0", "--json").stdout)
+    assert payload["finished"] == [True] * 12 and cut["finished"] == [False] * 3  # budget of 1: no room for <eos>
     assert payload["in_train"] + payload["in_val"] + payload["new"] == 12
     again = json.loads(run("sample", out, "--n", "12", "--seed", "3", "--json").stdout)
     assert again["samples"] == payload["samples"]

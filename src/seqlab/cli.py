@@ -160,7 +160,9 @@ def cmd_sample(args) -> None:
     with torch.inference_mode():
         out = sample_text(model, tokenizer, sc.n, sc.prompt, sc.max_new_tokens, rule, sc.beam, sc.seed, device)
     split = _novelty_split(out.texts, cfg)
-    payload = {"samples": out.texts, "logprobs": [round(x, 4) for x in out.logprobs], "rule": out.rule}
+    # finished: the sample ended with <eos> (its log-prob includes it), not at the token budget
+    payload = {"samples": out.texts, "logprobs": [round(x, 4) for x in out.logprobs], "finished": out.finished,
+               "rule": out.rule}
     if split is not None:
         payload.update({k: len(v) for k, v in split.items()})
     if args.json:
