@@ -146,7 +146,7 @@ def test_an_interrupted_run_resumes_from_its_last_round(tmp_path, capsys, monkey
     with pytest.raises(KeyboardInterrupt):
         discover("golomb", "--n", 5, "--out", out, "--searcher", "local", "--minutes", 1, "--workers", 1, "--quiet")
     best = json.loads((out / "best.json").read_text())
-    assert best["rounds"] == 1 and best["seconds"] == 2.5 and best["best_score"] == -11
+    assert best["rounds"] == 1 and best["seconds"] == 2.5 and best["moves"] == 7 and best["best_score"] == -11
     assert [c["encoded"] for c in best["constructions"]] == [p.encode(ruler)]
     assert [r["seconds"] for r in csv.DictReader((out / "metrics.csv").open())] == ["2.5"]  # leftovers replaced
     monkeypatch.setattr(local, "run_local", real)
@@ -154,6 +154,7 @@ def test_an_interrupted_run_resumes_from_its_last_round(tmp_path, capsys, monkey
              "--resume", "--json", "--quiet")
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["generations"][0]["round"] == 1 and res["generations"][0]["seconds"] > 2.5
+    assert res["generations"][0]["moves"] > 7 and res["moves"] == res["generations"][-1]["moves"]  # counts go on
     assert res["best_score"] >= -11  # it started from the saved ruler
 
 

@@ -83,8 +83,8 @@ def cmd_list(args) -> None:
         print(f"{'':<18} best known (n:score): {shown}")
 
 
-def _read_best(out: Path, problem) -> tuple[list, int, float]:
-    """A resumed run's constructions, next round number and elapsed seconds."""
+def _read_best(out: Path, problem) -> tuple[list, int, float, int]:
+    """A resumed run's constructions, next round number, elapsed seconds and moves so far."""
     path = out / "best.json"
     if not path.exists():
         raise SeqlabError(f"{out}: nothing to resume (no best.json)")
@@ -99,7 +99,7 @@ def _read_best(out: Path, problem) -> tuple[list, int, float]:
         c = problem.decode(s)
         if c is not None and problem.is_valid(c):
             init.append(c)
-    return init, int(data.get("rounds", 0)), float(data.get("seconds", 0.0))
+    return init, int(data.get("rounds", 0)), float(data.get("seconds", 0.0)), int(data.get("moves", 0))
 
 
 def cmd_discover(args) -> None:
@@ -134,21 +134,23 @@ def cmd_discover(args) -> None:
             except ValueError:
                 raise SeqlabError(f"--target must be a number or 'best-known', got {args.target!r}") from None
     out = Path(args.out)
-    init, round0, sec0 = [], 0, 0.0
+    init, round0, sec0, moves0 = [], 0, 0.0, 0
     if args.resume:
-        init, round0, sec0 = _read_best(out, problem)
+        init, round0, sec0, moves0 = _read_best(out, problem)
     elif (out / "best.json").exists():  # (metrics.csv alone: a run that ended before its first round)
         raise SeqlabError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    run_search(args, problem, out, best_known, target, init, round0, sec0)
+    run_search(args, problem, out, best_known, target, init, round0, sec0, moves0)
 
 
-def _write_best(out: Path, problem, result, best_known, args, rounds: int, seconds: float, top: int = 20) -> None:
+def _write_best(out: Path, problem, result, best_known, args, rounds: int, seconds: float, moves: int,
+                top: int = 20) -> None:
     from ..atomic import write_json
 
     write_json(out / "best.json", {
         "problem": problem.name, "spec": getattr(problem, "spec", problem.name), "n": problem.n,
         "searcher": args.searcher, "seed": args.seed, "rounds": rounds, "seconds": round(seconds, 3),
+        "moves": int(moves),
         "best_score": result.best_score, "best_known": best_known,
         "constructions": [{"encoded": problem.encode(c), "score": s}
                           for c, s in zip(result.best[:top], result.scores[:top])]})
@@ -168,7 +170,9 @@ def _pool_top(problem, pool_out: Path, top: int = 20):
     return LocalResult(best=best, scores=scores)
 
 
-def run_search(args, problem, out: Path, best_known, target, init, round0: int, sec0: float) -> None:
+def run_search(args, problem, out: Path, best_known, target, init, round0: int, sec0: float,
+               moves0: int = 0) -> None:
+    """round0, sec0, moves0: where a resumed run's counts go on from (0 for a new run)."""
     from ..atomic import write_json
     from .local import run_local
 
@@ -198,7 +202,7 @@ def run_search(args, problem, out: Path, best_known, target, init, round0: int, 
     def on_round(entry: dict, numbered_on: bool = False) -> None:
         """numbered_on: the searcher already numbers on from the resumed run (PatternBoost's generations)."""
         entry = {**entry, "round": entry["round"] + (0 if numbered_on else round0),
-                 "seconds": round(entry["seconds"] + sec0, 3)}
+                 "seconds": round(entry["seconds"] + sec0, 3), "moves": entry["moves"] + moves0}
         plotted.append(entry)
         entry = {k: v for k, v in entry.items() if k != "scores"}  # the pool's scores: for the picture only
         generations.append(entry)
@@ -206,7 +210,7 @@ def run_search(args, problem, out: Path, best_known, target, init, round0: int, 
         f.flush()
         # what --resume needs, after every round: a kill loses at most the round under way
         _write_best(out, problem, _pool_top(problem, pool_out), best_known, args, entry["round"] + 1,
-                    entry["seconds"])
+                    entry["seconds"], entry["moves"])
         if not args.quiet:
             print(f"round {entry['round']}: {entry['seconds']:.1f}s best {_fmt(entry['best'])} "
                   f"(best known {_fmt(best_known)}) pool {entry['pool_size']} "
@@ -246,7 +250,7 @@ def run_search(args, problem, out: Path, best_known, target, init, round0: int, 
     seconds = sec0 + result.seconds
     if not result.best:
         raise SeqlabError(f"{problem.name} n={problem.n}: the search found no valid construction")
-    _write_best(out, problem, result, best_known, args, rounds, seconds)
+    _write_best(out, problem, result, best_known, args, rounds, seconds, moves0 + result.moves)
     best_c, best_s = result.best[0], result.scores[0]
     from .plots import draw_progress
 
@@ -259,7 +263,7 @@ def run_search(args, problem, out: Path, best_known, target, init, round0: int, 
         record(best_c, best_s)
     payload = {"best_score": best_s, "best_known": best_known, "generations": generations,
                "problem": problem.name, "n": problem.n, "searcher": args.searcher, "seconds": round(seconds, 3),
-               "moves": result.moves, "best": problem.encode(best_c), "run": str(out)}
+               "moves": moves0 + result.moves, "best": problem.encode(best_c), "run": str(out)}
     if args.json:
         print(json.dumps(payload))
     else:
