@@ -170,7 +170,8 @@ def test_lora_sampler_sees_adapters_and_rejects_recurrent(bases):
         apply_lora(gru, 2)
 
 
-@pytest.mark.parametrize("algorithm,extra", [("grpo", {"num_iterations": 2}), ("ppo", {}), ("rejection", {}),
+@pytest.mark.parametrize("algorithm,extra", [("grpo", {"num_iterations": 2}), ("ppo", {"ppo_epochs": 2}),
+                                             ("rejection", {}),
                                              ("sft", {})])
 def test_post_resume_is_exact(bases, algorithm, extra, monkeypatch):
     """A run killed during update 6 and resumed gives bit-identical weights and the same

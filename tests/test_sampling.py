@@ -253,6 +253,14 @@ def test_beam_search_finds_the_best_sequence():
     totals = two.total_logprob()
     assert two.tokens.size(0) == 4 and two.tokens[0, :2].tolist() == [4, EOS] and two.tokens[2, 0].item() == 4
     assert totals[0] >= totals[1] and totals[1] == pytest.approx(math.log(.5 / 81), abs=1e-5)  # 3, then 2 of 1/9
+    # one step from one live beam reaches only 3 tokens with finite log-prob (3, 4, 5): no dead beams returned
+    class Sparse(Toy):  # impossible first tokens at -inf, not -1e9
+        def prefill(self, idx, lengths, total_len=None):
+            first, state = super().prefill(idx, lengths, total_len)
+            return first.masked_fill(first < -1e8, float("-inf")), state
+
+    short = beam_search(Sparse(), [[1]], 1, beam_width=8, eos_id=EOS, pad_id=PAD, top=8)
+    assert short.tokens[:, 0].tolist() == [3, 4, 5] and bool(torch.isfinite(short.total_logprob()).all())
 
 
 def test_every_model_type_samples_through_the_same_sampler():

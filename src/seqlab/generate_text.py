@@ -31,10 +31,6 @@ def sample_text(model, tokenizer: Tokenizer, n: int, prompt: str = "", max_new_t
     limit = max_new_tokens if max_new_tokens is not None else (model.max_len or 256)
     if beam:  # the n best distinct beams (at most `beam` of them), best first
         gen = beam_search(model, [ids], limit, beam, tokenizer.eos_id, tokenizer.pad_id, top=n)
-        live = torch.isfinite(gen.total_logprob())  # fewer live beams than n (a tiny vocabulary)
-        if not bool(live.all()):
-            gen = Generation(gen.tokens[live], gen.lengths[live], gen.model_logprobs[live],
-                             gen.sampling_logprobs[live], gen.finished[live], gen.rule)
     else:
         g = torch.Generator(device=device)
         # no seed: a fresh one from the OS (torch.seed() would also reseed the global RNG)

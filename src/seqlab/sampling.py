@@ -265,7 +265,8 @@ def beam_search(
     top: int = 1,
 ) -> Generation:
     """The `top` highest-scoring continuations per prompt by beam search (at most
-    beam_width; rows prompt-major, best first).
+    beam_width, and at most the number of live beams, e.g. with a tiny vocabulary;
+    rows prompt-major, best first).
 
     Score = sum of model log-probs / (number of new tokens) ** length_penalty
     (0 ranks by total log-prob). A beam that emits eos is frozen and competes
@@ -316,7 +317,8 @@ def beam_search(
         logits, state = model.step(tok.view(-1), state)
     model.train(was_training)
     final = score / length.clamp(min=1) ** length_penalty if length_penalty else score
-    k = max(1, min(top, W))
+    live = int(torch.isfinite(final).sum(-1).min())  # beams never filled stay at -inf
+    k = max(1, min(top, W, live))
     pick = final.topk(k, dim=-1).indices  # (B, k), best first
     ar = torch.arange(B, device=device).unsqueeze(1)
     toks, tok_lp = hist[ar, pick].flatten(0, 1), hist_lp[ar, pick].flatten(0, 1)
