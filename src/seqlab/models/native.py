@@ -53,6 +53,30 @@ def load():
         return _state["op"]
 
 
+def cpu_features() -> str:
+    """The CPU's instruction-set features as the kernel reports them (x86 'flags', ARM
+    'Features' in /proc/cpuinfo), sorted; elsewhere the platform's processor description."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return " ".join(sorted(set(value.split())))
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()}"
+
+
+def build_name(features: str) -> str:
+    """The -march=native build's name, keyed by the CPU's features: torch's extension cache
+    (~/.cache/torch_extensions, maybe a home folder shared by cluster nodes or a container
+    image built elsewhere) then never hands a library built for one CPU to another CPU that
+    lacks its instructions (that would be SIGILL, not a Python error)."""
+    return "seqlab_native_" + hashlib.sha1(features.encode()).hexdigest()[:12]
+
+
 def _build():
     from torch.utils import cpp_extension
 
@@ -70,13 +94,14 @@ def _build():
     # library is built on the machine that runs it. Plain -O3 is the fallback. torch
     # rebuilds when a source or a flag changes, not a header: the headers' hash is a flag.
     header_hash = hashlib.sha1(b"".join(h.read_bytes() for h in HEADERS)).hexdigest()[:12]
-    _say_if_first_build(cpp_extension, "seqlab_native")
+    native_name = build_name(cpu_features())
+    _say_if_first_build(cpp_extension, native_name)
     # torch logs its own multi-line compiler warnings; the one line below says what matters
     torch_log = logging.getLogger("torch.utils.cpp_extension")
     level = torch_log.level
     torch_log.setLevel(logging.ERROR)
     try:
-        for name, flags in (("seqlab_native", ["-O3", "-march=native", "-fopenmp"]),
+        for name, flags in ((native_name, ["-O3", "-march=native", "-fopenmp"]),
                             ("seqlab_native_generic", ["-O3"])):
             try:
                 cpp_extension.load(name=name, sources=[str(f) for f in SOURCES],
@@ -157,6 +182,10 @@ def pack(model) -> NativeWeights | None:
         linears += [b.attn.qkv, b.attn.proj, mlp.gate_up if isinstance(mlp, SwiGLU) else mlp.fc, mlp.proj]
     if any(type(m) is not nn.Linear for m in linears):
         return None  # e.g. peft LoRA layers: keep them in the loop
+    attn = model.blocks[0].attn
+    if (attn.q_norm is not None or attn.head_dim * attn.n_head != model.wte.weight.size(1)
+            or getattr(model.blocks[0].mlp, "approximate", "none") != "none"):
+        return None  # QK-norm, wide heads and tanh GELU: the Python step (decode.cpp has none of them)
     ops = load()
     if ops is None:
         return None
@@ -172,7 +201,6 @@ def pack(model) -> NativeWeights | None:
         n1, n2 = parts[1 + 2 * i][2], parts[2 + 2 * i][2]
         layers += [w(t) for t in (n1[0], n1[1], b.attn.qkv.weight, b.attn.qkv.bias, b.attn.proj.weight,
                                   b.attn.proj.bias, n2[0], n2[1], fc.weight, fc.bias, mlp.proj.weight, mlp.proj.bias)]
-    attn = model.blocks[0].attn
     rope = model.wpe is None
     return NativeWeights(
         op=ops.decode_step, wte=wte.detach(), wpe=None if rope else model.wpe.weight.detach(),
