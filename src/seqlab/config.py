@@ -43,6 +43,12 @@ class ModelConfig:
     rope_base: float = 10000.0
     tie_weights: bool = False
     bias: bool = False  # no biases in linears and norms (nanoGPT/Llama style): fewer ops per step
+    # Options that pretrained models need (seqlab import); the defaults are seqlab's own models.
+    head_dim: int = 0  # 0 means n_embd // n_head (Qwen3 and Gemma use wider heads)
+    norm_eps: float = 0.0  # 0 means 1e-5 for LayerNorm, 1e-6 for RMSNorm
+    qkv_bias: bool = False  # biases on q, k, v only (Qwen2), whatever `bias` says
+    qk_norm: bool = False  # RMSNorm over each head's q and k before RoPE (Qwen3)
+    gelu: Literal["exact", "tanh"] = "exact"  # tanh: GPT-2's approximation ("gelu_new")
     dropout: float = 0.1  # small data overfits fast (see docs/experiments.md)
 
 

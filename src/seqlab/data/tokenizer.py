@@ -34,6 +34,10 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         raise NotImplementedError
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """A prompt's ids as the model starts a sequence: seqlab's models begin with <bos>."""
+        return [self.bos_id] + self.encode(text)
+
     def unknown_chars(self, text: str) -> list[str]:
         """Characters of `text` the tokenizer cannot represent."""
         return []
@@ -145,6 +149,55 @@ class BPETokenizer(Tokenizer):
         return {"type": "bpe", "specials": self.specials, "hf": json.loads(self.hf.to_str())}
 
 
+class PretrainedTokenizer(Tokenizer):
+    """A pretrained model's own tokenizer (a Hugging Face `tokenizers` JSON), kept as imported,
+    with the model's special tokens (their ids are the model's, not seqlab's 0/1/2) and its
+    chat template (data/chat.py renders it)."""
+
+    def __init__(self, hf_tokenizer, special_tokens: dict, chat_template: str | None = None):
+        self.hf = hf_tokenizer
+        self.special_tokens = {k: v for k, v in special_tokens.items() if isinstance(v, str) and v}
+        self.chat_template = chat_template
+
+        def token_id(name):
+            text = self.special_tokens.get(name)
+            return None if text is None else self.hf.token_to_id(text)
+
+        eos = token_id("eos_token")
+        if eos is None:
+            raise SeqlabError("tokenizer: the model names no end-of-sequence token (eos_token) in its vocabulary")
+        self.eos_id = eos
+        # models without a <bos> (Qwen; GPT-2's <|endoftext|> doubles as one) start from eos
+        self.bos_id = token_id("bos_token") if token_id("bos_token") is not None else eos
+        self.pad_id = token_id("pad_token") if token_id("pad_token") is not None else eos
+        added = self.hf.get_added_tokens_decoder()
+        self.specials = [t.content for _, t in sorted(added.items()) if t.special]
+        # whether the model's own post-processor starts a sequence with <bos> (Llama 3 does,
+        # SmolLM2 and Qwen do not)
+        with_specials, plain = (self.hf.encode("a", add_special_tokens=b).ids for b in (True, False))
+        self._adds_bos = len(with_specials) > len(plain) and with_specials[0] == self.bos_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_prompt(self, text: str) -> list[int]:
+        ids = self.encode(text)
+        if self._adds_bos or not ids:  # an empty prompt still needs a first token to condition on
+            ids = [self.bos_id] + ids
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=True)
+
+    def to_dict(self) -> dict:
+        return {"type": "pretrained", "hf": json.loads(self.hf.to_str()), "special_tokens": self.special_tokens,
+                "chat_template": self.chat_template}
+
+
 def tokenizer_from_dict(d: dict) -> Tokenizer:
     kind = d.get("type")
     if kind == "char":
@@ -156,4 +209,9 @@ def tokenizer_from_dict(d: dict) -> Tokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
         return BPETokenizer(HFTokenizer.from_str(json.dumps(d["hf"])), d["specials"])
+    if kind == "pretrained":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        return PretrainedTokenizer(HFTokenizer.from_str(json.dumps(d["hf"])), d.get("special_tokens", {}),
+                                   d.get("chat_template"))
     raise SeqlabError(f"tokenizer.json: unknown tokenizer type {kind!r}")

@@ -54,7 +54,7 @@ def input_heatmap(model, tokenizer, text: str, path: Path) -> dict:
     if not isinstance(model, Transformer):
         raise SeqlabError("attention heatmaps need a transformer run (this run's model has no attention)")
     tokenizer.check_encodable(text, "input")
-    ids = [tokenizer.bos_id] + tokenizer.encode(text)
+    ids = tokenizer.encode_prompt(text)
     if len(ids) > model.max_len:
         raise SeqlabError(f"input has {len(ids)} tokens with <bos>; the model's context is {model.max_len}")
     maps = [m[0] for m in model.eval().attention_maps(torch.tensor([ids]))]

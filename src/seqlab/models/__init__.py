@@ -19,8 +19,12 @@ REGISTRY = {
 
 
 def build_model(cfg, vocab_size: int) -> SeqModel:
-    """Instantiate the model named by `cfg.type` (a ModelConfig)."""
-    return REGISTRY[cfg.type](vocab_size, cfg)
+    """Instantiate the model named by `cfg.type` (a ModelConfig). `model.vocab_size` is the
+    width of its logits (an imported model's embedding may have more rows than its
+    tokenizer has tokens)."""
+    model = REGISTRY[cfg.type](vocab_size, cfg)
+    model.vocab_size = vocab_size
+    return model
 
 
 __all__ = ["REGISTRY", "SeqModel", "build_model", "token_loss"]

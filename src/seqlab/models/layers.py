@@ -10,11 +10,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def make_norm(kind: str, dim: int, bias: bool) -> nn.Module:
+def make_norm(kind: str, dim: int, bias: bool, eps: float = 0.0) -> nn.Module:
+    """eps 0: seqlab's defaults (1e-6 for RMSNorm, torch's 1e-5 for LayerNorm)."""
     if kind == "rmsnorm":
         # torch's RMSNorm: x / sqrt(mean(x^2) + eps) * weight
-        return nn.RMSNorm(dim, eps=1e-6)
-    return nn.LayerNorm(dim, bias=bias)
+        return nn.RMSNorm(dim, eps=eps or 1e-6)
+    return nn.LayerNorm(dim, bias=bias, eps=eps or 1e-5)
 
 
 def norm_fn(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -65,19 +66,21 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class GeluMLP(nn.Module):
-    def __init__(self, dim: int, hidden: int, bias: bool, dropout: float):
+    def __init__(self, dim: int, hidden: int, bias: bool, dropout: float, approximate: str = "none"):
         super().__init__()
         self.fc = nn.Linear(dim, hidden, bias=bias)
         self.proj = nn.Linear(hidden, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
+        # exact (erf) GELU by default: on a CPU it costs half the tanh approximation's time;
+        # "tanh" for models trained with it (GPT-2)
+        self.approximate = approximate
 
     def forward(self, x):
-        # exact (erf) GELU: on a CPU it costs half the tanh approximation's time
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        return self.dropout(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
 
     def decode(self, x, resid):
         """resid + MLP(x), eval-time and functional: no dropout, no module-call overhead."""
-        return linear_residual(self.proj, F.gelu(linear(self.fc, x)), resid)
+        return linear_residual(self.proj, F.gelu(linear(self.fc, x), approximate=self.approximate), resid)
 
 
 class SwiGLU(nn.Module):

@@ -53,9 +53,13 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head = cfg.n_head
         self.n_kv_head = cfg.n_kv_head or cfg.n_head
-        self.head_dim = cfg.n_embd // cfg.n_head
-        self.qkv = nn.Linear(cfg.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.bias)
+        self.head_dim = cfg.head_dim or cfg.n_embd // cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim,
+                             bias=cfg.bias or cfg.qkv_bias)
         self.proj = nn.Linear(self.n_head * self.head_dim, cfg.n_embd, bias=cfg.bias)
+        # QK-norm (Qwen3): each head's query and key RMS-normalised before RoPE
+        self.q_norm = make_norm("rmsnorm", self.head_dim, False, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = make_norm("rmsnorm", self.head_dim, False, cfg.norm_eps) if cfg.qk_norm else None
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
@@ -66,6 +70,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
         v = v.view(B, T, Hkv, D).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -104,6 +110,8 @@ class CausalSelfAttention(nn.Module):
         H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
         G = H // Hkv
         q, k, v = linear(self.qkv, h).view(B, H + 2 * Hkv, D).split([H, Hkv, Hkv], dim=1)
+        if self.q_norm is not None:
+            q, k = norm_fn(self.q_norm, q), norm_fn(self.k_norm, k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         pos = cache.pos
@@ -122,15 +130,16 @@ class CausalSelfAttention(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.norm1 = make_norm(cfg.norm, cfg.n_embd, cfg.bias)
+        self.norm1 = make_norm(cfg.norm, cfg.n_embd, cfg.bias, cfg.norm_eps)
         self.attn = CausalSelfAttention(cfg)
-        self.norm2 = make_norm(cfg.norm, cfg.n_embd, cfg.bias)
+        self.norm2 = make_norm(cfg.norm, cfg.n_embd, cfg.bias, cfg.norm_eps)
         if cfg.mlp == "swiglu":
             # 8/3 * C keeps the parameter count of a 4 * C GELU MLP
             hidden = cfg.n_hidden or int(math.ceil(8 * cfg.n_embd / 3 / 8) * 8)
             self.mlp = SwiGLU(cfg.n_embd, hidden, cfg.bias, cfg.dropout)
         else:
-            self.mlp = GeluMLP(cfg.n_embd, cfg.n_hidden or 4 * cfg.n_embd, cfg.bias, cfg.dropout)
+            self.mlp = GeluMLP(cfg.n_embd, cfg.n_hidden or 4 * cfg.n_embd, cfg.bias, cfg.dropout,
+                               "tanh" if cfg.gelu == "tanh" else "none")
 
     def forward(self, x, rope=None, cache=None, layer=0, attn_mask=None):
         x = x + self.attn(self.norm1(x), rope, cache, layer, attn_mask)
@@ -150,12 +159,12 @@ class Transformer(SeqModel):
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.norm_f = make_norm(cfg.norm, cfg.n_embd, cfg.bias)
+        self.norm_f = make_norm(cfg.norm, cfg.n_embd, cfg.bias, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
         if cfg.tie_weights:
             self.lm_head.weight = self.wte.weight
         if cfg.pos == "rope":
-            cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_base)
+            cos, sin = rope_tables(self.blocks[0].attn.head_dim, cfg.block_size, cfg.rope_base)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self._init_weights(cfg)
@@ -205,6 +214,8 @@ class Transformer(SeqModel):
             q, k, _ = a.qkv(h).split([a.n_head * a.head_dim, a.n_kv_head * a.head_dim, a.n_kv_head * a.head_dim], -1)
             q = q.view(B, T, a.n_head, a.head_dim).transpose(1, 2)
             k = k.view(B, T, a.n_kv_head, a.head_dim).transpose(1, 2)
+            if a.q_norm is not None:
+                q, k = a.q_norm(q), a.k_norm(k)
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
             k = k.repeat_interleave(a.n_head // a.n_kv_head, dim=1)

@@ -78,8 +78,10 @@ class PostConfig:
     rewards: list[str] = field(default_factory=list)
     reward_weights: Optional[list[float]] = None
     samples_every: int = 10  # write prompts/completions/rewards to samples.jsonl every K steps
+    # prompts: through the policy's chat template (None: when its tokenizer has one; see prompting.py)
+    chat_template: Optional[bool] = None
+    system: str = ""  # chat: the system message (e.g. the reasoning-format instructions)
     # reasoning template
-    system: str = ""
     reasoning_start: str = "<start_working_out>"
     reasoning_end: str = "<end_working_out>"
     solution_start: str = "<SOLUTION>"

@@ -4,8 +4,9 @@
     DPO / RM   {"prompt": ..., "chosen": ..., "rejected": ...}
     RL         {"prompt": ..., <any other columns, e.g. "answer">}
 
-A sequence is `<bos> prompt completion <eos>`; the completion mask covers the
-completion tokens and the eos (what the policy produces).
+A sequence is `<bos> prompt completion <eos>` (or the chat template's form of it, see
+prompting.py); the completion mask covers the completion tokens and the eos (what the
+policy produces).
 """
 
 from __future__ import annotations
@@ -51,18 +52,6 @@ def load_jsonl(path: str | Path, required: tuple[str, ...], tokenizer: Tokenizer
     if not rows:
         raise SeqlabError(f"{path}: no examples")
     return rows
-
-
-def encode_pair(tokenizer: Tokenizer, prompt: str, completion: str, max_len: int | None,
-                add_eos: bool = True) -> tuple[list[int], list[int]]:
-    """Token ids of `<bos> prompt completion [<eos>]` and the completion mask (same length)."""
-    tokenizer.check_encodable(prompt + completion, "example")
-    p = [tokenizer.bos_id] + tokenizer.encode(prompt)
-    c = tokenizer.encode(completion) + ([tokenizer.eos_id] if add_eos else [])
-    ids = p + c
-    if max_len is not None and len(ids) > max_len + 1:
-        raise SeqlabError(f"example of {len(ids)} tokens does not fit the model's context ({max_len})")
-    return ids, [0] * len(p) + [1] * len(c)
 
 
 def pad_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -48,15 +48,17 @@ def _sequence_scores(model, ids, mask, mean: bool) -> torch.Tensor:
 
 def run_dpo(cfg, progress: bool = True) -> dict:
     """DPO/IPO on {"prompt", "chosen", "rejected"} JSONL."""
-    from .data import encode_pair, load_jsonl, pad_batch
+    from .data import load_jsonl, pad_batch
+    from .prompting import prompt_format
     from .runner import load_policy, optimise, prepare_out
 
     if cfg.beta <= 0:  # beta = 0 divides by zero in IPO; beta < 0 prefers the rejected answers
         raise SeqlabError(f"config key 'post.beta': must be > 0, got {cfg.beta}")
     model, tok, _ = load_policy(cfg, drop_dropout=True)
     rows = load_jsonl(cfg.data, ("prompt", "chosen", "rejected"), tok)
-    chosen = [encode_pair(tok, r["prompt"], r["chosen"], model.max_len) for r in rows]
-    rejected = [encode_pair(tok, r["prompt"], r["rejected"], model.max_len) for r in rows]
+    fmt = prompt_format(tok, cfg.chat_template, cfg.system)
+    chosen = [fmt.pair(r["prompt"], r["chosen"], model.max_len) for r in rows]
+    rejected = [fmt.pair(r["prompt"], r["rejected"], model.max_len) for r in rows]
     mean = cfg.dpo_loss == "ipo"
     # reference log-probs once, from the frozen starting model
     model.eval()

@@ -74,6 +74,7 @@ def run_grpo(cfg, progress: bool = True) -> dict:
     from ..sampling import DecodeRule, generate
     from .common import entropy_from_logits, group_advantages, token_logprobs
     from .data import completion_batch, load_jsonl
+    from .prompting import prompt_format
     from .runner import extra_columns, load_policy, optimise, prepare_out, rewards_for
 
     if cfg.temperature <= 0:
@@ -84,9 +85,8 @@ def run_grpo(cfg, progress: bool = True) -> dict:
     rows = load_jsonl(cfg.data, ("prompt",), tok)
     rewards = rewards_for(cfg)
     col_names = extra_columns(rows)
-    prompt_ids = []
-    for r in rows:
-        prompt_ids.append([tok.bos_id] + tok.encode(r["prompt"]))
+    fmt = prompt_format(tok, cfg.chat_template, cfg.system)
+    prompt_ids = [fmt.prompt_ids(r["prompt"]) for r in rows]
     ref = None
     if cfg.kl_beta != 0.0:
         ref = copy.deepcopy(model).eval()
@@ -102,7 +102,7 @@ def run_grpo(cfg, progress: bool = True) -> dict:
     def new_rollout(step):
         pick = torch.randint(len(rows), (cfg.prompts_per_step,), generator=g).tolist()
         prompts = [prompt_ids[i] for i in pick for _ in range(G)]
-        gen = generate(model, prompts, cfg.max_new_tokens, rule, tok.eos_id, tok.pad_id, generator=g)
+        gen = generate(model, prompts, cfg.max_new_tokens, rule, fmt.end_id, tok.pad_id, generator=g)
         completions_ids = gen.rows(strip_eos=True)
         completions = [tok.decode(c) for c in completions_ids]
         prompt_text = [rows[i]["prompt"] for i in pick for _ in range(G)]

@@ -80,12 +80,14 @@ def run_ppo(cfg, progress: bool = True) -> dict:
     from ..sampling import DecodeRule, generate
     from .common import entropy_from_logits, token_logprobs
     from .data import completion_batch, load_jsonl
+    from .prompting import prompt_format
     from .runner import extra_columns, load_policy, optimise, prepare_out, rewards_for
 
     if cfg.temperature <= 0:
         raise SeqlabError("config key 'post.temperature': PPO samples, so it must be > 0")
     model, tok, _ = load_policy(cfg, drop_dropout=True)
     rows = load_jsonl(cfg.data, ("prompt",), tok)
+    fmt = prompt_format(tok, cfg.chat_template, cfg.system)
     col_names = extra_columns(rows)
     if cfg.reward_model:
         from .reward_model import load_reward_model
@@ -95,7 +97,7 @@ def run_ppo(cfg, progress: bool = True) -> dict:
     else:
         rewards = rewards_for(cfg)
     ref = copy.deepcopy(model).eval() if cfg.kl_beta else None
-    value = ValueModel(copy.deepcopy(model), tok.vocab_size)
+    value = ValueModel(copy.deepcopy(model), model.vocab_size)
     both = nn.ModuleDict({"policy": model, "value": value})
     out = prepare_out(cfg, "ppo")
     g = torch.Generator().manual_seed(cfg.seed)
@@ -105,9 +107,9 @@ def run_ppo(cfg, progress: bool = True) -> dict:
 
     def new_rollout():
         pick = torch.randint(len(rows), (B,), generator=g).tolist()
-        prompts = [[tok.bos_id] + tok.encode(rows[i]["prompt"]) for i in pick]
+        prompts = [fmt.prompt_ids(rows[i]["prompt"]) for i in pick]
         gen = generate(model, prompts, cfg.max_new_tokens, DecodeRule(temperature=cfg.temperature),
-                       tok.eos_id, tok.pad_id, generator=g)
+                       fmt.end_id, tok.pad_id, generator=g)
         texts = [tok.decode(c) for c in gen.rows()]
         ids, mask, _ = completion_batch(prompts, gen, tok.pad_id)
         with torch.no_grad():

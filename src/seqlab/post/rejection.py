@@ -21,10 +21,12 @@ from .sft import sft_loss
 def run_rejection(cfg, progress: bool = True) -> dict:
     from ..sampling import DecodeRule, generate
     from .data import load_jsonl, pad_batch
+    from .prompting import prompt_format
     from .runner import extra_columns, load_policy, optimise, prepare_out, rewards_for
 
     model, tok, _ = load_policy(cfg, drop_dropout=False)
     rows = load_jsonl(cfg.data, ("prompt",), tok)
+    fmt = prompt_format(tok, cfg.chat_template, cfg.system)
     rewards = rewards_for(cfg)
     col_names = extra_columns(rows)
     out = prepare_out(cfg, "rejection")
@@ -36,9 +38,9 @@ def run_rejection(cfg, progress: bool = True) -> dict:
         picked = rows
         if cfg.round_prompts and cfg.round_prompts < len(rows):
             picked = [rows[i] for i in torch.randperm(len(rows), generator=g)[: cfg.round_prompts].tolist()]
-        prompts = [[tok.bos_id] + tok.encode(r["prompt"]) for r in picked for _ in range(cfg.group_size)]
+        prompts = [fmt.prompt_ids(r["prompt"]) for r in picked for _ in range(cfg.group_size)]
         gen = generate(model, prompts, cfg.max_new_tokens, DecodeRule(temperature=cfg.temperature),
-                       tok.eos_id, tok.pad_id, generator=g)
+                       fmt.end_id, tok.pad_id, generator=g)
         texts = [tok.decode(c) for c in gen.rows()]
         prompt_text = [r["prompt"] for r in picked for _ in range(cfg.group_size)]
         columns = {c: [r.get(c) for r in picked for _ in range(cfg.group_size)] for c in col_names}

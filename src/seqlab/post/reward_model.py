@@ -45,7 +45,8 @@ def run_reward_model(cfg, progress: bool = True) -> dict:
     from safetensors.torch import save_model
 
     from .. import atomic
-    from .data import encode_pair, load_jsonl, pad_batch
+    from .data import load_jsonl, pad_batch
+    from .prompting import prompt_format
     from .runner import load_policy, optimise, prepare_out
 
     body, tok, _ = load_policy(cfg, drop_dropout=True)
@@ -57,10 +58,11 @@ def run_reward_model(cfg, progress: bool = True) -> dict:
     perm = torch.randperm(len(rows), generator=g).tolist()
     n_val = max(1, int(len(rows) * cfg.val_fraction)) if len(rows) > 1 else 0
     val_idx, train_idx = perm[:n_val], perm[n_val:] or perm
-    enc = [(encode_pair(tok, r["prompt"], r["chosen"], body.max_len),
-            encode_pair(tok, r["prompt"], r["rejected"], body.max_len), float(r.get("margin", cfg.margin)))
+    fmt = prompt_format(tok, cfg.chat_template, cfg.system)
+    enc = [(fmt.pair(r["prompt"], r["chosen"], body.max_len),
+            fmt.pair(r["prompt"], r["rejected"], body.max_len), float(r.get("margin", cfg.margin)))
            for r in rows]
-    model = ScalarHead(body, tok.vocab_size)
+    model = ScalarHead(body, body.vocab_size)
     out = prepare_out(cfg, "rm")
 
     def scores(items):
@@ -109,6 +111,6 @@ def load_reward_model(run_dir: str) -> ScalarHead:
         raise SeqlabError(f"{run_dir}: not a reward model run (no reward_head.safetensors; train one with "
                           f"`seqlab post rm`)")
     body, tok, _ = load_model(run_dir, "best")
-    rm = ScalarHead(body, tok.vocab_size)
+    rm = ScalarHead(body, body.vocab_size)
     st_load(rm.head, str(head_path))
     return rm.eval()

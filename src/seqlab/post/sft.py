@@ -23,12 +23,14 @@ def sft_loss(model, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> t
 
 def run_sft(cfg, progress: bool = True) -> dict:
     """SFT on {"prompt", "completion"} JSONL; returns the final metrics."""
-    from .data import encode_pair, load_jsonl, pad_batch
+    from .data import load_jsonl, pad_batch
+    from .prompting import prompt_format
     from .runner import load_policy, optimise, prepare_out
 
     model, tok, _ = load_policy(cfg, drop_dropout=False)
     rows = load_jsonl(cfg.data, ("prompt", "completion"), tok)
-    pairs = [encode_pair(tok, r["prompt"], r["completion"], model.max_len) for r in rows]
+    fmt = prompt_format(tok, cfg.chat_template, cfg.system)
+    pairs = [fmt.pair(r["prompt"], r["completion"], model.max_len) for r in rows]
     out = prepare_out(cfg, "sft")
     g = torch.Generator().manual_seed(cfg.seed)
 

@@ -71,7 +71,7 @@ def exact_accuracy(model, tok, rows: list[dict], template: ReasoningTemplate, ma
     with torch.inference_mode():
         for i in range(0, len(rows), batch):
             chunk = rows[i:i + batch]
-            prompts = [[tok.bos_id] + tok.encode(r["prompt"]) for r in chunk]
+            prompts = [tok.encode_prompt(r["prompt"]) for r in chunk]
             gen = generate(model, prompts, max_new_tokens, DecodeRule(temperature=0.0), tok.eos_id, tok.pad_id)
             for r, ids in zip(chunk, gen.rows(strip_eos=True)):
                 text = tok.decode(ids)
@@ -88,7 +88,7 @@ def plain_accuracy(model, tok, problems, max_new_tokens: int = 16) -> float:
     model.eval()
     right = 0
     with torch.inference_mode():
-        prompts = [[tok.bos_id] + tok.encode(p.question + " ") for p in problems]
+        prompts = [tok.encode_prompt(p.question + " ") for p in problems]
         gen = generate(model, prompts, max_new_tokens, DecodeRule(temperature=0.0), tok.eos_id, tok.pad_id)
         for p, ids in zip(problems, gen.rows(strip_eos=True)):
             right += tok.decode(ids).rpartition("=")[2].strip() == str(p.answer)
@@ -134,7 +134,7 @@ def dpo_pairs(policy: Path, rows: list[dict], template: ReasoningTemplate, cfg: 
     with torch.inference_mode():
         for i in range(0, min(n_prompts, len(rows)), 64):
             chunk = rows[i:i + 64]
-            prompts = [[tok.bos_id] + tok.encode(r["prompt"]) for r in chunk for _ in range(cfg.group_size)]
+            prompts = [tok.encode_prompt(r["prompt"]) for r in chunk for _ in range(cfg.group_size)]
             gen = generate(model, prompts, 32, DecodeRule(temperature=1.0), tok.eos_id, tok.pad_id, generator=g)
             texts = [tok.decode(ids) for ids in gen.rows(strip_eos=True)]
             for j, r in enumerate(chunk):
@@ -292,7 +292,8 @@ def results_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def reward_curves(out: Path, runs: list[str], path: Path) -> None:
+def reward_curves(out: Path, runs: list[str], path: Path,
+                  title: str = "arithmetic: reward during RL (format + answer + distance)") -> None:
     """Mean reward per update against wall-clock seconds, one line per algorithm (the
     reward each algorithm logs: its rollout reward; DPO logs none and is left out)."""
     import matplotlib
@@ -312,7 +313,7 @@ def reward_curves(out: Path, runs: list[str], path: Path) -> None:
             ax.plot([float(r["elapsed_s"]) for r in rows], [float(r["reward"]) for r in rows], label=name, lw=1)
     ax.set_xlabel("wall-clock seconds of RL")
     ax.set_ylabel("mean reward of the rollout")
-    ax.set_title("arithmetic: reward during RL (format + answer + distance)")
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     with atomic.atomic_path(path) as tmp:

@@ -1,0 +1,93 @@
+"""`seqlab recipe arithmetic --base`: word problems with disjoint test/dev/train splits (no
+operand-swapped twins), scoring of replies, and the recipe end to end on a tiny imported
+chat model (base -> SFT priming -> GRPO with LoRA), resumable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from seqlab.cli import main
+from seqlab.post.template import ReasoningTemplate
+from seqlab.recipes.word_problems import KINDS, WordProblem, reply_answer, sft_row, split
+
+
+def test_splits_are_disjoint_up_to_operand_order():
+    test, dev, train = split(0, 300, 100, 3000)
+    assert (len(test), len(dev), len(train)) == (300, 100, 3000)
+    held = {p.key() for p in test} | {p.key() for p in dev}
+    assert len(held) == 400
+    assert not held & {p.key() for p in train}
+    twins = {(p.kind, p.phrase, p.b, p.a, p.c) for p in test}  # every operand-swapped twin of a test problem
+    assert not twins & {(p.kind, p.phrase, p.a, p.b, p.c) for p in train}
+    assert {p.kind for p in test} == set(KINDS)
+    assert split(0, 300, 100, 3000)[0] == test and split(1, 300, 100, 3000)[0] != test
+
+
+def test_answers_and_working_are_right():
+    assert WordProblem("+", 0, 234, 581).answer == 815
+    assert WordProblem("-", 1, 92, 45).question == "Subtract 45 from 92."
+    p = WordProblem("two-step", 2, 12, 4, 5)  # 12 boxes of 4 pens, 5 lost
+    assert (p.answer, p.working) == (43, "12*4=48, 48-5=43")
+    for q in split(3, 50, 0, 0)[0]:
+        x = eval(q.working.split(", ")[-1].split("=")[0]) if q.kind != "two-step" else None  # noqa: S307
+        assert x is None or x == q.answer
+        assert q.answer >= 0
+    t = ReasoningTemplate()
+    row = sft_row(p, t)
+    assert row["completion"] == "<start_working_out>12*4=48, 48-5=43<end_working_out><SOLUTION>43</SOLUTION>"
+    assert reply_answer(row["completion"], t) == "43"
+
+
+@pytest.mark.parametrize("reply, want", [
+    ("<start_working_out>1+2=3<end_working_out><SOLUTION>3</SOLUTION>", "3"),
+    ("The answer is 1,234.", "1234"),
+    ("12 + 35 = 50", "50"),
+    ("no idea", None),
+    ("<SOLUTION>7</SOLUTION> and more text 9", "9"),  # not in the format: its last number
+])
+def test_reply_answer(reply, want):
+    assert reply_answer(reply, ReasoningTemplate()) == want
+
+
+transformers = pytest.importorskip("transformers")
+
+
+def test_recipe_on_a_tiny_imported_model_end_to_end(tmp_path, capsys, monkeypatch):
+    from test_import_hf import make_hf
+
+    import seqlab.recipes.pretrained as recipe
+
+    make_hf("llama", tmp_path / "hf", max_position_embeddings=512)
+    small = dict(n_test=12, n_dev=4, n_sft=8, n_rl=16, sft_steps=2, rl_minutes=0.03, group_size=2,
+                 prompts_per_step=2, max_new_tokens=6, eval_batch=8, lora_rank=2)
+    real = recipe.PretrainedRecipeConfig
+    monkeypatch.setattr(recipe, "PretrainedRecipeConfig", lambda **kw: real(**{**small, **kw}))
+    out = tmp_path / "r"
+    args = ["recipe", "arithmetic", "--base", str(tmp_path / "hf"), "--out", str(out), "--json", "--quiet"]
+    capsys.readouterr()
+    assert main(args) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert set(got["stages"]) == {"base", "sft", "grpo"}
+    for stage in got["stages"].values():
+        assert 0.0 <= stage["test"] <= 1.0 and set(stage["per_kind"]) <= set(KINDS)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["stages"]["grpo"]["test"]["n"] == 12
+    assert saved["stages"]["grpo"]["steps"] >= 1
+    assert (out / "reward_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| grpo |" in (out / "results.md").read_text()
+    rl = [json.loads(x) for x in (out / "data" / "rl.jsonl").read_text().splitlines()]
+    test = [json.loads(x) for x in (out / "data" / "test.jsonl").read_text().splitlines()]
+    assert not {r["prompt"] for r in rl} & {r["prompt"] for r in test}
+    # resume keeps every finished stage (the same numbers, nothing re-run)
+    assert main(args + ["--resume"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["stages"] == got["stages"]
+    # flags that do not apply with --base are refused in one line
+    assert main(["recipe", "arithmetic", "--base", "smollm2x", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.startswith("error: smollm2x: no such folder or file")
+    assert main(["recipe", "arithmetic", "--base", str(tmp_path / "hf"), "--compare", "ppo",
+                 "--out", str(tmp_path / "y")]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "error: --compare does not apply with --base (the base model is pretrained already)"
