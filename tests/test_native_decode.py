@@ -20,6 +20,11 @@ VARIANTS = [
     {"pos": "rope", "n_kv_head": 1, "mlp": "swiglu"},
     {"mlp": "swiglu", "norm": "rmsnorm", "bias": True},
     {"pos": "rope", "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 2, "tie_weights": True},
+    # what imported models add: Qwen3 (QK-norm, heads wider than n_embd / n_head), Qwen2
+    # (q/k/v biases only, a non-default eps), GPT-2 (tanh GELU)
+    {"pos": "rope", "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 2, "qk_norm": True, "head_dim": 16},
+    {"pos": "rope", "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 2, "qkv_bias": True, "norm_eps": 1e-6},
+    {"bias": True, "gelu": "tanh"},
 ]
 
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
@@ -110,12 +115,30 @@ def _no_attention_scale(m):
         a.qkv.weight.data[:a.n_head * a.head_dim] *= a.head_dim ** 0.5
 
 
-@pytest.mark.parametrize("bug", [_swap_heads, _rope_wrong_theta, _no_attention_scale])
-def test_the_float32_bound_still_catches_real_bugs(bug):
+def _no_qk_norm(m):
+    """QK-norm skipped (as if a Qwen3 model's q_norm/k_norm were dropped)."""
+    for block in m.blocks:
+        block.attn.q_norm = block.attn.k_norm = None
+
+
+def _k_norm_for_q(m):
+    """The key heads' QK-norm weights used for the queries too."""
+    for block in m.blocks:
+        block.attn.q_norm.weight.data.copy_(block.attn.k_norm.weight.data)
+
+
+ROPE = {"pos": "rope", "n_kv_head": 2}
+QWEN3 = {"pos": "rope", "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 2, "qk_norm": True, "head_dim": 32}
+
+
+@pytest.mark.parametrize("bug,extra", [(_swap_heads, ROPE), (_rope_wrong_theta, ROPE), (_no_attention_scale, ROPE),
+                                       (_no_qk_norm, QWEN3), (_k_norm_for_q, QWEN3)],
+                         ids=["swap_heads", "rope_theta", "no_scale", "no_qk_norm", "k_norm_for_q"])
+def test_the_float32_bound_still_catches_real_bugs(bug, extra):
     """The bound the tests above use is loose enough for any CPU's rounding and tight
     enough for a bug: the Python step of a copy with each bug put in, against the correct
     native step, is far outside it."""
-    m = make({"pos": "rope", "n_kv_head": 2}, 64)
+    m = make(extra, 64)
     broken = copy.deepcopy(m)
     bug(broken)
     idx = torch.randint(3, V, (5, 6), generator=torch.Generator().manual_seed(1))

@@ -161,3 +161,22 @@ def test_ppo_token_rewards_after_a_prompt():
     mask = torch.tensor([[0.0, 0.0, 1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 1.0, 1.0, 1.0], [0.0] * 6])
     r = token_rewards(torch.tensor([3.0, 5.0, 7.0]), torch.zeros(3, 6), None, mask, kl_beta=0.0, kind="k1")
     assert r.tolist() == [[0, 0, 0, 0, 3.0, 0], [0, 0, 0, 0, 0, 5.0], [0] * 6]
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dapo", "dr_grpo"])
+def test_grpo_chunk_losses_weighted_by_chunk_weight_add_up_to_the_whole_batch(loss_type):
+    """micro_batch: each chunk's loss times its share of the batch normaliser sums to the
+    loss of the whole batch, for every aggregation (rows of unequal lengths, a masked tail)."""
+    from seqlab.post.grpo import chunk_weight
+
+    g = torch.Generator().manual_seed(0)
+    logp = -torch.rand(5, 6, generator=g)
+    old = -torch.rand(5, 6, generator=g)
+    A = torch.randn(5, generator=g)
+    mask = (torch.arange(6) < torch.tensor([6, 2, 4, 1, 5])[:, None]).float()
+    whole, _ = grpo_loss(logp, old, A, mask, loss_type=loss_type, max_completion_length=6)
+    for size in (1, 2, 3):
+        parts = [slice(i, min(i + size, 5)) for i in range(0, 5, size)]
+        total = sum(grpo_loss(logp[r], old[r], A[r], mask[r], loss_type=loss_type, max_completion_length=6)[0]
+                    * chunk_weight(mask, r, loss_type) for r in parts)
+        assert total.item() == pytest.approx(whole.item(), rel=1e-6), size

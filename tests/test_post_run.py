@@ -275,3 +275,37 @@ def test_post_resume_edges_and_refusals(bases, monkeypatch):
     before = params_before(runs["transformer"])
     after, _, _ = load_model(d / "edge-rej")
     assert all(torch.equal(p, before[n]) for n, p in after.named_parameters())
+
+
+def test_grpo_micro_batches_give_the_update_of_the_whole_batch(bases, monkeypatch):
+    """micro_batch = 3 (chunks of 3, 3 and 2 rows, gradients accumulated) against the whole
+    batch at once: the same logged loss and statistics, and the same weights up to float
+    rounding after 3 updates. AdamW hides a gradient's scale from the weights, so the
+    logged gradient norm is what shows an accumulation bug (an unweighted sum of chunks)."""
+    from seqlab.post.grpo import run_grpo
+
+    d, runs, data = bases
+    monkeypatch.syspath_prepend(str(d))
+    base = {"policy": str(runs["transformer"]), "data": str(data["grpo"]), "steps": 3, "lr": 1e-2,
+            "group_size": 4, "prompts_per_step": 2, "max_new_tokens": 6, "rewards": ["toyrewards:count_ones"]}
+    for mb in (0, 3):
+        run_grpo(load_post_config(None, {**base, "out": str(d / f"mb{mb}"), "micro_batch": mb}), progress=False)
+    a, _, _ = load_model(d / "mb0")
+    b, _, _ = load_model(d / "mb3")
+    start = params_before(runs["transformer"])
+    moved = max((p - start[n]).abs().max().item() for n, p in a.named_parameters())
+    assert moved > 1e-3
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-5, rtol=1e-4), n
+    import csv
+
+    rows = [list(csv.DictReader((d / f"mb{mb}" / "metrics.csv").open())) for mb in (0, 3)]
+    for r0, r3 in zip(*rows):
+        for k in ("reward", "entropy", "clip_low", "clip_high", "grad_norm"):
+            assert float(r0[k]) == pytest.approx(float(r3[k]), rel=1e-4, abs=1e-6), k
+    import seqlab.post.grpo as grpo
+
+    monkeypatch.setattr(grpo, "chunk_weight", lambda mask, rows, loss_type: 1.0)
+    run_grpo(load_post_config(None, {**base, "out": str(d / "mb-bug"), "micro_batch": 3}), progress=False)
+    bug = list(csv.DictReader((d / "mb-bug" / "metrics.csv").open()))
+    assert float(bug[0]["grad_norm"]) > 2 * float(rows[0][0]["grad_norm"])

@@ -12,8 +12,9 @@ SEQLAB_NATIVE=0, the Python code runs instead: same results up to float rounding
 
 `pack(model)` decides per generation whether the native step applies: CPU, float32,
 eval mode, no gradients, plain nn.Linear layers (a LoRA-wrapped layer keeps the Python
-path, so adapters are never bypassed), and LayerNorm/RMSNorm with GELU/SwiGLU, which is
-every Transformer seqlab builds. `attention_applies(q)` decides per call for attention:
+path, so adapters are never bypassed), and LayerNorm/RMSNorm with GELU (exact or tanh)
+or SwiGLU, with or without biases, QK-norm and heads wider than n_embd / n_head: every
+Transformer seqlab builds or imports (Llama, SmolLM2, Qwen2, Qwen3, GPT-2). `attention_applies(q)` decides per call for attention:
 float32 CPU heads of a multiple of 8 dims, T x D within ATTENTION_MAX_TD, and no attention
 dropout (the Transformer checks that)."""
 
@@ -149,6 +150,7 @@ class NativeWeights:
     final: list
     n_head: int
     n_kv_head: int
+    head_dim: int
     norm_kind: int
     eps: float
     mlp_kind: int
@@ -160,6 +162,15 @@ def _norm_parts(norm):
     if isinstance(norm, nn.RMSNorm) and norm.eps is not None:
         return 1, norm.eps, [norm.weight, None]
     return None
+
+
+def _mlp_kind(mlp) -> int:
+    """decode.cpp's mlp_kind: 0 exact GELU, 1 SwiGLU, 2 tanh GELU (GPT-2)."""
+    from .layers import SwiGLU
+
+    if isinstance(mlp, SwiGLU):
+        return 1
+    return 2 if getattr(mlp, "approximate", "none") == "tanh" else 0
 
 
 def pack(model) -> NativeWeights | None:
@@ -183,9 +194,9 @@ def pack(model) -> NativeWeights | None:
     if any(type(m) is not nn.Linear for m in linears):
         return None  # e.g. peft LoRA layers: keep them in the loop
     attn = model.blocks[0].attn
-    if (attn.q_norm is not None or attn.head_dim * attn.n_head != model.wte.weight.size(1)
-            or getattr(model.blocks[0].mlp, "approximate", "none") != "none"):
-        return None  # QK-norm, wide heads and tanh GELU: the Python step (decode.cpp has none of them)
+    if attn.q_norm is not None and any(_norm_parts(n) is None or _norm_parts(n)[1] != parts[0][1]
+                                       for b in model.blocks for n in (b.attn.q_norm, b.attn.k_norm)):
+        return None  # decode.cpp's QK-norm is an RMSNorm with the blocks' eps
     ops = load()
     if ops is None:
         return None
@@ -200,14 +211,16 @@ def pack(model) -> NativeWeights | None:
         fc = mlp.gate_up if isinstance(mlp, SwiGLU) else mlp.fc
         n1, n2 = parts[1 + 2 * i][2], parts[2 + 2 * i][2]
         layers += [w(t) for t in (n1[0], n1[1], b.attn.qkv.weight, b.attn.qkv.bias, b.attn.proj.weight,
-                                  b.attn.proj.bias, n2[0], n2[1], fc.weight, fc.bias, mlp.proj.weight, mlp.proj.bias)]
+                                  b.attn.proj.bias, n2[0], n2[1], fc.weight, fc.bias, mlp.proj.weight, mlp.proj.bias,
+                                  b.attn.q_norm.weight if b.attn.q_norm is not None else None,
+                                  b.attn.k_norm.weight if b.attn.k_norm is not None else None)]
     rope = model.wpe is None
     return NativeWeights(
         op=ops.decode_step, wte=wte.detach(), wpe=None if rope else model.wpe.weight.detach(),
         rope_cos=model.rope_cos if rope else None, rope_sin=model.rope_sin if rope else None,
         layers=layers, final=[w(parts[0][2][0]), w(parts[0][2][1]), model.lm_head.weight.detach()],
-        n_head=attn.n_head, n_kv_head=attn.n_kv_head, norm_kind=parts[0][0], eps=float(parts[0][1]),
-        mlp_kind=1 if isinstance(model.blocks[0].mlp, SwiGLU) else 0,
+        n_head=attn.n_head, n_kv_head=attn.n_kv_head, head_dim=attn.head_dim, norm_kind=parts[0][0],
+        eps=float(parts[0][1]), mlp_kind=_mlp_kind(model.blocks[0].mlp),
     )
 
 
@@ -215,7 +228,8 @@ def step(nw: NativeWeights, tokens, cache):
     """Logits (B, V) for `tokens` (B,) at cache.pos; writes the cache like Transformer.step."""
     row_pos = None if cache.offset is None else cache.pos - cache.offset
     return nw.op(tokens, row_pos, cache.pos, nw.wte, nw.wpe, nw.rope_cos, nw.rope_sin, nw.layers, nw.final,
-                 cache.k, cache.v, cache.key_mask, nw.n_head, nw.n_kv_head, nw.norm_kind, nw.eps, nw.mlp_kind)
+                 cache.k, cache.v, cache.key_mask, nw.n_head, nw.n_kv_head, nw.head_dim, nw.norm_kind, nw.eps,
+                 nw.mlp_kind)
 
 
 def loop(nw: NativeWeights, logits, uniforms, temperature: float, eos_id: int, eos_check: int, cache):
@@ -226,7 +240,7 @@ def loop(nw: NativeWeights, logits, uniforms, temperature: float, eos_id: int, e
     tokens, model_lp, sample_lp = ops.decode_loop(
         logits, uniforms, temperature, eos_id, eos_check, cache.offset, cache.pos, nw.wte, nw.wpe, nw.rope_cos,
         nw.rope_sin, nw.layers, nw.final, cache.k, cache.v, cache.key_mask, nw.n_head, nw.n_kv_head,
-        nw.norm_kind, nw.eps, nw.mlp_kind)
+        nw.head_dim, nw.norm_kind, nw.eps, nw.mlp_kind)
     cache.pos += tokens.size(1) - 1
     return tokens, model_lp, sample_lp
 

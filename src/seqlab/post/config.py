@@ -68,6 +68,9 @@ class PostConfig:
     group_size: int = 8
     prompts_per_step: int = 4
     max_new_tokens: int = 32
+    # rows per forward + backward in an update (gradient accumulation; 0: the whole batch).
+    # Bounds memory on pretrained models: activations grow with rows x length x layers.
+    micro_batch: int = 0
     temperature: float = 1.0
     epsilon: float = 0.2
     epsilon_high: Optional[float] = None
@@ -103,6 +106,8 @@ def _checked(section: dict, overrides: dict) -> PostConfig:
             raise SeqlabError(f"config key 'post.{key}' is required")
     if cfg.lora_rank < 0:
         raise SeqlabError("config key 'post.lora_rank': must be >= 0 (0 = full fine-tuning)")
+    if cfg.micro_batch < 0:
+        raise SeqlabError("config key 'post.micro_batch': must be >= 0 (0 = the whole batch at once)")
     for key in ("steps", "batch_size", "group_size", "prompts_per_step", "max_new_tokens", "num_iterations", "lr"):
         if getattr(cfg, key) <= 0:
             raise SeqlabError(f"config key 'post.{key}': must be positive")

@@ -18,6 +18,13 @@ logp is computed at temperature T too; top-k/top-p/min-p truncation is refused
 by the trainer (the truncated distribution is not the policy being optimised).
 With one iteration and no KL, the loss value is ~0 at every step (rho = 1 and
 advantages are centred per group): its gradient is a group-baseline REINFORCE.
+
+micro_batch > 0 splits an update's rows into chunks, each forward + backward on its own
+(gradient accumulation): the loss is a sum over tokens (or rows) with a normaliser of the
+whole batch, so the chunk losses, each weighted by its share of that normaliser
+(`chunk_weight`), add up to the loss of the whole batch and the update is the same up to
+float rounding. Memory then grows with the chunk, not the rollout: on SmolLM2-135M the
+activations of 64 rows x 170 tokens kept for backward are ~14 GB.
 """
 
 from __future__ import annotations
@@ -63,6 +70,14 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
         stats = {"clip_low": ((low * mask).sum() / n).item(), "clip_high": ((high * mask).sum() / n).item(),
                  "kl": ((kl * mask).sum() / n).item() if kl is not None else 0.0}
     return loss, stats
+
+
+def chunk_weight(mask: torch.Tensor, rows: slice, loss_type: str) -> float:
+    """The share of the whole batch's loss normaliser that `rows` hold: of the counted
+    tokens for the token-mean aggregations, of the rows for the per-row ones."""
+    if loss_type in ("bnpo", "dapo"):
+        return float(mask[rows].sum() / mask.sum().clamp(min=1))
+    return (rows.stop - rows.start) / mask.size(0)
 
 
 def run_grpo(cfg, progress: bool = True) -> dict:
@@ -114,8 +129,8 @@ def run_grpo(cfg, progress: bool = True) -> dict:
         ref_logp = None
         if ref is not None:
             with torch.no_grad():
-                ref_logits, _ = ref(ids[:, :-1])
-                ref_logp = token_logprobs(ref_logits, ids[:, 1:], cfg.temperature)
+                ref_logp = torch.cat([token_logprobs(ref(ids[c, :-1])[0], ids[c, 1:], cfg.temperature)
+                                      for c in chunks(ids.size(0))])
         groups = r.view(-1, G)
         lengths = gen.lengths.float()
         stats = {"reward": r.mean().item(), "reward_std": r.std().item() if r.numel() > 1 else 0.0,
@@ -133,18 +148,34 @@ def run_grpo(cfg, progress: bool = True) -> dict:
                                         "reward": totals[b]}) + "\n")
         return {"ids": ids, "mask": mask, "old": old_logp, "ref": ref_logp, "adv": adv, "stats": stats}
 
+    def chunks(n):
+        size = cfg.micro_batch or n
+        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
     def step_fn(step):
         if step % cfg.num_iterations == 0 or "ids" not in rollout:  # (or resumed mid-rollout)
             rollout.update(new_rollout(step))
         ids, mask = rollout["ids"], rollout["mask"]
-        logits, _ = model(ids[:, :-1])
-        logp = token_logprobs(logits, ids[:, 1:], cfg.temperature)
-        loss, lstats = grpo_loss(logp, rollout["old"], rollout["adv"], mask, cfg.epsilon, cfg.epsilon_high,
-                                 cfg.kl_beta, rollout["ref"], cfg.loss_type, cfg.max_new_tokens)
-        with torch.no_grad():
-            ent = entropy_from_logits(logits / cfg.temperature)  # of the sampled distribution, as TRL
-            entropy = ((ent * mask).sum() / mask.sum().clamp(min=1)).item()
-        return loss, {**rollout["stats"], **lstats, "entropy": entropy}
+        parts = chunks(ids.size(0))
+        total, lstats, entropy = 0.0, {}, 0.0
+        for rows in parts:
+            logits, _ = model(ids[rows, :-1])
+            logp = token_logprobs(logits, ids[rows, 1:], cfg.temperature)
+            ref_rows = rollout["ref"][rows] if rollout["ref"] is not None else None
+            loss, chunk_stats = grpo_loss(logp, rollout["old"][rows], rollout["adv"][rows], mask[rows], cfg.epsilon,
+                                          cfg.epsilon_high, cfg.kl_beta, ref_rows, cfg.loss_type, cfg.max_new_tokens)
+            w = chunk_weight(mask, rows, cfg.loss_type)
+            tokens = float(mask[rows].sum() / mask.sum().clamp(min=1))
+            with torch.no_grad():
+                ent = entropy_from_logits(logits / cfg.temperature)  # of the sampled distribution, as TRL
+                entropy += float((ent * mask[rows]).sum() / mask.sum().clamp(min=1))
+            for k, v in chunk_stats.items():  # token means over the whole batch
+                lstats[k] = lstats.get(k, 0.0) + v * tokens
+            if len(parts) == 1:
+                return loss, {**rollout["stats"], **lstats, "entropy": entropy}
+            (loss * w).backward()  # gradient accumulation: optimise() clips and steps on the sum
+            total += float(loss.detach()) * w
+        return torch.tensor(total), {**rollout["stats"], **lstats, "entropy": entropy}
 
     columns = ["loss", "reward", "reward_std", "frac_zero_std", "completion_len", "completion_len_min",
                "completion_len_max", "truncated", "kl", "clip_low", "clip_high", "entropy",

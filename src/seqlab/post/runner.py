@@ -156,12 +156,15 @@ def optimise(model, cfg: PostConfig, out: Path, columns: list[str], step_fn: Cal
             lr = cfg.lr * lr_factor(step, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            # step_fn returns its loss for backward here, or (micro-batches: GRPO's
+            # micro_batch) has accumulated the gradients itself and returns the loss's value
             loss, stats = step_fn(step)
             if not math.isfinite(float(loss.detach())):
                 raise SeqlabError(f"non-finite loss at step {step + 1}; stopped (lower post.lr)")
-            opt.zero_grad(set_to_none=True)
             if loss.requires_grad:
                 loss.backward()
+            if any(p.grad is not None for p in trained.parameters()):
                 grad_norm = torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.grad_clip or float("inf"))
                 opt.step()
             else:  # step_fn asks for no update (e.g. a rejection round that kept nothing): AdamW's

@@ -47,11 +47,12 @@ class PretrainedRecipeConfig:
     sft_steps: int = 24
     sft_lr: float = 2e-4
     rl_minutes: float = 30.0
-    rl_lr: float = 5e-5
+    rl_lr: float = 2e-4
     lora_rank: int = 16
     group_size: int = 8
-    prompts_per_step: int = 8
+    prompts_per_step: int = 4
     max_new_tokens: int = 64
+    micro_batch: int = 4  # rows per forward + backward: keeps GRPO on SmolLM2 within ~3 GB
     threads: int = 0  # 0: torch's default (all cores)
     eval_batch: int = 50
 
@@ -163,7 +164,8 @@ def run_pretrained_arithmetic(out: str | Path, cfg: PretrainedRecipeConfig, prog
         going = (out / "grpo" / "checkpoints").exists() and not (out / "grpo" / "best.safetensors").exists()
         g = run_grpo(post(policy=str(out / "sft"), data=str(d / "rl.jsonl"), out=str(out / "grpo"), steps=100000,
                           max_seconds=cfg.rl_minutes * 60, lr=cfg.rl_lr, group_size=cfg.group_size,
-                          prompts_per_step=cfg.prompts_per_step, rewards=list(REWARDS), checkpoint_interval=10,
+                          prompts_per_step=cfg.prompts_per_step, micro_batch=cfg.micro_batch,
+                          rewards=list(REWARDS), checkpoint_interval=10,
                           samples_every=5, resume=going), progress=progress)
         record("grpo", time.perf_counter() - t0, {"steps": g["step"]})
 

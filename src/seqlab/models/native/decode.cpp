@@ -86,11 +86,13 @@ Tensor norm(const Tensor& x, const Tensor& w, const Tensor& b, int64_t kind, dou
   return y;
 }
 
-// Rotate q and k heads in place (half-split RoPE: pairs (x[i], x[i + D/2])) and write
-// the new keys and values into the cache at `pos`.
+// Normalise (QK-norm, when its weights are given) and rotate q and k heads in place
+// (half-split RoPE: pairs (x[i], x[i + D/2])) and write the new keys and values into the
+// cache at `pos`.
 // qkv: (B, (H + 2 Hkv) * D) contiguous; cos/sin: (D/2) shared or (B, D/2) per row.
 void rope_and_store(Tensor& qkv, const Tensor& cos, const Tensor& sin, Tensor& kc, Tensor& vc,
-                    int64_t H, int64_t Hkv, int64_t D, int64_t pos) {
+                    int64_t H, int64_t Hkv, int64_t D, int64_t pos, const Tensor& q_norm, const Tensor& k_norm,
+                    float eps) {
   const int64_t B = qkv.size(0), T = kc.size(2), half = D / 2;
   const int64_t row = (H + 2 * Hkv) * D;
   float* base = qkv.data_ptr<float>();
@@ -100,8 +102,20 @@ void rope_and_store(Tensor& qkv, const Tensor& cos, const Tensor& sin, Tensor& k
   const float* cp = rope ? cos.data_ptr<float>() : nullptr;
   const float* sp = rope ? sin.data_ptr<float>() : nullptr;
   const bool per_row = rope && cos.dim() == 2;
+  const float* qn = has(q_norm) ? q_norm.data_ptr<float>() : nullptr;
+  const float* kn = has(k_norm) ? k_norm.data_ptr<float>() : nullptr;
   for (int64_t b = 0; b < B; ++b) {
     float* r = base + b * row;
+    if (qn != nullptr) {  // QK-norm (Qwen3): RMSNorm over each q and k head, before RoPE
+      for (int64_t h = 0; h < H + Hkv; ++h) {
+        float* x = r + h * D;
+        const float* w = h < H ? qn : kn;
+        float ss = 0.f;
+        for (int64_t i = 0; i < D; ++i) ss += x[i] * x[i];
+        const float rstd = 1.0f / std::sqrt(ss / D + eps);
+        for (int64_t i = 0; i < D; ++i) x[i] = x[i] * rstd * w[i];
+      }
+    }
     if (rope) {
       const float* c = cp + (per_row ? b * half : 0);
       const float* s = sp + (per_row ? b * half : 0);
@@ -194,20 +208,23 @@ Tensor attend(const Tensor& qkv, const Tensor& kc, const Tensor& vc, const Tenso
   return attend_bmm(qkv, kc, vc, key_mask, H, Hkv, D, t);
 }
 
-// layers: 12 tensors per layer, in order
+// layers: 14 tensors per layer, in order
 //   norm1.weight, norm1.bias, qkv.weight, qkv.bias, proj.weight, proj.bias,
-//   norm2.weight, norm2.bias, fc (or gate_up).weight, its bias, mlp proj.weight, its bias
-// (an absent bias is an empty tensor); final: norm_f.weight, norm_f.bias, lm_head.weight.
-// row_pos (B,) per-row positions for left-padded prompts, else position = pos.
-// mlp_kind 0: GELU (exact), 1: SwiGLU. norm_kind 0: LayerNorm, 1: RMSNorm.
+//   norm2.weight, norm2.bias, fc (or gate_up).weight, its bias, mlp proj.weight, its bias,
+//   q_norm.weight, k_norm.weight
+// (an absent bias or QK-norm is an empty tensor); final: norm_f.weight, norm_f.bias,
+// lm_head.weight. row_pos (B,) per-row positions for left-padded prompts, else position =
+// pos. head_dim may differ from C / n_head (Qwen3's wide heads). mlp_kind 0: GELU (exact),
+// 1: SwiGLU, 2: GELU (tanh approximation, GPT-2). norm_kind 0: LayerNorm, 1: RMSNorm;
+// eps serves every norm, QK-norm included.
 Tensor decode_step(const Tensor& tokens, const std::optional<Tensor>& row_pos, int64_t pos,
                    const Tensor& wte, const std::optional<Tensor>& wpe,
                    const std::optional<Tensor>& rope_cos, const std::optional<Tensor>& rope_sin,
                    at::TensorList layers, at::TensorList final_weights, at::TensorList k_cache,
                    at::TensorList v_cache, const std::optional<Tensor>& key_mask, int64_t n_head,
-                   int64_t n_kv_head, int64_t norm_kind, double eps, int64_t mlp_kind) {
-  TORCH_CHECK(layers.size() == 12 * k_cache.size(), "decode_step: 12 weights per layer expected");
-  const int64_t C = wte.size(1), D = C / n_head, L = static_cast<int64_t>(k_cache.size());
+                   int64_t n_kv_head, int64_t head_dim, int64_t norm_kind, double eps, int64_t mlp_kind) {
+  TORCH_CHECK(layers.size() == 14 * k_cache.size(), "decode_step: 14 weights per layer expected");
+  const int64_t D = head_dim, L = static_cast<int64_t>(k_cache.size());
   const bool per_row = row_pos.has_value();
   Tensor x = at::embedding(wte, tokens);  // (B, C), a fresh tensor
   Tensor cos, sin;
@@ -219,12 +236,12 @@ Tensor decode_step(const Tensor& tokens, const std::optional<Tensor>& row_pos, i
   }
   Tensor mask = key_mask.has_value() ? key_mask->contiguous() : Tensor();
   for (int64_t l = 0; l < L; ++l) {
-    const Tensor* w = &layers[12 * l];
+    const Tensor* w = &layers[14 * l];
     Tensor kc = k_cache[l], vc = v_cache[l];
     TORCH_CHECK(kc.is_contiguous() && vc.is_contiguous() && kc.scalar_type() == at::kFloat,
                 "decode_step: the KV cache must be contiguous float32 (B, Hkv, T, D)");
     Tensor qkv = linear(norm(x, w[0], w[1], norm_kind, eps), w[2], w[3]).contiguous();
-    rope_and_store(qkv, cos, sin, kc, vc, n_head, n_kv_head, D, pos);
+    rope_and_store(qkv, cos, sin, kc, vc, n_head, n_kv_head, D, pos, w[12], w[13], static_cast<float>(eps));
     Tensor y = attend(qkv, kc, vc, mask, n_head, n_kv_head, D, pos + 1);
     x = linear(y, w[4], w[5], &x);
     Tensor h = norm(x, w[6], w[7], norm_kind, eps);
@@ -234,7 +251,7 @@ Tensor decode_step(const Tensor& tokens, const std::optional<Tensor>& row_pos, i
       const int64_t hidden = gu.size(1) / 2;
       a = at::silu(gu.narrow(1, 0, hidden)).mul_(gu.narrow(1, hidden, hidden));
     } else {
-      a = at::gelu(linear(h, w[8], w[9]));
+      a = at::gelu(linear(h, w[8], w[9]), mlp_kind == 2 ? "tanh" : "none");
     }
     x = linear(a, w[10], w[11], &x);
   }
@@ -318,8 +335,8 @@ std::tuple<Tensor, Tensor, Tensor> decode_loop(
     const std::optional<Tensor>& offset, int64_t pos, const Tensor& wte, const std::optional<Tensor>& wpe,
     const std::optional<Tensor>& rope_cos, const std::optional<Tensor>& rope_sin, at::TensorList layers,
     at::TensorList final_weights, at::TensorList k_cache, at::TensorList v_cache,
-    const std::optional<Tensor>& key_mask, int64_t n_head, int64_t n_kv_head, int64_t norm_kind, double eps,
-    int64_t mlp_kind) {
+    const std::optional<Tensor>& key_mask, int64_t n_head, int64_t n_kv_head, int64_t head_dim, int64_t norm_kind,
+    double eps, int64_t mlp_kind) {
   const int64_t steps = uniforms.size(0), B = first_logits.size(0);
   TORCH_CHECK(uniforms.size(1) == B, "decode_loop: one uniform per row and step expected");
   Tensor tokens = at::empty({B, steps}, first_logits.options().dtype(at::kLong));
@@ -362,7 +379,7 @@ std::tuple<Tensor, Tensor, Tensor> decode_loop(
       const std::optional<Tensor> row_pos =
           off.has_value() ? std::optional<Tensor>(at::sub(at::scalar_tensor(p, off->options()), *off)) : std::nullopt;
       logits = decode_step(tokens.narrow(0, b0, nb).select(1, n - 1), row_pos, p, wte, wpe, rope_cos, rope_sin,
-                           layers, final_weights, kc, vc, mask, n_head, n_kv_head, norm_kind, eps, mlp_kind);
+                           layers, final_weights, kc, vc, mask, n_head, n_kv_head, head_dim, norm_kind, eps, mlp_kind);
       ++p;
     }
     return n;
@@ -392,13 +409,13 @@ TORCH_LIBRARY(seqlab, m) {
   m.def(
       "decode_step(Tensor tokens, Tensor? row_pos, int pos, Tensor wte, Tensor? wpe, Tensor? rope_cos, "
       "Tensor? rope_sin, Tensor[] layers, Tensor[] final_weights, Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, "
-      "Tensor? key_mask, int n_head, int n_kv_head, int norm_kind, float eps, int mlp_kind) -> Tensor");
+      "Tensor? key_mask, int n_head, int n_kv_head, int head_dim, int norm_kind, float eps, int mlp_kind) -> Tensor");
   m.def("sample_rows(Tensor logits, Tensor uniform, float temperature) -> (Tensor, Tensor, Tensor)");
   m.def(
       "decode_loop(Tensor logits, Tensor uniforms, float temperature, int eos_id, int eos_check, Tensor? offset, "
       "int pos, Tensor wte, Tensor? wpe, Tensor? rope_cos, Tensor? rope_sin, Tensor[] layers, "
       "Tensor[] final_weights, Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, Tensor? key_mask, int n_head, "
-      "int n_kv_head, int norm_kind, float eps, int mlp_kind) -> (Tensor, Tensor, Tensor)");
+      "int n_kv_head, int head_dim, int norm_kind, float eps, int mlp_kind) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(seqlab, CPU, m) {
