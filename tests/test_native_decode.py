@@ -224,12 +224,35 @@ def test_python_step_runs_where_the_native_one_does_not_apply(monkeypatch):
     with torch.inference_mode():
         assert m64.prefill(idx, lengths)[1].native is None  # float32 only
     with torch.no_grad():
-        m.blocks[1].attn.qkv = torch.nn.Sequential(m.blocks[1].attn.qkv)  # e.g. a LoRA wrapper
+        m.blocks[1].attn.qkv = torch.nn.Sequential(m.blocks[1].attn.qkv)  # a wrapper it cannot compute
         with torch.inference_mode():
             assert m.prefill(idx, lengths)[1].native is None
     assert m.prefill(idx, lengths)[1].native is None  # gradients on: the Python step keeps autograd
     monkeypatch.setenv("SEQLAB_NATIVE", "0")
     assert native.load() is None
+
+
+@pytest.mark.parametrize("extra", [{}, {"pos": "rope", "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 2}])
+def test_native_step_computes_lora_adapters(extra, monkeypatch):
+    """A peft LoRA model (adapters on every linear layer, B away from 0) takes the native
+    step, which matches the Python step through the peft layers; a native step that left
+    the adapters out (the bug this guards) is far outside the bound."""
+    peft = pytest.importorskip("peft")
+    m = make(extra)
+    targets = ["qkv", "proj", "gate_up" if extra else "fc"]
+    peft.get_peft_model(m, peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
+    m.eval()
+    idx = torch.randint(3, V, (5, 6), generator=torch.Generator().manual_seed(1))
+    lengths = torch.tensor([6, 2, 6, 1, 4])
+    idx = idx.masked_fill(torch.arange(6) >= lengths[:, None], 0)
+    with torch.inference_mode():
+        assert m.prefill(idx, lengths)[1].native is not None
+    err, _, _ = both_steps(m, idx, lengths, steps=12)
+    assert err <= bound(m)
+    plain = native._plain_linear
+    monkeypatch.setattr(native, "_plain_linear", lambda mod: (plain(mod)[0], None))
+    err, _, _ = both_steps(m, idx, lengths, steps=12)
+    assert err > 20 * bound(m), err
 
 
 def test_lora_adapters_are_not_bypassed_while_sampling():

@@ -11,8 +11,9 @@ loaded in each process. Without a C++ compiler, or with the environment variable
 SEQLAB_NATIVE=0, the Python code runs instead: same results up to float rounding.
 
 `pack(model)` decides per generation whether the native step applies: CPU, float32,
-eval mode, no gradients, plain nn.Linear layers (a LoRA-wrapped layer keeps the Python
-path, so adapters are never bypassed), and LayerNorm/RMSNorm with GELU (exact or tanh)
+eval mode, no gradients, nn.Linear layers plain or wrapped by peft's LoRA (the step adds
+the adapter's low-rank product, so adapters are never bypassed; other wrappers keep the
+Python path), and LayerNorm/RMSNorm with GELU (exact or tanh)
 or SwiGLU, with or without biases, QK-norm and heads wider than n_embd / n_head: every
 Transformer seqlab builds or imports (Llama, SmolLM2, Qwen2, Qwen3, GPT-2). `attention_applies(q)` decides per call for attention:
 float32 CPU heads of a multiple of 8 dims, T x D within ATTENTION_MAX_TD, and no attention
@@ -173,6 +174,28 @@ def _mlp_kind(mlp) -> int:
     return 2 if getattr(mlp, "approximate", "none") == "tanh" else 0
 
 
+def _plain_linear(m):
+    """(nn.Linear, None) for a plain linear layer; (its base nn.Linear, (A, scale * B)) for a
+    peft LoRA layer with one active, unmerged adapter and no dropout at work (decode.cpp adds
+    the low-rank product itself, so sampling stays exact and fast while the adapter trains);
+    None for anything else."""
+    if type(m) is nn.Linear:
+        return m, None
+    try:
+        from peft.tuners.lora import Linear as LoraLinear
+    except ImportError:
+        return None
+    if type(m) is not LoraLinear or m.merged or m.disable_adapters or len(m.active_adapters) != 1:
+        return None
+    name = m.active_adapters[0]
+    base = m.get_base_layer()
+    if (type(base) is not nn.Linear or name in getattr(m, "lora_variant", {}) or m.use_dora.get(name)
+            or m.lora_bias.get(name) or (m.training and not isinstance(m.lora_dropout[name], nn.Identity))):
+        return None
+    a, b = m.lora_A[name].weight, m.lora_B[name].weight
+    return base, (a.detach(), (b * m.scaling[name]).detach().contiguous())
+
+
 def pack(model) -> NativeWeights | None:
     """The native step's view of `model`, or None when the Python step must run."""
     from .layers import SwiGLU
@@ -191,8 +214,9 @@ def pack(model) -> NativeWeights | None:
     for b in model.blocks:
         mlp = b.mlp
         linears += [b.attn.qkv, b.attn.proj, mlp.gate_up if isinstance(mlp, SwiGLU) else mlp.fc, mlp.proj]
-    if any(type(m) is not nn.Linear for m in linears):
-        return None  # e.g. peft LoRA layers: keep them in the loop
+    plain = [_plain_linear(m) for m in linears]
+    if any(p is None for p in plain) or plain[0][1] is not None:
+        return None  # a wrapper the native step cannot compute: keep it in the loop
     attn = model.blocks[0].attn
     if attn.q_norm is not None and any(_norm_parts(n) is None or _norm_parts(n)[1] != parts[0][1]
                                        for b in model.blocks for n in (b.attn.q_norm, b.attn.k_norm)):
@@ -207,18 +231,19 @@ def pack(model) -> NativeWeights | None:
 
     layers = []
     for i, b in enumerate(model.blocks):
-        mlp = b.mlp
-        fc = mlp.gate_up if isinstance(mlp, SwiGLU) else mlp.fc
+        qkv, proj, fc, mproj = plain[1 + 4 * i: 5 + 4 * i]  # (nn.Linear, LoRA (A, scaled B) or None)
         n1, n2 = parts[1 + 2 * i][2], parts[2 + 2 * i][2]
-        layers += [w(t) for t in (n1[0], n1[1], b.attn.qkv.weight, b.attn.qkv.bias, b.attn.proj.weight,
-                                  b.attn.proj.bias, n2[0], n2[1], fc.weight, fc.bias, mlp.proj.weight, mlp.proj.bias,
+        layers += [w(t) for t in (n1[0], n1[1], qkv[0].weight, qkv[0].bias, proj[0].weight, proj[0].bias,
+                                  n2[0], n2[1], fc[0].weight, fc[0].bias, mproj[0].weight, mproj[0].bias,
                                   b.attn.q_norm.weight if b.attn.q_norm is not None else None,
                                   b.attn.k_norm.weight if b.attn.k_norm is not None else None)]
+        for _, lora in (qkv, proj, fc, mproj):
+            layers += [empty, empty] if lora is None else list(lora)
     rope = model.wpe is None
     return NativeWeights(
         op=ops.decode_step, wte=wte.detach(), wpe=None if rope else model.wpe.weight.detach(),
         rope_cos=model.rope_cos if rope else None, rope_sin=model.rope_sin if rope else None,
-        layers=layers, final=[w(parts[0][2][0]), w(parts[0][2][1]), model.lm_head.weight.detach()],
+        layers=layers, final=[w(parts[0][2][0]), w(parts[0][2][1]), plain[0][0].weight.detach()],
         n_head=attn.n_head, n_kv_head=attn.n_kv_head, head_dim=attn.head_dim, norm_kind=parts[0][0],
         eps=float(parts[0][1]), mlp_kind=_mlp_kind(model.blocks[0].mlp),
     )

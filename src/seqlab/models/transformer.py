@@ -63,7 +63,8 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rope=None, cache=None, layer=0, attn_mask=None):
+    def heads(self, x, rope=None):
+        """q (B, H, T, D), k and v (B, Hkv, T, D) of x (B, T, C): projected, QK-normed, rotated."""
         B, T, _ = x.shape
         H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.qkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
@@ -75,6 +76,25 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return q, k, v
+
+    def mix(self, q, k, v, attn_mask=None, is_causal=False):
+        """Attention of q over k, v, then the output projection: (B, T, C)."""
+        B, _, T, _ = q.shape
+        dropout_p = self.dropout if self.training else 0.0
+        if is_causal and dropout_p == 0.0 and native.attention_applies(q):
+            y = native.causal_attention(q, k, v)  # models/native/attention.cpp says why
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p,
+                enable_gqa=self.n_kv_head != self.n_head,
+            )  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
+        return self.resid_dropout(self.proj(y))
+
+    def forward(self, x, rope=None, cache=None, layer=0, attn_mask=None):
+        T = x.size(1)
+        q, k, v = self.heads(x, rope)
         is_causal = attn_mask is None and T > 1
         if cache is not None:
             end = cache.pos + T
@@ -84,15 +104,7 @@ class CausalSelfAttention(nn.Module):
             # A multi-token call with a cache only happens at prefill (pos == 0),
             # where is_causal's top-left alignment is the right one.
             is_causal = is_causal and cache.pos == 0
-        dropout_p = self.dropout if self.training else 0.0
-        if is_causal and dropout_p == 0.0 and native.attention_applies(q):
-            y = native.causal_attention(q, k, v)  # models/native/attention.cpp says why
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p, enable_gqa=Hkv != H,
-            )  # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(B, T, H * D)
-        return self.resid_dropout(self.proj(y))
+        return self.mix(q, k, v, attn_mask, is_causal)
 
 
     def decode(self, h, cache, layer, resid, rope=None, key_mask=None):
@@ -201,6 +213,45 @@ class Transformer(SeqModel):
             raise ValueError(f"sequence of length {T} exceeds block_size {self.max_len}")
         x, rope = self._embed(idx, torch.arange(T, device=idx.device))
         return self._run(x, rope)
+
+    def continuation_logits(self, prefix, prefix_len, rows, suffix):
+        """Logits for `suffix` tokens that continue shared prefixes, each prefix run once.
+
+        prefix (P, Tp): token ids, right-padded to prefix_len (P,); rows (B,): the prefix row
+        each sequence continues; suffix (B, S): its next tokens (right-padded). Returns
+        (B, S, V): logits[b, t] predicts suffix[b, t] from prefix + suffix[b, :t], the same
+        as the full forward over the concatenation (tested), with the prefix's forward and
+        backward done once per prefix instead of once per row. For RL on groups of
+        completions of one prompt (GRPO's G samples), where the prompt is most of the tokens.
+        """
+        P, Tp = prefix.shape
+        B, S = suffix.shape
+        device = prefix.device
+        plen = prefix_len[rows]  # (B,)
+        if Tp + S - 1 > self.max_len:
+            raise ValueError(f"sequence of length {Tp + S - 1} exceeds block_size {self.max_len}")
+        xp, rope_p = self._embed(prefix, torch.arange(Tp, device=device))
+        # suffix token t sits at position plen + t; the last suffix token predicts nothing
+        xs, rope_s = self._embed(suffix[:, :-1], plen[:, None] + torch.arange(S - 1, device=device))
+        # a suffix query sees its own prefix's real tokens, then the suffix causally
+        sees_prefix = (torch.arange(Tp, device=device) < plen[:, None])[:, None, :].expand(B, S - 1, Tp)
+        causal = torch.ones(S - 1, S - 1, dtype=torch.bool, device=device).tril().expand(B, S - 1, S - 1)
+        mask = torch.cat([sees_prefix, causal], -1).unsqueeze(1)  # (B, 1, S - 1, Tp + S - 1)
+        for block in self.blocks:
+            a = block.attn
+            qp, kp, vp = a.heads(block.norm1(xp), rope_p)
+            xp = xp + a.mix(qp, kp, vp, is_causal=Tp > 1)
+            xp = xp + block.mlp(block.norm2(xp))
+            if S > 1:
+                qs, ks, vs = a.heads(block.norm1(xs), rope_s)
+                k, v = torch.cat([kp[rows], ks], 2), torch.cat([vp[rows], vs], 2)
+                xs = xs + a.mix(qs, k, v, attn_mask=mask)
+                xs = xs + block.mlp(block.norm2(xs))
+        last = xp[torch.arange(P, device=device), prefix_len - 1]  # (P, C): predicts suffix token 0
+        first = self.lm_head(self.norm_f(last))[rows].unsqueeze(1)
+        if S == 1:
+            return first
+        return torch.cat([first, self.lm_head(self.norm_f(xs))], 1)
 
     def attention_maps(self, idx):
         """Attention probabilities per layer: list of (B, H, T, T). For heatmaps."""

@@ -37,6 +37,31 @@ def sequence_logprobs(model, input_ids: torch.Tensor, completion_mask: torch.Ten
     return lp * completion_mask[:, 1:].to(lp.dtype)
 
 
+def continuation_logits(model, prompts: list[list[int]], completions: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Logits (B, L, V) for completions (B, L) after each row's prompt: [b, t] predicts
+    completions[b, t]. A model with `continuation_logits` (the Transformer) runs each
+    distinct prompt once for all the rows that share it; others run each whole sequence."""
+    device = completions.device
+    distinct = list(dict.fromkeys(tuple(p) for p in prompts))
+    index = {p: i for i, p in enumerate(distinct)}
+    rows = torch.tensor([index[tuple(p)] for p in prompts], device=device)
+    plen = torch.tensor([len(p) for p in distinct], device=device)
+    if hasattr(model, "continuation_logits"):
+        prefix = torch.full((len(distinct), int(plen.max())), pad_id, dtype=torch.long)
+        for i, p in enumerate(distinct):
+            prefix[i, :len(p)] = torch.tensor(p, dtype=torch.long)
+        return model.continuation_logits(prefix.to(device), plen, rows, completions)
+    B, L = completions.shape
+    lens = plen[rows]
+    ids = torch.full((B, int(lens.max()) + L), pad_id, dtype=torch.long, device=device)
+    for b, p in enumerate(prompts):
+        ids[b, :len(p)] = torch.tensor(p, dtype=torch.long)
+    slot = lens[:, None] + torch.arange(L, device=device)
+    ids.scatter_(1, slot, completions)
+    logits, _ = model(ids[:, :-1])
+    return logits.gather(1, (slot - 1).unsqueeze(-1).expand(B, L, logits.size(-1)))
+
+
 def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
     return (x * mask).sum() if dim is None else (x * mask).sum(dim)
 

@@ -87,8 +87,8 @@ def run_grpo(cfg, progress: bool = True) -> dict:
 
     from ..errors import SeqlabError
     from ..sampling import DecodeRule, generate
-    from .common import entropy_from_logits, group_advantages, token_logprobs
-    from .data import completion_batch, load_jsonl
+    from .common import continuation_logits, entropy_from_logits, group_advantages, token_logprobs
+    from .data import load_jsonl
     from .prompting import prompt_format
     from .runner import extra_columns, load_policy, optimise, prepare_out, rewards_for
 
@@ -125,12 +125,15 @@ def run_grpo(cfg, progress: bool = True) -> dict:
         totals, per_fn = rewards(prompt_text, completions, columns)
         r = torch.tensor(totals)
         adv = group_advantages(r, G, cfg.advantage_scale)
-        ids, mask, old_logp = completion_batch(prompts, gen, tok.pad_id)
+        # (B, L) over completion tokens: mask 1 up to and including a row's eos
+        comp = gen.tokens.clone()  # out of inference mode: autograd saves it (embedding indices)
+        mask = (torch.arange(comp.size(1)) < gen.lengths[:, None]).float()
+        old_logp = gen.sampling_logprobs * mask
         ref_logp = None
         if ref is not None:
             with torch.no_grad():
-                ref_logp = torch.cat([token_logprobs(ref(ids[c, :-1])[0], ids[c, 1:], cfg.temperature)
-                                      for c in chunks(ids.size(0))])
+                ref_logp = torch.cat([token_logprobs(continuation_logits(ref, prompts[c], comp[c], tok.pad_id),
+                                                     comp[c], cfg.temperature) for c in chunks(comp.size(0))])
         groups = r.view(-1, G)
         lengths = gen.lengths.float()
         stats = {"reward": r.mean().item(), "reward_std": r.std().item() if r.numel() > 1 else 0.0,
@@ -146,21 +149,23 @@ def run_grpo(cfg, progress: bool = True) -> dict:
                 for b in range(0, len(completions), G):
                     f.write(json.dumps({"step": step, "prompt": prompt_text[b], "completion": completions[b],
                                         "reward": totals[b]}) + "\n")
-        return {"ids": ids, "mask": mask, "old": old_logp, "ref": ref_logp, "adv": adv, "stats": stats}
+        return {"prompts": prompts, "comp": comp, "mask": mask, "old": old_logp, "ref": ref_logp, "adv": adv,
+                "stats": stats}
 
     def chunks(n):
         size = cfg.micro_batch or n
         return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
     def step_fn(step):
-        if step % cfg.num_iterations == 0 or "ids" not in rollout:  # (or resumed mid-rollout)
+        if step % cfg.num_iterations == 0 or "comp" not in rollout:  # (or resumed mid-rollout)
             rollout.update(new_rollout(step))
-        ids, mask = rollout["ids"], rollout["mask"]
-        parts = chunks(ids.size(0))
+        comp, mask = rollout["comp"], rollout["mask"]
+        parts = chunks(comp.size(0))
         total, lstats, entropy = 0.0, {}, 0.0
         for rows in parts:
-            logits, _ = model(ids[rows, :-1])
-            logp = token_logprobs(logits, ids[rows, 1:], cfg.temperature)
+            # each prompt's forward (and backward) once for its rows (common.continuation_logits)
+            logits = continuation_logits(model, rollout["prompts"][rows], comp[rows], tok.pad_id)
+            logp = token_logprobs(logits, comp[rows], cfg.temperature)
             ref_rows = rollout["ref"][rows] if rollout["ref"] is not None else None
             loss, chunk_stats = grpo_loss(logp, rollout["old"][rows], rollout["adv"][rows], mask[rows], cfg.epsilon,
                                           cfg.epsilon_high, cfg.kl_beta, ref_rows, cfg.loss_type, cfg.max_new_tokens)

@@ -36,8 +36,11 @@ namespace {
 
 bool has(const Tensor& t) { return t.defined() && t.numel() > 0; }
 
-// Linear layer y = x W^T (+ b) (+ resid), the residual folded into addmm.
-Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor* resid = nullptr) {
+// Linear layer y = x W^T (+ b) (+ resid) (+ (x A^T) Bs^T), the residual folded into addmm.
+// A (r, in) and Bs (out, r) are a LoRA adapter with its scale alpha / r folded into Bs
+// (empty tensors: none); the adapter stays a separate low-rank product, as in peft.
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor* resid = nullptr,
+              const Tensor& lora_a = Tensor(), const Tensor& lora_bs = Tensor()) {
   Tensor y;
   if (resid != nullptr) {
     y = at::addmm(*resid, x, w.t());
@@ -47,6 +50,7 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor* r
   } else {
     y = at::mm(x, w.t());
   }
+  if (has(lora_a)) y.addmm_(at::mm(x, lora_a.t()), lora_bs.t());
   return y;
 }
 
@@ -208,11 +212,12 @@ Tensor attend(const Tensor& qkv, const Tensor& kc, const Tensor& vc, const Tenso
   return attend_bmm(qkv, kc, vc, key_mask, H, Hkv, D, t);
 }
 
-// layers: 14 tensors per layer, in order
+// layers: 22 tensors per layer, in order
 //   norm1.weight, norm1.bias, qkv.weight, qkv.bias, proj.weight, proj.bias,
 //   norm2.weight, norm2.bias, fc (or gate_up).weight, its bias, mlp proj.weight, its bias,
-//   q_norm.weight, k_norm.weight
-// (an absent bias or QK-norm is an empty tensor); final: norm_f.weight, norm_f.bias,
+//   q_norm.weight, k_norm.weight,
+//   LoRA A and scaled B of qkv, attention proj, fc (or gate_up), mlp proj
+// (an absent bias, QK-norm or adapter is an empty tensor); final: norm_f.weight, norm_f.bias,
 // lm_head.weight. row_pos (B,) per-row positions for left-padded prompts, else position =
 // pos. head_dim may differ from C / n_head (Qwen3's wide heads). mlp_kind 0: GELU (exact),
 // 1: SwiGLU, 2: GELU (tanh approximation, GPT-2). norm_kind 0: LayerNorm, 1: RMSNorm;
@@ -223,7 +228,7 @@ Tensor decode_step(const Tensor& tokens, const std::optional<Tensor>& row_pos, i
                    at::TensorList layers, at::TensorList final_weights, at::TensorList k_cache,
                    at::TensorList v_cache, const std::optional<Tensor>& key_mask, int64_t n_head,
                    int64_t n_kv_head, int64_t head_dim, int64_t norm_kind, double eps, int64_t mlp_kind) {
-  TORCH_CHECK(layers.size() == 14 * k_cache.size(), "decode_step: 14 weights per layer expected");
+  TORCH_CHECK(layers.size() == 22 * k_cache.size(), "decode_step: 22 weights per layer expected");
   const int64_t D = head_dim, L = static_cast<int64_t>(k_cache.size());
   const bool per_row = row_pos.has_value();
   Tensor x = at::embedding(wte, tokens);  // (B, C), a fresh tensor
@@ -236,24 +241,24 @@ Tensor decode_step(const Tensor& tokens, const std::optional<Tensor>& row_pos, i
   }
   Tensor mask = key_mask.has_value() ? key_mask->contiguous() : Tensor();
   for (int64_t l = 0; l < L; ++l) {
-    const Tensor* w = &layers[14 * l];
+    const Tensor* w = &layers[22 * l];
     Tensor kc = k_cache[l], vc = v_cache[l];
     TORCH_CHECK(kc.is_contiguous() && vc.is_contiguous() && kc.scalar_type() == at::kFloat,
                 "decode_step: the KV cache must be contiguous float32 (B, Hkv, T, D)");
-    Tensor qkv = linear(norm(x, w[0], w[1], norm_kind, eps), w[2], w[3]).contiguous();
+    Tensor qkv = linear(norm(x, w[0], w[1], norm_kind, eps), w[2], w[3], nullptr, w[14], w[15]).contiguous();
     rope_and_store(qkv, cos, sin, kc, vc, n_head, n_kv_head, D, pos, w[12], w[13], static_cast<float>(eps));
     Tensor y = attend(qkv, kc, vc, mask, n_head, n_kv_head, D, pos + 1);
-    x = linear(y, w[4], w[5], &x);
+    x = linear(y, w[4], w[5], &x, w[16], w[17]);
     Tensor h = norm(x, w[6], w[7], norm_kind, eps);
     Tensor a;
     if (mlp_kind == 1) {
-      Tensor gu = linear(h, w[8], w[9]);
+      Tensor gu = linear(h, w[8], w[9], nullptr, w[18], w[19]);
       const int64_t hidden = gu.size(1) / 2;
       a = at::silu(gu.narrow(1, 0, hidden)).mul_(gu.narrow(1, hidden, hidden));
     } else {
-      a = at::gelu(linear(h, w[8], w[9]), mlp_kind == 2 ? "tanh" : "none");
+      a = at::gelu(linear(h, w[8], w[9], nullptr, w[18], w[19]), mlp_kind == 2 ? "tanh" : "none");
     }
-    x = linear(a, w[10], w[11], &x);
+    x = linear(a, w[10], w[11], &x, w[20], w[21]);
   }
   return at::mm(norm(x, final_weights[0], final_weights[1], norm_kind, eps), final_weights[2].t());
 }
