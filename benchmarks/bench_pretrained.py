@@ -16,7 +16,8 @@
     no KL (both tools' defaults), lr 5e-5, the workshop's system prompt in the chat
     template, arithmetic word problems, the same three cheap rewards. seqlab `post grpo`
     (its metrics' step_time_s) vs TRL's GRPOTrainer (a callback around each training step,
-    generation included). Each process runs 2 steps; the second is reported (the first pays
+    generation included), both 8 completions per forward + backward (seqlab micro_batch 8;
+    TRL per-device batch 8 x gradient accumulation 8). Each process runs 2 steps; the second is reported (the first pays
     one-off initialisation). Completion lengths are reported too: both sample from the same
     model, so they should agree; the time per completion token is the fair ratio if not.
 
@@ -228,7 +229,8 @@ def grpo_seqlab(setup: dict, work: Path) -> dict:
     data = work / "rl.jsonl"
     grpo_data(data)
     cfg = PostConfig(policy=setup["run"], data=str(data), out=str(work / "out"), steps=2, lr=5e-5, lora_rank=16,
-                     lora_alpha=32, group_size=8, prompts_per_step=8, max_new_tokens=NEW_TOKENS, threads=THREADS,
+                     lora_alpha=32, group_size=8, prompts_per_step=8, micro_batch=8, max_new_tokens=NEW_TOKENS,
+                     threads=THREADS,
                      rewards=REWARD_NAMES, chat_template=True, system=SYSTEM, checkpoint_interval=1000,
                      samples_every=1000)
     run_grpo(cfg, progress=False)
@@ -289,8 +291,10 @@ def grpo_trl(setup: dict, work: Path) -> dict:
 
     model = AutoModelForCausalLM.from_pretrained(setup["hf"], dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(setup["hf"])
-    args = GRPOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=64, num_generations=8,
-                      steps_per_generation=1, gradient_accumulation_steps=1, max_completion_length=NEW_TOKENS,
+    # one optimizer step over 64 completions (8 prompts x 8), 8 at a time: the same memory
+    # profile as seqlab's micro_batch = 8 (64 at once needs ~17 GB of activations here)
+    args = GRPOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=8, num_generations=8,
+                      steps_per_generation=8, gradient_accumulation_steps=8, max_completion_length=NEW_TOKENS,
                       max_steps=2, learning_rate=5e-5, use_cpu=True, logging_steps=1, report_to="none",
                       save_strategy="no", temperature=1.0, beta=0.0, loss_type="dapo", seed=0,
                       dataloader_num_workers=0, bf16=False, fp16=False)
