@@ -143,7 +143,7 @@ def _prompt_batch(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.
     return idx.to(device), lengths.to(device)
 
 
-def _distinct_prompts(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+def distinct_prompts(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
     """The distinct prompts in first-seen order, and for each row the index of its prompt among them."""
     first: dict[tuple, int] = {}
     row_of = [first.setdefault(tuple(p), len(first)) for p in prompts]
@@ -183,7 +183,7 @@ def generate(
     model.eval()
     # the last token needs no cache slot: prompt + steps - 1 positions are written
     total_len = idx.size(1) + steps - 1
-    distinct, row_of = _distinct_prompts(prompts)
+    distinct, row_of = distinct_prompts(prompts)
     if len(distinct) < B:  # e.g. GRPO's G samples per prompt: prefill each prompt once, then copy its state
         logits, state = model.prefill(*_prompt_batch(distinct, pad_id, device), total_len=total_len)
         rows = torch.tensor(row_of, device=device)

@@ -1,6 +1,6 @@
 """Shared post-training maths, each function small and tested by hand.
 
-Imports only torch. Conventions: tensors are (B, T) over completion positions;
+Imports torch (and the sampler's prompt grouping for continuation_logits). Conventions: tensors are (B, T) over completion positions;
 `mask` is 1.0 on tokens that count (completion tokens up to and including eos)
 and 0.0 elsewhere. Every reduction is safe on an all-zero mask (no NaN).
 """
@@ -41,10 +41,11 @@ def continuation_logits(model, prompts: list[list[int]], completions: torch.Tens
     """Logits (B, L, V) for completions (B, L) after each row's prompt: [b, t] predicts
     completions[b, t]. A model with `continuation_logits` (the Transformer) runs each
     distinct prompt once for all the rows that share it; others run each whole sequence."""
+    from ..sampling import distinct_prompts  # the sampler's own grouping of shared prompts
+
     device = completions.device
-    distinct = list(dict.fromkeys(tuple(p) for p in prompts))
-    index = {p: i for i, p in enumerate(distinct)}
-    rows = torch.tensor([index[tuple(p)] for p in prompts], device=device)
+    distinct, row_of = distinct_prompts(prompts)
+    rows = torch.tensor(row_of, device=device)
     plen = torch.tensor([len(p) for p in distinct], device=device)
     if hasattr(model, "continuation_logits"):
         prefix = torch.full((len(distinct), int(plen.max())), pad_id, dtype=torch.long)

@@ -170,7 +170,7 @@ def run_grpo(cfg, progress: bool = True) -> dict:
             loss, chunk_stats = grpo_loss(logp, rollout["old"][rows], rollout["adv"][rows], mask[rows], cfg.epsilon,
                                           cfg.epsilon_high, cfg.kl_beta, ref_rows, cfg.loss_type, cfg.max_new_tokens)
             w = chunk_weight(mask, rows, cfg.loss_type)
-            tokens = float(mask[rows].sum() / mask.sum().clamp(min=1))
+            tokens = chunk_weight(mask, rows, "dapo")  # the chunk's share of the counted tokens
             with torch.no_grad():
                 ent = entropy_from_logits(logits / cfg.temperature)  # of the sampled distribution, as TRL
                 entropy += float((ent * mask[rows]).sum() / mask.sum().clamp(min=1))
