@@ -241,7 +241,7 @@ def seqlab_transformer(vocab: int, block: int, seed: int):
 
 def seqlab_optimizer(model):
     from seqlab.config import TrainConfig
-    from seqlab.train import make_optimizer
+    from seqlab.engine import make_optimizer
 
     return make_optimizer(model, TrainConfig())
 

@@ -361,7 +361,7 @@ def test_local_search_is_seeded_and_improves_starts(name):
 
 def test_kernel_violation_count_is_exact():
     """The annealer's incremental count equals a recount after many moves."""
-    from seqlab.discover.problems import _grid as G
+    from seqlab.discover.problems import _grid_kernel as G
 
     for name in ["isosceles-free", "no-three-in-line", "distance-4-5"]:
         p = get_problem(name, 9)
@@ -468,7 +468,7 @@ def test_orbit_tables_partition_the_grid_into_orbits(n):
 
 @pytest.mark.parametrize("name", ["isosceles-free", "no-three-in-line"])
 def test_symmetric_anneal_count_is_exact_and_sets_stay_symmetric(name):
-    from seqlab.discover.problems import _grid as G
+    from seqlab.discover.problems import _grid_kernel as G
     from seqlab.discover.problems._symmetry import _sym_anneal, _sym_start
 
     p = get_problem(name, 10)

@@ -9,7 +9,7 @@ from seqlab.config import ModelConfig, TrainConfig
 from seqlab.models import build_model, token_loss
 from seqlab.models.layers import SwiGLU, apply_rope, rope_tables
 from seqlab.models.transformer import CausalSelfAttention
-from seqlab.train import make_optimizer
+from seqlab.engine import make_optimizer
 
 V = 13
 ZOO = [

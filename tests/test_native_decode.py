@@ -362,7 +362,7 @@ def test_native_loop_equals_the_step_by_step_loop(monkeypatch, two_threads, ragg
 def test_the_first_build_notice_does_not_split_an_open_progress_bar(capsys, tmp_path):
     """The 'compiling' line goes through tqdm.write: on its own line, with training's bar
     redrawn below it, not appended to the bar's half-written line."""
-    from seqlab.train import Progress
+    from seqlab.engine import Progress
 
     class NoBuildYet:  # a build directory with no library in it: the first build
         @staticmethod

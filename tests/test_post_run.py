@@ -178,7 +178,7 @@ def test_post_resume_is_exact(bases, algorithm, extra, monkeypatch):
     logged rewards/losses as one uninterrupted 8-update run: the checkpoint (every 2
     updates, rounded up to the rollout period) holds the trained modules, optimizer,
     global RNG and the algorithm's sampling generator."""
-    import seqlab.post.runner as runner
+    import seqlab.engine as engine
     from seqlab.post import get_runner
 
     d, runs, data = bases
@@ -191,17 +191,17 @@ def test_post_resume_is_exact(bases, algorithm, extra, monkeypatch):
     whole = d / f"resume-{algorithm}-whole"
     run(load_post_config(None, {**base, "out": str(whole)}), progress=False)
     part = d / f"resume-{algorithm}-part"
-    real_lr_factor = runner.lr_factor
+    real_lr_factor = engine.lr_factor
 
     def dies_at_update_6(step, cfg):
         if step == 5:
             raise KeyboardInterrupt
         return real_lr_factor(step, cfg)
 
-    monkeypatch.setattr(runner, "lr_factor", dies_at_update_6)
+    monkeypatch.setattr(engine, "lr_factor", dies_at_update_6)
     with pytest.raises(KeyboardInterrupt):
         run(load_post_config(None, {**base, "out": str(part)}), progress=False)
-    monkeypatch.setattr(runner, "lr_factor", real_lr_factor)
+    monkeypatch.setattr(engine, "lr_factor", real_lr_factor)
     assert (part / "checkpoints" / "latest").read_text().strip() == "step-00000004"
     with pytest.raises(Exception, match="already holds a run"):
         run(load_post_config(None, {**base, "out": str(part)}), progress=False)
@@ -309,3 +309,83 @@ def test_grpo_micro_batches_give_the_update_of_the_whole_batch(bases, monkeypatc
     run_grpo(load_post_config(None, {**base, "out": str(d / "mb-bug"), "micro_batch": 3}), progress=False)
     bug = list(csv.DictReader((d / "mb-bug" / "metrics.csv").open()))
     assert float(bug[0]["grad_norm"]) > 2 * float(rows[0][0]["grad_norm"])
+
+
+def _pairs_logp(run, rows, key):
+    """Sum of the completion's log-probs under a run's model, per row (prompt -> row[key])."""
+    from seqlab.post.common import sequence_logprobs
+    from seqlab.post.data import pad_batch
+    from seqlab.post.prompting import prompt_format
+
+    model, tok, _ = load_model(run)
+    fmt = prompt_format(tok, False, "")
+    ids, mask = pad_batch([fmt.pair(r["prompt"], r[key], model.max_len) for r in rows], tok.pad_id)
+    with torch.no_grad():
+        return sequence_logprobs(model, ids, mask).sum(1), mask[:, 1:].sum()
+
+
+def _ones_per_completion(run, prompts):
+    """The toy reward's expectation: '1's per sampled completion, 256 samples, fixed seed."""
+    from seqlab.sampling import DecodeRule, generate
+
+    model, tok, _ = load_model(run)
+    ids = [tok.encode_prompt(p) if hasattr(tok, "encode_prompt") else [tok.bos_id, *tok.encode(p)]
+           for p in prompts]
+    gen = generate(model, [ids[i % len(ids)] for i in range(256)], 6, DecodeRule(temperature=1.0), tok.eos_id,
+                   tok.pad_id, generator=torch.Generator().manual_seed(0))
+    return sum(tok.decode(r).count("1") for r in gen.rows(strip_eos=True)) / 256
+
+
+@pytest.mark.parametrize("algorithm", ["sft", "dpo", "rm", "grpo", "rejection", "ppo"])
+def test_algorithm_learns_its_objective(bases, algorithm, monkeypatch):
+    """Not only do the parameters move: the objective moves the right way, measured apart
+    from the training loop. SFT: the data's negative log-likelihood falls; DPO: the policy
+    puts the chosen answers above the rejected ones relative to the reference; RM: the
+    reward model ranks the pairs right; GRPO, rejection sampling, PPO: the expected reward
+    ('1's per completion, which only a changed policy can raise) rises well past sampling
+    noise. A loss with the wrong sign moves each of these the other way."""
+    from seqlab.post import get_runner
+
+    d, runs, data = bases
+    monkeypatch.syspath_prepend(str(d))
+    base = runs["transformer"]
+    out = d / f"learns-{algorithm}"
+    over = {"policy": str(base), "data": str(data[algorithm]), "out": str(out),
+            "steps": 60 if algorithm in ("dpo", "rm") else 30, "batch_size": 16,
+            "lr": 1e-2, "group_size": 8, "prompts_per_step": 4, "max_new_tokens": 6,
+            "rewards": ["toyrewards:count_ones"], "rounds": 3, "reward_threshold": 1.0, "kl_beta": 0.0,
+            "minibatches": 1, "ppo_epochs": 1, "seed": 3}
+    if algorithm == "rm":  # a preference a 16-wide model can learn in a minute: the sum, not "99"
+        over["data"] = str(d / "pref-rm.jsonl")
+        (d / "pref-rm.jsonl").write_text("\n".join(json.dumps({"prompt": f"{a}+{b}=", "chosen": str(a + b),
+                                                               "rejected": "99"}) for a in range(5) for b in range(5)))
+    get_runner(algorithm)(load_post_config(None, over), progress=False)
+    rows = [json.loads(x) for x in open(over["data"]).read().splitlines()]
+    if algorithm == "sft":
+        (lp0, n), (lp1, _) = _pairs_logp(base, rows, "completion"), _pairs_logp(out, rows, "completion")
+        nll0, nll1 = float(-lp0.sum() / n), float(-lp1.sum() / n)
+        assert nll1 < 0.5 * nll0, (nll0, nll1)
+    elif algorithm == "dpo":
+        margin0 = _pairs_logp(base, rows, "chosen")[0] - _pairs_logp(base, rows, "rejected")[0]
+        margin1 = _pairs_logp(out, rows, "chosen")[0] - _pairs_logp(out, rows, "rejected")[0]
+        assert float(((margin1 - margin0) > 0).float().mean()) >= 0.75
+        assert float((margin1 - margin0).mean()) > 1.0
+    elif algorithm == "rm":
+        from seqlab.post.data import pad_batch
+        from seqlab.post.prompting import prompt_format
+        from seqlab.post.reward_model import load_reward_model
+
+        rm = load_reward_model(str(out))
+        _, tok, _ = load_model(out)
+        fmt = prompt_format(tok, False, "")
+
+        def scores(key):
+            ids, mask = pad_batch([fmt.pair(r["prompt"], r[key], 64) for r in rows], tok.pad_id)
+            with torch.no_grad():
+                return rm(ids, (ids != tok.pad_id).sum(1))
+
+        assert float((scores("chosen") > scores("rejected")).float().mean()) >= 0.9
+    else:
+        before, after = _ones_per_completion(base, [r["prompt"] for r in rows]), \
+            _ones_per_completion(out, [r["prompt"] for r in rows])
+        assert after > before + 0.5, (before, after)

@@ -16,7 +16,7 @@ from .config import ModelConfig, TrainConfig
 from .errors import SeqlabError
 from .models import build_model
 from .sampling import DecodeRule, generate
-from .train import make_optimizer
+from .engine import make_optimizer
 
 
 def _median_time(fn, repeats: int) -> float:

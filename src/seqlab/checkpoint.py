@@ -3,21 +3,23 @@
     RUN/config.json                  resolved config (JSON)
     RUN/tokenizer.json               tokenizer (JSON)
     RUN/best.safetensors             weights with the lowest validation loss (+ best.json)
-    RUN/checkpoints/step-00001000/   model.safetensors, optimizer.pt (tensors only),
-                                     state.json (step, counters, metrics so far)
+    RUN/checkpoints/step-00001000/   weights.safetensors: the parameters the loop trains (the
+                                     whole model for pretraining; only the adapters for LoRA);
+                                     state.pt: optimizer state and every RNG (tensors only);
+                                     state.json: step, "whole_model", the loop's own state
     RUN/checkpoints/latest           name of the newest complete checkpoint
     RUN/metrics.csv, RUN/loss.png
 
 Every file is written atomically (temp + rename) and a checkpoint directory is
 complete before `latest` points at it, so a kill at any moment leaves the last
 good checkpoint intact. Weights are safetensors; optimizer/RNG state is a torch
-file of plain tensors loaded with weights_only=True (no arbitrary pickles).
+file of plain tensors loaded with weights_only=True (no arbitrary pickles). This module
+knows the format; engine.py writes and restores checkpoints, and no loop knows the names.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -57,18 +59,7 @@ def _save_weights(model: SeqModel, path: Path) -> None:
         st_save_model(model, str(tmp))  # handles tied (shared) weights
 
 
-def save_checkpoint(run_dir: Path, step: int, model: SeqModel, extra_tensors: dict, state: dict, keep: int) -> Path:
-    ckpt_root = Path(run_dir) / "checkpoints"
-    name = f"step-{step:08d}"
-    with atomic.atomic_dir(ckpt_root / name) as tmp:
-        st_save_model(model, str(tmp / "model.safetensors"))
-        torch.save(extra_tensors, tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
-    atomic.write_text(ckpt_root / "latest", name + "\n")
-    old = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir() and p.name != name)
-    for p in old[: max(0, len(old) - (keep - 1))]:
-        shutil.rmtree(p, ignore_errors=True)
-    return ckpt_root / name
+WEIGHTS, STATE_TENSORS, STATE_JSON = "weights.safetensors", "state.pt", "state.json"
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -76,7 +67,11 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     if not pointer.exists():
         return None
     path = pointer.parent / pointer.read_text(encoding="utf-8").strip()
-    return path if (path / "state.json").exists() else None
+    return path if (path / STATE_JSON).exists() else None
+
+
+def checkpoint_state(path: Path) -> dict:
+    return json.loads((Path(path) / STATE_JSON).read_text(encoding="utf-8"))
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
@@ -100,13 +95,6 @@ def _first_line(e: Exception) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 
 
-def load_checkpoint(path: Path, model: SeqModel) -> tuple[dict, dict]:
-    load_weights(model, path / "model.safetensors")
-    extra = load_tensors(path / "optimizer.pt")
-    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    return extra, state
-
-
 def save_best(run_dir: Path, model: SeqModel, info: dict) -> None:
     _save_weights(model, Path(run_dir) / "best.safetensors")
     atomic.write_json(Path(run_dir) / "best.json", info)
@@ -125,10 +113,10 @@ def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu"):
     if which == "best" and best.exists():
         weights = best
     elif last is not None:
-        weights = last / "model.safetensors"
-        if not weights.exists() and (last / "trained.safetensors").exists():
+        if not checkpoint_state(last).get("whole_model"):
             raise SeqlabError(f"{run_dir}: a post-training run that has not finished (no best.safetensors yet); "
                               f"resume it with --resume")
+        weights = last / WEIGHTS
     elif best.exists():
         weights = best
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -146,7 +147,7 @@ def cmd_sample(args) -> None:
     from .config import SampleConfig, load_toml, naming_the_file, section_from_dict
     from .generate_text import sample_text
     from .sampling import DecodeRule
-    from .train import resolve_device
+    from .engine import resolve_device
 
     whole = load_toml(args.config) if args.config else {}
     base = whole.get("sample", {})
@@ -229,7 +230,7 @@ def cmd_chat(args) -> None:
     from .checkpoint import load_model
     from .generate_text import chat_prompt_ids, stream_reply
     from .sampling import DecodeRule
-    from .train import resolve_device
+    from .engine import resolve_device
 
     device = resolve_device(args.device)
     rule = DecodeRule(args.temperature, args.top_k, args.top_p, args.min_p)
@@ -325,7 +326,8 @@ def cmd_eval(args) -> None:
     from .generate_text import sample_text
     from .inspect.success import get_verifier, judge
     from .sampling import DecodeRule
-    from .train import evaluate, prepare_data, resolve_device
+    from .engine import resolve_device
+    from .train import evaluate, prepare_data
 
     _require(args, "task")
     verifier = get_verifier(args.task, args.equal, args.length)
@@ -490,7 +492,7 @@ def cmd_export(args) -> None:
 # ---------------------------------------------------------------- bench
 def cmd_bench(args) -> None:
     from .bench import run_bench
-    from .train import resolve_device
+    from .engine import resolve_device
 
     resolve_device(args.device)
     if args.repeats <= 0:
@@ -757,6 +759,8 @@ def main(argv: list[str] | None = None) -> int:
         args.dry_run = args.dry_run or "--dry-run" in rest
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if int(os.environ.get("RANK", "0")) > 0:  # torchrun: rank 0 alone reports (errors still go to stderr)
+        sys.stdout = open(os.devnull, "w")
     try:
         if getattr(args, "_toml", None):
             _apply_toml(args)

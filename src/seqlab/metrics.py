@@ -10,10 +10,15 @@ from . import atomic
 
 
 class MetricsLog:
-    def __init__(self, path: Path, columns: list[str], keep_until_step: int | None = None, tensorboard: bool = True):
+    def __init__(self, path: Path | None, columns: list[str], keep_until_step: int | None = None,
+                 tensorboard: bool = True):
         """Open `path` for appending. When resuming, rows after `keep_until_step`
         (written after the checkpoint we resume from) are dropped first, so the
-        log of a resumed run equals the log of an uninterrupted one."""
+        log of a resumed run equals the log of an uninterrupted one. `path` None: log
+        nothing (a data-parallel rank other than 0)."""
+        self.file = self.tb = None
+        if path is None:
+            return
         self.path = Path(path)
         self.columns = columns
         if keep_until_step is not None and self.path.exists():
@@ -47,6 +52,8 @@ class MetricsLog:
                 self.tb = None
 
     def log(self, row: dict) -> None:
+        if self.file is None:
+            return
         self.writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
         self.file.flush()
         if self.tb is not None:
@@ -55,7 +62,8 @@ class MetricsLog:
                     self.tb.add_scalar(k, v, row["step"])
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.tb is not None:
             self.tb.close()
 

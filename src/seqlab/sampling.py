@@ -170,15 +170,24 @@ def generate(
     eos_id: int = 2,
     pad_id: int = 0,
     generator: torch.Generator | None = None,
+    shard: slice | None = None,
 ) -> Generation:
-    """Sample continuations of `prompts` (token-id lists, bos included) in one batch."""
+    """Sample continuations of `prompts` (token-id lists, bos included) in one batch.
+
+    `shard`: sample only these rows of `prompts` (a data-parallel rank's share); the random
+    numbers are drawn for every row, so a row's sample does not depend on how the rows
+    are split over processes."""
     device = next(model.parameters()).device
-    idx, lengths = _prompt_batch(prompts, pad_id, device)
-    B = idx.size(0)
     steps = _budget(model, prompts, max_new_tokens)
     plain = not rule.truncates and rule.temperature == 1.0
     # in (0, 1], see _draw; (steps, B, 1), one column of uniforms per step
-    uniform_table = None if rule.greedy else 1.0 - torch.rand(steps, B, 1, generator=generator, device=device)
+    uniform_table = None if rule.greedy else 1.0 - torch.rand(steps, len(prompts), 1, generator=generator,
+                                                              device=device)
+    if shard is not None:
+        prompts = prompts[shard]
+        uniform_table = None if uniform_table is None else uniform_table[:, shard].contiguous()
+    idx, lengths = _prompt_batch(prompts, pad_id, device)
+    B = idx.size(0)
     was_training = model.training
     model.eval()
     # the last token needs no cache slot: prompt + steps - 1 positions are written

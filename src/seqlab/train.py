@@ -10,7 +10,6 @@ data-order state are all saved, and metrics.csv is cut back to the checkpoint).
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
+from .engine import Engine, OptimSettings, Progress, all_reduce_sum, autocast_dtype, resolve_device, set_threads
 from .config import RunConfig
 from .data.lines import EncodedLines, encode_lines, read_lines, split_lines
 from .data.tokenizer import BPETokenizer, CharTokenizer, Tokenizer
@@ -27,50 +27,6 @@ from .models import SeqModel, build_model
 from .plots import loss_curve
 
 COLUMNS = ["step", "train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s", "elapsed_s"]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SeqlabError(f"device '{name}' requested but CUDA is not available on this machine")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise SeqlabError("device 'mps' requested but MPS is not available on this machine")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise SeqlabError(f"unknown device '{name}' (use cpu, cuda, cuda:N or mps)") from None
-
-
-def autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA when supported ('auto'); float32 elsewhere unless asked."""
-    if dtype == "float32":
-        return None
-    if dtype == "bfloat16":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-def make_optimizer(model: SeqModel, cfg) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices (dim >= 2: linear and embedding weights) only."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    # torch's fused kernel: one op per tensor instead of ~10; on a CPU the default per-tensor
-    # loop took 0.64 ms per step for a 210k-parameter transformer, fused 0.16 ms (same
-    # numbers to 1e-7). Devices or dtypes it does not cover keep the default.
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in decay + no_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=fused or None)
-
-
-def lr_factor(step: int, cfg) -> float:
-    """Multiplier of cfg.lr for update number `step` (0-based): warmup, then cosine."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 @torch.no_grad()
@@ -123,28 +79,6 @@ def prepare_data(cfg: RunConfig, tokenizer: Tokenizer | None = None) -> Prepared
     return PreparedData(tokenizer, train, val, train_lines, val_lines, block_size)
 
 
-class Progress:
-    """A progress line on stderr (tqdm) with loss, tokens/s and ETA."""
-
-    def __init__(self, total: int, initial: int, enabled: bool):
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, file=sys.stderr, dynamic_ncols=True,
-                            unit="step", leave=True, mininterval=0.1 if sys.stderr.isatty() else 5.0)
-
-    def update(self, n: int, **postfix):
-        if self.bar is not None:
-            self.bar.update(n)
-            if postfix:
-                self.bar.set_postfix(postfix, refresh=False)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
 def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
           tokenizer: Tokenizer | None = None, init_from: SeqModel | None = None,
           deadline: float | None = None) -> dict:
@@ -183,82 +117,69 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                               f"{cfg.model.block_size}")
     tokenizer = data.tokenizer
 
-    if tc.threads > 0:
-        torch.set_num_threads(tc.threads)
+    set_threads(tc.threads)
     torch.manual_seed(tc.seed)
     model = build_model(cfg.model, tokenizer.vocab_size).to(device)
     if init_from is not None and not resume:
         model.load_state_dict(init_from.state_dict())
-    optimizer = make_optimizer(model, tc)
     batch_gen = torch.Generator().manual_seed(tc.seed + 1)
+    engine = Engine(model, OptimSettings.of(tc), device=device, run_dir=out, generators={"batch": batch_gen},
+                    keep=tc.keep_checkpoints, hint="lower train.lr")
+    ranks = engine.ranks
     step, best_val, elapsed_before, tokens_seen = 0, float("inf"), 0.0, 0
     if resume:
-        extra, state = ckpt.load_checkpoint(last, model)
-        optimizer.load_state_dict(extra["optimizer"])
-        torch.set_rng_state(extra["torch_rng"])
-        batch_gen.set_state(extra["batch_rng"])
-        if device.type == "cuda" and "cuda_rng" in extra:
-            torch.cuda.set_rng_state(extra["cuda_rng"])
-        step, best_val = state["step"], state["best_val"]
-        elapsed_before, tokens_seen = state["elapsed_s"], state["tokens_seen"]
+        step, state = engine.restore()
+        best_val, elapsed_before, tokens_seen = state["best_val"], state["elapsed_s"], state["tokens_seen"]
         if tc.steps < step:
             raise SeqlabError(f"{out}: the run is already at step {step}, past --steps {tc.steps}; "
                               f"pass a larger --steps to extend it")
-        if extended:  # the run's target is now the new one (a later plain --resume keeps it)
+        if extended and ranks.main:  # the run's target is now the new one (a later plain --resume keeps it)
             ckpt.save_run_files(out, cfg, tokenizer, vocab_size)
-    else:
+    elif ranks.main:
         out.mkdir(parents=True, exist_ok=True)
         ckpt.save_run_files(out, cfg, tokenizer, tokenizer.vocab_size)
+    global_batch = tc.batch_size * tc.grad_accum
+    mine = ranks.shard(global_batch, "train.batch_size x train.grad_accum")
 
     amp = autocast_dtype(tc.dtype, device)
     fwd = torch.compile(model) if tc.compile else model
-    log = MetricsLog(out / "metrics.csv", COLUMNS, keep_until_step=step)
-    bar = Progress(tc.steps, step, progress)
+    log = MetricsLog(out / "metrics.csv" if ranks.main else None, COLUMNS, keep_until_step=step)
+    bar = Progress(tc.steps, step, progress and ranks.main)
     pad = tokenizer.pad_id
     n_train = len(data.train)
     train_loss = val_loss = None
     t_start = time.perf_counter()
     t_window, tok_window = t_start, 0
     tokens_per_s = 0
-    last_good = str(last) if last else None
 
-    def checkpoint_now():
-        extra = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                 "batch_rng": batch_gen.get_state()}
-        if device.type == "cuda":
-            extra["cuda_rng"] = torch.cuda.get_rng_state()
-        state = {"step": step, "best_val": best_val, "tokens_seen": tokens_seen,
-                 "elapsed_s": elapsed_before + time.perf_counter() - t_start}
-        return str(ckpt.save_checkpoint(out, step, model, extra, state, tc.keep_checkpoints))
+    def loop_state():
+        return {"best_val": best_val, "tokens_seen": tokens_seen,
+                "elapsed_s": elapsed_before + time.perf_counter() - t_start}
 
+    def batch_loss():
+        """This rank's share of the global batch's loss: its rows' token losses over the
+        global batch's token count (so 8 micro-batches of 1 equal 1 batch of 8, and the
+        shares of N ranks add up to one process's loss)."""
+        nonlocal n_tokens
+        # every rank draws the same global batch (same generator) and takes its slice
+        idx = torch.randint(n_train, (global_batch,), generator=batch_gen)[mine]
+        batches = [data.train.batch(m, pad, trim=not tc.compile) for m in idx.split(tc.batch_size)]
+        n_tokens = int(all_reduce_sum(torch.tensor([sum(int((y != -1).sum()) for _, y in batches)]), ranks))
+        loss_sum = torch.zeros(())
+        for x, y in batches:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                _, loss = fwd(x, y, loss_reduction="sum")
+            (loss / n_tokens).backward()
+            loss_sum += loss.detach().float().cpu()
+        return loss_sum / n_tokens
+
+    n_tokens = 0
     model.train()
     try:
         while step < tc.steps:
-            lr = tc.lr * lr_factor(step, tc)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            # Draw the whole (accumulated) batch first so the loss is normalised by
-            # its total token count: 8 micro-batches of 1 equal 1 batch of 8.
-            idx = torch.randint(n_train, (tc.batch_size * tc.grad_accum,), generator=batch_gen)
-            micro = idx.view(tc.grad_accum, tc.batch_size)
-            batches = [data.train.batch(m, pad, trim=not tc.compile) for m in micro]
-            n_tokens = sum(int((y != -1).sum()) for _, y in batches)
-            loss_sum = 0.0
-            for x, y in batches:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    _, loss = fwd(x, y, loss_reduction="sum")
-                (loss / n_tokens).backward()
-                loss_sum += loss.detach()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
-            train_loss = float(loss_sum) / n_tokens
-            if not (math.isfinite(train_loss) and math.isfinite(float(grad_norm))):
-                where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
-                raise SeqlabError(f"non-finite loss or gradient at step {step + 1} (loss={train_loss}); "
-                                  f"stopped, {where}; lower train.lr and --resume")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            upd = engine.update(step, batch_loss)
+            train_loss, lr = upd.loss, upd.lr
             step += 1
             tokens_seen += n_tokens
             tok_window += n_tokens
@@ -268,11 +189,11 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             if step % tc.log_interval == 0 or final:
                 now = time.perf_counter()
                 tokens_per_s = round(tok_window / max(now - t_window, 1e-9))
-                row.update(train_loss=round(train_loss, 6), lr=lr, grad_norm=round(float(grad_norm), 4),
+                row.update(train_loss=round(train_loss, 6), lr=lr, grad_norm=round(upd.grad_norm, 4),
                            tokens_per_s=tokens_per_s,
                            elapsed_s=round(elapsed_before + now - t_start, 3))
                 t_window, tok_window = now, 0
-            if step % tc.eval_interval == 0 or final:
+            if ranks.main and (step % tc.eval_interval == 0 or final):
                 val_loss = evaluate(model, data.val, pad, device, amp=amp)
                 row.update(val_loss=round(val_loss, 6), val_ppl=round(math.exp(min(val_loss, 50)), 4))
                 if val_loss < best_val:
@@ -284,12 +205,15 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                        val=f"{val_loss:.4f}" if val_loss is not None else "-",
                        tok_s=tokens_per_s)
             if step % tc.checkpoint_interval == 0 or final:
-                last_good = checkpoint_now()
+                engine.save(step, loop_state(), whole_model=True)
             if final:
                 break
     finally:
         bar.close()
         log.close()
+    if not ranks.main:
+        return {"step": step, "train_loss": train_loss, "val_loss": None, "best_val_loss": None,
+                "seconds": time.perf_counter() - t_start, "params": model.num_params()}
     if step == 0 or val_loss is None:
         val_loss = evaluate(model, data.val, pad, device, amp=amp)
     rows = read_metrics(out / "metrics.csv")

@@ -15,6 +15,7 @@ import time
 import numpy as np
 import torch
 
+from ..engine import Engine, OptimSettings
 from ..post.common import group_advantages, token_logprobs
 from ..post.data import completion_batch
 from ..post.grpo import grpo_loss
@@ -37,9 +38,9 @@ def score_rewards(problem, strings: list[str], rng: np.random.Generator) -> list
 def grpo_on_score(side, problem, cfg, generator: torch.Generator, deadline: float) -> dict:
     """cfg.grpo_steps GRPO updates of side.model (stops early at `deadline`)."""
     model, tok = side.model, side.tokenizer
-    if getattr(side, "grpo_opt", None) is None:  # one optimizer for the whole run: Adam moments carry over
-        side.grpo_opt = torch.optim.AdamW(model.parameters(), lr=cfg.grpo_lr, betas=(0.9, 0.99), weight_decay=0.0)
-    opt = side.grpo_opt
+    if getattr(side, "grpo_engine", None) is None:  # one optimizer for the whole run: Adam moments carry over
+        side.grpo_engine = Engine(model, OptimSettings(lr=cfg.grpo_lr, grad_clip=1.0), hint="lower grpo_lr")
+    engine = side.grpo_engine
     rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=generator)))
     n = cfg.grpo_group * 4
     rewards_seen = []
@@ -56,13 +57,13 @@ def grpo_on_score(side, problem, cfg, generator: torch.Generator, deadline: floa
         adv = group_advantages(r, n, "group")
         ids, mask, old = completion_batch([[tok.bos_id]] * n, gen, tok.pad_id)
         model.train()
-        logits, _ = model(ids[:, :-1])
-        logp = token_logprobs(logits, ids[:, 1:], 1.0)
-        loss, _ = grpo_loss(logp, old, adv, mask, loss_type="dapo")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+
+        def loss_fn():
+            logits, _ = model(ids[:, :-1])
+            logp = token_logprobs(logits, ids[:, 1:], 1.0)
+            return grpo_loss(logp, old, adv, mask, loss_type="dapo")[0]
+
+        engine.update(0, loss_fn)  # constant lr: the schedule's position does not matter
     model.eval()
     return {"grpo_reward_first": rewards_seen[0] if rewards_seen else None,
             "grpo_reward_last": rewards_seen[-1] if rewards_seen else None}

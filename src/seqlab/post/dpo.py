@@ -48,6 +48,8 @@ def _sequence_scores(model, ids, mask, mean: bool) -> torch.Tensor:
 
 def run_dpo(cfg, progress: bool = True) -> dict:
     """DPO/IPO on {"prompt", "chosen", "rejected"} JSONL."""
+    from ..engine import ranks as process_ranks
+    from ..engine import weighted_sum
     from .data import load_jsonl, pad_batch
     from .prompting import prompt_format
     from .runner import load_policy, optimise, prepare_out
@@ -69,12 +71,16 @@ def run_dpo(cfg, progress: bool = True) -> dict:
                            for i in range(0, len(rows), 64)])
     out = prepare_out(cfg, "dpo")
     g = torch.Generator().manual_seed(cfg.seed)
+    ranks = process_ranks()
+    mine = ranks.shard(cfg.batch_size, "post.batch_size")
 
     def step_fn(step):
-        idx = torch.randint(len(rows), (cfg.batch_size,), generator=g)
+        idx = torch.randint(len(rows), (cfg.batch_size,), generator=g)[mine]  # this rank's pairs
         pc = _sequence_scores(model, *pad_batch([chosen[i] for i in idx], tok.pad_id), mean)
         pr = _sequence_scores(model, *pad_batch([rejected[i] for i in idx], tok.pad_id), mean)
-        return dpo_loss(pc, pr, ref_c[idx], ref_r[idx], cfg.beta, cfg.dpo_loss)
+        loss, stats = dpo_loss(pc, pr, ref_c[idx], ref_r[idx], cfg.beta, cfg.dpo_loss)
+        # data-parallel: a mean over equal shards is the mean of the ranks' means
+        return loss / ranks.world, weighted_sum(stats, 1.0 / ranks.world, ranks)
 
     stats = optimise(model, cfg, out, ["loss", "accuracy", "margin", "reward_chosen", "reward_rejected"],
                      step_fn, progress, f"DPO ({cfg.dpo_loss})", ("loss", "accuracy"), generator=g)

@@ -85,6 +85,8 @@ def run_grpo(cfg, progress: bool = True) -> dict:
     import copy
     import json
 
+    from ..engine import all_gather_cat, all_gather_objects, all_reduce_sum, weighted_sum
+    from ..engine import ranks as process_ranks
     from ..errors import SeqlabError
     from ..sampling import DecodeRule, generate
     from .common import continuation_logits, entropy_from_logits, group_advantages, token_logprobs
@@ -108,6 +110,7 @@ def run_grpo(cfg, progress: bool = True) -> dict:
         for p in ref.parameters():
             p.requires_grad_(False)
     out = prepare_out(cfg, "grpo")
+    ranks = process_ranks()
     g = torch.Generator().manual_seed(cfg.seed)
     G = cfg.group_size
     rule = DecodeRule(temperature=cfg.temperature)  # no truncation: the ratio's denominator is the policy
@@ -115,9 +118,15 @@ def run_grpo(cfg, progress: bool = True) -> dict:
     samples_path = out / "samples.jsonl"
 
     def new_rollout(step):
-        pick = torch.randint(len(rows), (cfg.prompts_per_step,), generator=g).tolist()
+        pick = torch.randint(len(rows), (cfg.prompts_per_step,), generator=g).tolist()  # the global batch
         prompts = [prompt_ids[i] for i in pick for _ in range(G)]
-        gen = generate(model, prompts, cfg.max_new_tokens, rule, fmt.end_id, tok.pad_id, generator=g)
+        # data-parallel: each rank samples and scores whole groups; the random numbers are
+        # drawn for the global batch, so a row's sample does not depend on the world size
+        mine = ranks.shard(cfg.prompts_per_step, "post.prompts_per_step")
+        pick = pick[mine]
+        rows_mine = slice(mine.start * G, mine.stop * G)
+        gen = generate(model, prompts, cfg.max_new_tokens, rule, fmt.end_id, tok.pad_id, generator=g, shard=rows_mine)
+        prompts = prompts[rows_mine]
         completions_ids = gen.rows(strip_eos=True)
         completions = [tok.decode(c) for c in completions_ids]
         prompt_text = [rows[i]["prompt"] for i in pick for _ in range(G)]
@@ -134,23 +143,33 @@ def run_grpo(cfg, progress: bool = True) -> dict:
             with torch.no_grad():
                 ref_logp = torch.cat([token_logprobs(continuation_logits(ref, prompts[c], comp[c], tok.pad_id),
                                                      comp[c], cfg.temperature) for c in chunks(comp.size(0))])
+        # the logged statistics are the global batch's
+        r = all_gather_cat(r, ranks)
         groups = r.view(-1, G)
-        lengths = gen.lengths.float()
+        lengths = all_gather_cat(gen.lengths.float(), ranks)
+        truncated = all_gather_cat((~gen.finished).float(), ranks)
         stats = {"reward": r.mean().item(), "reward_std": r.std().item() if r.numel() > 1 else 0.0,
                  "frac_zero_std": (groups.std(1) == 0).float().mean().item() if G > 1 else 1.0,
                  "completion_len": lengths.mean().item(), "completion_len_min": lengths.min().item(),
-                 "completion_len_max": lengths.max().item(),
-                 "truncated": (~gen.finished).float().mean().item()}
-        for name, vals in per_fn.items():
-            seen = [v for v in vals if v is not None]
+                 "completion_len_max": lengths.max().item(), "truncated": truncated.mean().item()}
+        gathered = all_gather_objects((per_fn, prompt_text, completions, totals), ranks)
+        for name in per_fn:
+            seen = [v for part in gathered for v in part[0][name] if v is not None]
             stats[f"reward/{name}"] = sum(seen) / len(seen) if seen else None
-        if cfg.samples_every and step % cfg.samples_every == 0:
+        if ranks.main and cfg.samples_every and step % cfg.samples_every == 0:
             with open(samples_path, "a", encoding="utf-8") as f:
-                for b in range(0, len(completions), G):
-                    f.write(json.dumps({"step": step, "prompt": prompt_text[b], "completion": completions[b],
-                                        "reward": totals[b]}) + "\n")
+                for _, texts, comps, tot in gathered:
+                    for b in range(0, len(comps), G):
+                        f.write(json.dumps({"step": step, "prompt": texts[b], "completion": comps[b],
+                                            "reward": tot[b]}) + "\n")
+        # this rank's share of the loss's normaliser: of the global batch's tokens (dapo, the
+        # global token mean), else 1 / world (equal shards: bnpo is then a mean of per-rank
+        # token means, as TRL's; grpo and dr_grpo are means over rows)
+        tokens = float(mask.sum())
+        all_tokens = float(all_reduce_sum(torch.tensor([tokens], dtype=torch.float64), ranks))
+        share = tokens / max(all_tokens, 1.0) if cfg.loss_type == "dapo" else 1.0 / ranks.world
         return {"prompts": prompts, "comp": comp, "mask": mask, "old": old_logp, "ref": ref_logp, "adv": adv,
-                "stats": stats}
+                "stats": stats, "share": share, "token_share": tokens / max(all_tokens, 1.0)}
 
     def chunks(n):
         size = cfg.micro_batch or n
@@ -176,11 +195,14 @@ def run_grpo(cfg, progress: bool = True) -> dict:
                 entropy += float((ent * mask[rows]).sum() / mask.sum().clamp(min=1))
             for k, v in chunk_stats.items():  # token means over the whole batch
                 lstats[k] = lstats.get(k, 0.0) + v * tokens
-            if len(parts) == 1:
-                return loss, {**rollout["stats"], **lstats, "entropy": entropy}
-            (loss * w).backward()  # gradient accumulation: optimise() clips and steps on the sum
-            total += float(loss.detach()) * w
-        return torch.tensor(total), {**rollout["stats"], **lstats, "entropy": entropy}
+            if len(parts) == 1:  # the engine backpropagates (this rank's share of) the loss
+                total = loss * rollout["share"]
+            else:  # gradient accumulation: the engine clips and steps on the sum
+                (loss * (w * rollout["share"])).backward()
+                total += float(loss.detach()) * w * rollout["share"]
+        # token means over the global batch (data-parallel: each rank's weighted by its tokens)
+        lstats = weighted_sum({**lstats, "entropy": entropy}, rollout["token_share"], ranks)
+        return torch.as_tensor(total), {**rollout["stats"], **lstats}
 
     columns = ["loss", "reward", "reward_std", "frac_zero_std", "completion_len", "completion_len_min",
                "completion_len_max", "truncated", "kl", "clip_low", "clip_high", "entropy",

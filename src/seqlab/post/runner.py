@@ -26,15 +26,14 @@ from typing import Callable
 
 import torch
 
-from safetensors.torch import save_model as st_save_model
-
 from .. import atomic
-from ..checkpoint import latest_checkpoint, load_model, load_tensors, load_weights, save_best
+from ..checkpoint import latest_checkpoint, load_model, save_best
+from ..engine import Engine, OptimSettings, Progress, barrier, set_threads
+from ..engine import ranks as process_ranks
 from ..errors import SeqlabError
 from ..metrics import MetricsLog, read_metrics
 from ..models.base import disable_dropout
 from ..plots import dashboard, loss_curve
-from ..train import Progress, lr_factor, make_optimizer
 from .config import PostConfig
 
 
@@ -43,8 +42,7 @@ def load_policy(cfg: PostConfig, drop_dropout: bool):
     default for cfg.disable_dropout: with dropout on, the model being updated is a random
     thinning of the one that sampled the rollouts (or produced the reference log-probs),
     so even the first update's importance ratio is not 1."""
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model, tokenizer, run_cfg = load_model(cfg.policy, "best")
     if cfg.lora_rank > 0:
@@ -71,9 +69,29 @@ def extra_columns(rows: list[dict]) -> list[str]:
     return sorted({k for r in rows for k in r} - {"prompt"})
 
 
+DATA_PARALLEL = ("sft", "dpo", "grpo")
+
+
 def prepare_out(cfg: PostConfig, algorithm: str) -> Path:
     """The run folder: checked on resume (same algorithm and policy as the run it continues),
-    fresh otherwise, with the post-training settings in post_config.json."""
+    fresh otherwise, with the post-training settings in post_config.json (rank 0 writes;
+    every rank waits until the folder is ready)."""
+    r = process_ranks()
+    if r.world > 1 and algorithm not in DATA_PARALLEL:
+        raise SeqlabError(f"post {algorithm} does not run data-parallel yet (torchrun with {r.world} processes); "
+                          f"run it in one process, or use one of: {', '.join(DATA_PARALLEL)}")
+    out = _check_out(cfg, algorithm)
+    if r.main and not cfg.resume:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "samples.jsonl").unlink(missing_ok=True)  # a killed earlier try's samples do not carry over
+        for name in ("config.json", "tokenizer.json"):  # the model's: the result samples like any run
+            shutil.copyfile(Path(cfg.policy) / name, out / name)
+        atomic.write_json(out / "post_config.json", {"algorithm": algorithm, **dataclasses.asdict(cfg)})
+    barrier(r)
+    return out
+
+
+def _check_out(cfg: PostConfig, algorithm: str) -> Path:
     out = Path(cfg.out)
     if cfg.resume:
         if latest_checkpoint(out) is None:
@@ -87,41 +105,15 @@ def prepare_out(cfg: PostConfig, algorithm: str) -> Path:
         return out
     if (out / "best.safetensors").exists() or (out / "checkpoints").exists():
         raise SeqlabError(f"{out} already holds a run; pass --resume to continue it or choose another out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "samples.jsonl").unlink(missing_ok=True)  # a killed earlier try's samples do not carry over
-    for name in ("config.json", "tokenizer.json"):  # the model's: the result samples like any run
-        shutil.copyfile(Path(cfg.policy) / name, out / name)
-    atomic.write_json(out / "post_config.json", {"algorithm": algorithm, **dataclasses.asdict(cfg)})
     return out
 
 
-def save_post_checkpoint(out: Path, step: int, trained: torch.nn.Module, opt, generator, elapsed: float) -> None:
-    root = out / "checkpoints"
-    name = f"step-{step:08d}"
-    with atomic.atomic_dir(root / name) as tmp:
-        st_save_model(trained, str(tmp / "trained.safetensors"))
-        torch.save({"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
-                    "generator": generator.get_state() if generator is not None else None}, tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, "elapsed_s": elapsed}), encoding="utf-8")
-    atomic.write_text(root / "latest", name + "\n")
-    for old in sorted(p for p in root.glob("step-*") if p.is_dir() and p.name != name):
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _restore(out: Path, trained, opt, generator) -> tuple[int, float]:
-    path = latest_checkpoint(out)
-    load_weights(trained, path / "trained.safetensors")
-    extra = load_tensors(path / "optimizer.pt")
-    opt.load_state_dict(extra["optimizer"])
-    torch.set_rng_state(extra["torch_rng"])
-    if generator is not None and extra["generator"] is not None:
-        generator.set_state(extra["generator"])
-    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+def _drop_samples_after(out: Path, step: int) -> None:
+    """Samples logged after the checkpoint a run resumes from are logged again: drop them."""
     samples = out / "samples.jsonl"
-    if samples.exists():  # drop samples logged after the checkpoint: they are logged again
+    if samples.exists():
         lines = samples.read_text(encoding="utf-8").splitlines()
-        atomic.write_text(samples, "".join(x + "\n" for x in lines if json.loads(x).get("step", 0) < state["step"]))
-    return state["step"], state["elapsed_s"]
+        atomic.write_text(samples, "".join(x + "\n" for x in lines if json.loads(x).get("step", 0) < step))
 
 
 def optimise(model, cfg: PostConfig, out: Path, columns: list[str], step_fn: Callable[[int], tuple],
@@ -136,16 +128,27 @@ def optimise(model, cfg: PostConfig, out: Path, columns: list[str], step_fn: Cal
     of `boundary` updates, where step_fn keeps no state from earlier updates."""
     trained = trained if trained is not None else model
     trained.train()
-    opt = make_optimizer(trained, cfg)
-    start, elapsed_before = (_restore(out, trained, opt, generator) if cfg.resume else (0, 0.0))
+    engine = Engine(trained, OptimSettings.of(cfg), run_dir=out,
+                    generators={"sampling": generator} if generator is not None else None, hint="lower post.lr")
+    start, elapsed_before = 0, 0.0
+    if cfg.resume:
+        start, loop_state = engine.restore()
+        elapsed_before = loop_state["elapsed_s"]
+        if engine.ranks.main:
+            _drop_samples_after(out, start)
     interval = max(1, math.ceil(cfg.checkpoint_interval / boundary)) * boundary
     # a fresh run keeps no rows (start = 0): a killed earlier try's log does not carry over
-    log = MetricsLog(out / "metrics.csv", ["step", *columns, "lr", "grad_norm", "step_time_s", "elapsed_s"],
-                     keep_until_step=start)
-    bar = Progress(cfg.steps, start, progress)
+    main = engine.ranks.main  # rank 0 alone writes
+    log = MetricsLog(out / "metrics.csv" if main else None,
+                     ["step", *columns, "lr", "grad_norm", "step_time_s", "elapsed_s"], keep_until_step=start)
+    bar = Progress(cfg.steps, start, progress and main)
     stats: dict = {}
     started = time.perf_counter() - elapsed_before
     done = start
+
+    def elapsed():
+        return {"elapsed_s": time.perf_counter() - started}
+
     try:
         for step in range(start, cfg.steps):
             # the time budget ends a run only at a rollout boundary, so its final checkpoint
@@ -153,25 +156,18 @@ def optimise(model, cfg: PostConfig, out: Path, columns: list[str], step_fn: Cal
             if cfg.max_seconds and step % boundary == 0 and time.perf_counter() - started >= cfg.max_seconds:
                 break
             t0 = time.perf_counter()
-            lr = cfg.lr * lr_factor(step, cfg)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            opt.zero_grad(set_to_none=True)
-            # step_fn returns its loss for backward here, or (micro-batches: GRPO's
-            # micro_batch) has accumulated the gradients itself and returns the loss's value
-            loss, stats = step_fn(step)
-            if not math.isfinite(float(loss.detach())):
-                raise SeqlabError(f"non-finite loss at step {step + 1}; stopped (lower post.lr)")
-            if loss.requires_grad:
-                loss.backward()
-            if any(p.grad is not None for p in trained.parameters()):
-                grad_norm = torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.grad_clip or float("inf"))
-                opt.step()
-            else:  # step_fn asks for no update (e.g. a rejection round that kept nothing): AdamW's
-                grad_norm = torch.zeros(())  # momentum and weight decay would still move the weights
-            stats = {"loss": float(loss.detach()), **stats}
-            row = {"step": step + 1, **{k: stats.get(k) for k in columns}, "lr": lr,
-                   "grad_norm": round(float(grad_norm), 4), "step_time_s": round(time.perf_counter() - t0, 4),
+
+            def compute():
+                # step_fn returns its loss for the engine's backward, or (micro-batches: GRPO's
+                # micro_batch) has accumulated the gradients itself and returns the loss's value
+                nonlocal stats
+                loss, stats = step_fn(step)
+                return loss
+
+            upd = engine.update(step, compute)
+            stats = {"loss": upd.loss, **stats}
+            row = {"step": step + 1, **{k: stats.get(k) for k in columns}, "lr": upd.lr,
+                   "grad_norm": round(upd.grad_norm, 4), "step_time_s": round(time.perf_counter() - t0, 4),
                    "elapsed_s": round(time.perf_counter() - started, 2)}
             last = step + 1 == cfg.steps or (cfg.max_seconds and (step + 1) % boundary == 0
                                              and time.perf_counter() - started >= cfg.max_seconds)
@@ -180,12 +176,14 @@ def optimise(model, cfg: PostConfig, out: Path, columns: list[str], step_fn: Cal
             bar.update(1, **{k: f"{stats[k]:.4f}" for k in progress_keys if stats.get(k) is not None})
             done = step + 1
             if done % interval == 0 and done < cfg.steps:
-                save_post_checkpoint(out, done, trained, opt, generator, time.perf_counter() - started)
+                engine.save(done, elapsed())
     finally:
         bar.close()
         log.close()
     if done > start or not cfg.resume:
-        save_post_checkpoint(out, done, trained, opt, generator, time.perf_counter() - started)
+        engine.save(done, elapsed())
+    if not main:
+        return {**stats, "steps_done": done, "seconds": round(time.perf_counter() - started, 2)}
     if cfg.lora_rank > 0:  # LoRA: keep the adapter, save merged weights as an ordinary run
         from .lora import merge_and_save
 

@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from .._jit import njit, rand_float, rand_int, shuffle, temperature, tie_min
-from ._grid import BEST_K, K, KIND_ISOSCELES, T, V, _add_delta, _place, _record, _remove
+from ._grid_kernel import BEST_K, K, KIND_ISOSCELES, T, V, _add_delta, _place, _record, _remove
 
 # generators as maps (r, c) -> (r', c') on an n x n grid with m = n - 1
 GROUPS = {

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._grid import KIND_DIST45, GridPointProblem, _neighbour_table
+from ._grid import GridPointProblem
+from ._grid_kernel import KIND_DIST45, _neighbour_table
 
 FORBIDDEN = (16, 25)
 

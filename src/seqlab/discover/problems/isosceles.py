@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._grid import KIND_ISOSCELES, GridPointProblem
+from ._grid import GridPointProblem
+from ._grid_kernel import KIND_ISOSCELES
 
 
 class IsoscelesFree(GridPointProblem):

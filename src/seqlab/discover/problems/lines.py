@@ -12,7 +12,8 @@ from __future__ import annotations
 from math import gcd
 
 
-from ._grid import KIND_LINES, GridPointProblem, _direction_table
+from ._grid import GridPointProblem
+from ._grid_kernel import KIND_LINES, _direction_table
 
 
 class NoThreeInLine(GridPointProblem):
