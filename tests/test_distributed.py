@@ -106,28 +106,44 @@ def base(tmp_path_factory):
                                            for a in range(5) for b in range(5)) + "\n")
     (d / "rl.jsonl").write_text("\n".join(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)})
                                           for a in range(5) for b in range(5)) + "\n")
+    (d / "pref.jsonl").write_text("\n".join(json.dumps({"prompt": f"{a}+{b}=", "chosen": str(a + b),
+                                                          "rejected": str(a + b + 1)})
+                                              for a in range(5) for b in range(5)) + "\n")
     (d / "toyrewards.py").write_text("def count_ones(prompts, completions, **kw):\n"
                                      "    return [float(c.count('1')) for c in completions]\n")
     return d
 
 
+RL = 'max_new_tokens = 6\nrewards = ["toyrewards:count_ones"]\n'
+DATA = {"sft": "sft", "dpo": "pref", "rm": "pref", "grpo": "rl", "rejection": "rl", "ppo": "rl"}
+
+
 @pytest.mark.parametrize("algorithm,columns,extra", [
     ("sft", ("loss", "completion_tokens", "grad_norm"), 'batch_size = 8\n'),
     ("grpo", ("loss", "reward", "reward_std", "completion_len", "entropy", "clip_high", "grad_norm"),
-     'prompts_per_step = 2\ngroup_size = 4\nmax_new_tokens = 6\nnum_iterations = 2\nrewards = ["toyrewards:count_ones"]\n'
-     'samples_every = 1\n'),
+     'prompts_per_step = 2\ngroup_size = 4\nnum_iterations = 2\nsamples_every = 1\n' + RL),
+    pytest.param("dpo", ("loss", "accuracy", "margin", "grad_norm"), 'batch_size = 8\n', marks=pytest.mark.slow),
+    pytest.param("rm", ("loss", "train_accuracy", "val_accuracy", "grad_norm"), 'batch_size = 8\n',
+                 marks=pytest.mark.slow),
+    pytest.param("rejection", ("loss", "kept", "reward", "grad_norm"),
+                 'batch_size = 8\nrounds = 2\ngroup_size = 3\nreward_threshold = 1.0\n' + RL, marks=pytest.mark.slow),
+    pytest.param("ppo", ("loss", "reward", "policy_loss", "value_loss", "entropy", "grad_norm"),
+                 'batch_size = 8\nminibatches = 2\nppo_epochs = 2\nkl_beta = 0.05\n' + RL, marks=pytest.mark.slow),
 ])
 def test_post_two_processes_equal_one(base, algorithm, columns, extra):
     cfg = base / f"{algorithm}.toml"
-    cfg.write_text(f'[post]\npolicy = "{base / "base"}"\ndata = "{base / ("sft" if algorithm == "sft" else "rl")}.jsonl"\n'
+    cfg.write_text(f'[post]\npolicy = "{base / "base"}"\ndata = "{base / DATA[algorithm]}.jsonl"\n'
                    f'steps = 6\nlr = 0.01\nthreads = 1\nlog_interval = 1\ncheckpoint_interval = 2\n{extra}')
     env = {"PYTHONPATH": f"{base}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     one, two = base / f"{algorithm}-one", base / f"{algorithm}-two"
     launch(1, "post", algorithm, "--config", cfg, "--out", one, "--quiet", env_extra=env)
     launch(2, "post", algorithm, "--config", cfg, "--out", two, "--quiet", env_extra=env)
-    close(metrics(two, *columns), metrics(one, *columns))
+    # rm: Adam turns a gradient component that is 0 up to rounding (the pair's shared terms
+    # cancel in r_w - r_l; summed over ranks in another order) into a step of size lr
+    tol = 2e-3 if algorithm == "rm" else 1e-4
+    close(metrics(two, *columns), metrics(one, *columns), tol)
     a, b = load_file(str(one / "best.safetensors")), load_file(str(two / "best.safetensors"))
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < tol
     assert max(float((a[k] - load_file(str(base / "base" / "best.safetensors"))[k]).abs().max()) for k in a) > 1e-3
     if algorithm == "grpo":  # the samples of both ranks' groups, written once
         assert (two / "samples.jsonl").read_text() == (one / "samples.jsonl").read_text()

@@ -765,6 +765,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "_toml", None):
             _apply_toml(args)
         args.func(args)
+        if "WORLD_SIZE" in os.environ:
+            from .engine import leave_process_group
+
+            leave_process_group()
     except DryRun as done:
         _emit(args, {"dry_run": True, "verb": args.verb, "next": done.next_step},
               f"ok: flags and config checked; would now {done.next_step}")

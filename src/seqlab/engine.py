@@ -101,6 +101,13 @@ class Ranks:
         size = n // self.world
         return slice(self.rank * size, (self.rank + 1) * size)
 
+    def split(self, n: int) -> slice:
+        """This rank's contiguous part of n items when they need not split evenly (the
+        first n % world ranks take one more)."""
+        size, extra = divmod(n, self.world)
+        start = self.rank * size + min(self.rank, extra)
+        return slice(start, start + size + (self.rank < extra))
+
 
 def ranks(device: torch.device | None = None) -> Ranks:
     """The torchrun process group (joined on first use), or one process."""
@@ -110,12 +117,19 @@ def ranks(device: torch.device | None = None) -> Ranks:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        import atexit
-
         backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
         dist.init_process_group(backend)
-        atexit.register(dist.destroy_process_group)
     return Ranks(dist.get_rank(), dist.get_world_size())
+
+
+def leave_process_group() -> None:
+    """At the end of a torchrun command: wait for every rank (rank 0 writes the results
+    last), then close the group (left open, gloo's threads abort the process at exit)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def all_reduce_sum(t: torch.Tensor, r: Ranks) -> torch.Tensor:
@@ -153,6 +167,18 @@ def all_gather_cat(t: torch.Tensor, r: Ranks) -> torch.Tensor:
     parts = [torch.empty_like(t) for _ in range(r.world)]
     dist.all_gather(parts, t.contiguous())
     return torch.cat(parts)
+
+
+def all_gather_padded(t: torch.Tensor, r: Ranks, pad_value) -> torch.Tensor:
+    """Every rank's (n, T_rank, ...) tensor, right-padded with pad_value to the widest T and
+    concatenated along dim 0 in rank order (same n on every rank)."""
+    if r.world == 1:
+        return t
+    width = int(max(all_gather_objects(t.size(1), r)))
+    if t.size(1) < width:
+        pad = t.new_full((t.size(0), width - t.size(1), *t.shape[2:]), pad_value)
+        t = torch.cat([t, pad], 1)
+    return all_gather_cat(t, r)
 
 
 def all_gather_objects(obj, r: Ranks) -> list:
@@ -290,22 +316,25 @@ class Engine:
         return Update(loss_value, grad_norm, lr, True)
 
     def _reduce(self, loss: torch.Tensor) -> tuple[float, bool]:
-        """Sum gradients and the loss over ranks (one flat buffer); any gradient anywhere?"""
+        """Sum gradients and the loss over ranks (one flat buffer); any gradient anywhere?
+        A parameter no rank computed a gradient for keeps none, as in one process (AdamW
+        skips it: no weight decay, no momentum step)."""
         local_grad = any(p.grad is not None for p in self.params)
         if self.ranks.world == 1:
             return float(loss), local_grad
+        dtype = self.params[0].dtype
+        flags = torch.tensor([float(p.grad is not None) for p in self.params], dtype=dtype, device=loss.device)
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in self.params]
-                         + [loss.reshape(1).to(self.params[0].dtype),
-                            torch.tensor([float(local_grad)], dtype=self.params[0].dtype, device=loss.device)])
+                         + [flags, loss.reshape(1).to(dtype)])
         all_reduce_sum(flat, self.ranks)
-        has_grad = bool(flat[-1] > 0)
-        if has_grad:
-            offset = 0
-            for p in self.params:
-                n = p.numel()
-                p.grad = flat[offset: offset + n].view_as(p).clone()
-                offset += n
-        return float(flat[-2]), has_grad
+        n = len(self.params)
+        had_grad = flat[-1 - n:-1] > 0
+        offset = 0
+        for p, has in zip(self.params, had_grad.tolist()):
+            size = p.numel()
+            p.grad = flat[offset: offset + size].view_as(p).clone() if has else None
+            offset += size
+        return float(flat[-1]), bool(had_grad.any())
 
     def _stop(self, step: int, what: str):
         where = (f"the last good checkpoint is {self.last_good}" if self.last_good

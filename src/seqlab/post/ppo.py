@@ -77,6 +77,8 @@ class ValueModel(nn.Module):
 def run_ppo(cfg, progress: bool = True) -> dict:
     import copy
 
+    from ..engine import all_gather_cat, all_gather_padded, all_reduce_sum, weighted_sum
+    from ..engine import ranks as process_ranks
     from ..sampling import DecodeRule, generate
     from .common import entropy_from_logits, token_logprobs
     from .data import completion_batch, load_jsonl
@@ -100,6 +102,7 @@ def run_ppo(cfg, progress: bool = True) -> dict:
     value = ValueModel(copy.deepcopy(model), model.vocab_size)
     both = nn.ModuleDict({"policy": model, "value": value})
     out = prepare_out(cfg, "ppo")
+    ranks = process_ranks()
     g = torch.Generator().manual_seed(cfg.seed)
     B = cfg.batch_size
     updates_per_rollout = cfg.ppo_epochs * cfg.minibatches
@@ -108,22 +111,32 @@ def run_ppo(cfg, progress: bool = True) -> dict:
     def new_rollout():
         pick = torch.randint(len(rows), (B,), generator=g).tolist()
         prompts = [fmt.prompt_ids(rows[i]["prompt"]) for i in pick]
+        # data-parallel: each rank samples and scores its rows (random numbers drawn for the
+        # whole batch: a sample does not depend on the world size), then every rank holds
+        # the whole rollout, so advantages are whitened over the global batch as in one process
+        mine = ranks.shard(B, "post.batch_size")
         gen = generate(model, prompts, cfg.max_new_tokens, DecodeRule(temperature=cfg.temperature),
-                       fmt.end_id, tok.pad_id, generator=g)
+                       fmt.end_id, tok.pad_id, generator=g, shard=mine)
         texts = [tok.decode(c) for c in gen.rows()]
-        ids, mask, _ = completion_batch(prompts, gen, tok.pad_id)
+        ids, mask, _ = completion_batch(prompts[mine], gen, tok.pad_id)
+        local_scores = None
+        if rewards is not None:
+            prompt_text = [rows[i]["prompt"] for i in pick[mine]]
+            columns = {c: [rows[i].get(c) for i in pick[mine]] for c in col_names}
+            local_scores = torch.tensor(rewards(prompt_text, texts, columns)[0])
+        ids, mask = all_gather_padded(ids, ranks, tok.pad_id), all_gather_padded(mask, ranks, 0)
+        gen_lengths = all_gather_cat(gen.lengths, ranks)
+        truncated = all_gather_cat((~gen.finished).float(), ranks)
         with torch.no_grad():
             logits, _ = model(ids[:, :-1])
             old_logp = token_logprobs(logits, ids[:, 1:], cfg.temperature) * mask
             ref_logp = token_logprobs(ref(ids[:, :-1])[0], ids[:, 1:], cfg.temperature) if ref else None
             old_values = value(ids[:, :-1]) * mask
             if rewards is None:
-                lengths = torch.tensor([len(p) for p in prompts]) + gen.lengths
+                lengths = torch.tensor([len(p) for p in prompts]) + gen_lengths
                 scores = rm(ids, lengths)
             else:
-                prompt_text = [rows[i]["prompt"] for i in pick]
-                columns = {c: [rows[i].get(c) for i in pick] for c in col_names}
-                scores = torch.tensor(rewards(prompt_text, texts, columns)[0])
+                scores = all_gather_cat(local_scores, ranks)
             r = token_rewards(scores, old_logp, ref_logp if cfg.kl_in_reward else None, mask, cfg.kl_beta,
                               cfg.kl_estimator)
             adv, returns = gae(r, old_values, mask, cfg.gamma, cfg.gae_lambda)
@@ -133,8 +146,8 @@ def run_ppo(cfg, progress: bool = True) -> dict:
         roll.update(ids=ids, mask=mask, old_logp=old_logp, ref_logp=ref_logp, old_values=old_values, adv=adv,
                     returns=returns, order=torch.randperm(B, generator=g),
                     stats={"reward": scores.mean().item(), "kl": kl,
-                           "completion_len": gen.lengths.float().mean().item(),
-                           "truncated": (~gen.finished).float().mean().item()})
+                           "completion_len": gen_lengths.float().mean().item(),
+                           "truncated": truncated.mean().item()})
 
     def step_fn(step):
         k = step % updates_per_rollout
@@ -143,7 +156,11 @@ def run_ppo(cfg, progress: bool = True) -> dict:
         elif k % cfg.minibatches == 0:  # a new epoch over the rollout: new minibatches, as TRL's PPOTrainer
             roll["order"] = torch.randperm(roll["order"].numel(), generator=g)
         mb = roll["order"].chunk(cfg.minibatches)[k % cfg.minibatches]
+        mb = mb[ranks.shard(mb.numel(), "post.batch_size / post.minibatches")]  # data-parallel: this rank's rows
         ids, mask = roll["ids"][mb], roll["mask"][mb]
+        # this rank's share of the minibatch's token means (all of it in one process)
+        tokens = float(mask.sum())
+        share = tokens / max(float(all_reduce_sum(torch.tensor([tokens], dtype=torch.float64), ranks)), 1.0)
         logits, _ = model(ids[:, :-1])
         logp = token_logprobs(logits, ids[:, 1:], cfg.temperature)
         values = value(ids[:, :-1])
@@ -156,7 +173,7 @@ def run_ppo(cfg, progress: bool = True) -> dict:
         with torch.no_grad():
             # of the distribution sampled from (temperature-scaled), as TRL logs it
             stats["entropy"] = masked_mean(entropy_from_logits(logits / cfg.temperature), mask).item()
-        return loss, {**roll["stats"], **stats}
+        return loss * share, {**roll["stats"], **weighted_sum(stats, share, ranks)}
 
     columns = ["loss", "reward", "kl", "policy_loss", "value_loss", "clip_frac", "approx_kl", "entropy",
                "completion_len", "truncated"]

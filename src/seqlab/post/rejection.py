@@ -19,6 +19,8 @@ from .sft import sft_loss
 
 
 def run_rejection(cfg, progress: bool = True) -> dict:
+    from ..engine import all_gather_objects, all_reduce_sum
+    from ..engine import ranks as process_ranks
     from ..sampling import DecodeRule, generate
     from .data import load_jsonl, pad_batch
     from .prompting import prompt_format
@@ -33,26 +35,36 @@ def run_rejection(cfg, progress: bool = True) -> dict:
     g = torch.Generator().manual_seed(cfg.seed)
     per_round = max(1, cfg.steps // cfg.rounds)
     state: dict = {}
+    ranks = process_ranks()
+    batch_mine = ranks.shard(cfg.batch_size, "post.batch_size")
 
     def resample():
         picked = rows
         if cfg.round_prompts and cfg.round_prompts < len(rows):
             picked = [rows[i] for i in torch.randperm(len(rows), generator=g)[: cfg.round_prompts].tolist()]
         prompts = [fmt.prompt_ids(r["prompt"]) for r in picked for _ in range(cfg.group_size)]
+        # data-parallel: each rank samples and scores its part (random numbers drawn for all
+        # rows, so a sample does not depend on the world size); the kept set is gathered
+        mine = ranks.split(len(prompts))
         gen = generate(model, prompts, cfg.max_new_tokens, DecodeRule(temperature=cfg.temperature),
-                       fmt.end_id, tok.pad_id, generator=g)
+                       fmt.end_id, tok.pad_id, generator=g, shard=mine)
+        prompts = prompts[mine]
         texts = [tok.decode(c) for c in gen.rows()]
-        prompt_text = [r["prompt"] for r in picked for _ in range(cfg.group_size)]
-        columns = {c: [r.get(c) for r in picked for _ in range(cfg.group_size)] for c in col_names}
+        prompt_text = [r["prompt"] for r in picked for _ in range(cfg.group_size)][mine]
+        columns = {c: [r.get(c) for r in picked for _ in range(cfg.group_size)][mine] for c in col_names}
         totals, _ = rewards(prompt_text, texts, columns)
-        kept = {}
+        found = []
         for b, total in enumerate(totals):
             if total >= cfg.reward_threshold and bool(gen.finished[b]):
                 n = int(gen.lengths[b])
                 ids = prompts[b] + gen.tokens[b, :n].tolist()
-                kept[tuple(ids)] = (ids, [0] * len(prompts[b]) + [1] * n)
+                found.append((ids, [0] * len(prompts[b]) + [1] * n))
+        kept, all_totals = {}, []
+        for part, tot in all_gather_objects((found, totals), ranks):
+            kept.update((tuple(ids), (ids, m)) for ids, m in part)
+            all_totals += tot
         state["kept"] = list(kept.values())
-        state["reward"] = sum(totals) / len(totals)
+        state["reward"] = sum(all_totals) / len(all_totals)
 
     def step_fn(step):
         if step % per_round == 0 or "kept" not in state:  # (or resumed mid-round, e.g. after more steps)
@@ -62,8 +74,8 @@ def run_rejection(cfg, progress: bool = True) -> dict:
         if not kept:  # no update (a loss without a graph; see optimise)
             return torch.zeros(()), stats
         idx = torch.randint(len(kept), (cfg.batch_size,), generator=g).tolist()
-        ids, mask = pad_batch([kept[i] for i in idx], tok.pad_id)
-        return sft_loss(model, ids, mask), stats
+        ids, mask = pad_batch([kept[i] for i in idx[batch_mine]], tok.pad_id)  # this rank's rows
+        return sft_loss(model, ids, mask, all_reduce_sum(mask[:, 1:].sum().double(), ranks)), stats
 
     stats = optimise(model, cfg, out, ["loss", "kept", "reward"], step_fn, progress, "rejection sampling",
                      ("loss", "reward"), generator=g, boundary=per_round)

@@ -45,6 +45,8 @@ def run_reward_model(cfg, progress: bool = True) -> dict:
     from safetensors.torch import save_model
 
     from .. import atomic
+    from ..engine import ranks as process_ranks
+    from ..engine import weighted_sum
     from .data import load_jsonl, pad_batch
     from .prompting import prompt_format
     from .runner import load_policy, optimise, prepare_out
@@ -64,6 +66,8 @@ def run_reward_model(cfg, progress: bool = True) -> dict:
            for r in rows]
     model = ScalarHead(body, body.vocab_size)
     out = prepare_out(cfg, "rm")
+    ranks = process_ranks()
+    mine = ranks.shard(cfg.batch_size, "post.batch_size")
 
     def scores(items):
         ids_w, _ = pad_batch([c for c, _, _ in items], tok.pad_id)
@@ -83,17 +87,19 @@ def run_reward_model(cfg, progress: bool = True) -> dict:
 
     def step_fn(step):
         pick = [train_idx[i] for i in torch.randint(len(train_idx), (cfg.batch_size,), generator=g).tolist()]
-        rw, rl, margin = scores([enc[i] for i in pick])
-        stats = {"train_accuracy": (rw > rl).float().mean().item()}
+        rw, rl, margin = scores([enc[i] for i in pick[mine]])  # data-parallel: this rank's pairs
+        # a mean over equal shards is the mean of the ranks' means
+        stats = weighted_sum({"train_accuracy": (rw > rl).float().mean().item()}, 1.0 / ranks.world, ranks)
         if (step + 1) % max(1, cfg.steps // 10) == 0 or step + 1 == cfg.steps:
-            stats["val_accuracy"] = accuracy(val_idx)
-        return bradley_terry_loss(rw, rl, margin), stats
+            stats["val_accuracy"] = accuracy(val_idx)  # the same numbers on every rank
+        return bradley_terry_loss(rw, rl, margin) / ranks.world, stats
 
     stats = optimise(body, cfg, out, ["loss", "train_accuracy", "val_accuracy"], step_fn, progress,
                      "reward model (Bradley-Terry)", ("loss", "val_accuracy"), trained=model,
                      generator=g)
-    with atomic.atomic_path(out / "reward_head.safetensors") as tmp:
-        save_model(model.head, str(tmp))
+    if ranks.main:
+        with atomic.atomic_path(out / "reward_head.safetensors") as tmp:
+            save_model(model.head, str(tmp))
     return {"algorithm": "rm", "step": stats["steps_done"], "loss": stats["loss"], "accuracy": accuracy(val_idx),
             "train_accuracy": stats["train_accuracy"], "run": str(out)}
 

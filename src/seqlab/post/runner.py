@@ -69,7 +69,6 @@ def extra_columns(rows: list[dict]) -> list[str]:
     return sorted({k for r in rows for k in r} - {"prompt"})
 
 
-DATA_PARALLEL = ("sft", "dpo", "grpo")
 
 
 def prepare_out(cfg: PostConfig, algorithm: str) -> Path:
@@ -77,9 +76,6 @@ def prepare_out(cfg: PostConfig, algorithm: str) -> Path:
     fresh otherwise, with the post-training settings in post_config.json (rank 0 writes;
     every rank waits until the folder is ready)."""
     r = process_ranks()
-    if r.world > 1 and algorithm not in DATA_PARALLEL:
-        raise SeqlabError(f"post {algorithm} does not run data-parallel yet (torchrun with {r.world} processes); "
-                          f"run it in one process, or use one of: {', '.join(DATA_PARALLEL)}")
     out = _check_out(cfg, algorithm)
     if r.main and not cfg.resume:
         out.mkdir(parents=True, exist_ok=True)
