@@ -103,3 +103,16 @@ def test_batch_inputs_targets_and_trim():
     assert y.tolist() == [[a, b, 2]]
     x, y = enc.batch(torch.tensor([0, 1]), tok.pad_id)
     assert x.shape == (2, 5) and y[0].tolist() == [a, b, 2, -1, -1]
+
+
+@pytest.mark.parametrize("truncate", [False, True])
+def test_target_count_is_the_batch_targets_that_count(truncate):
+    """Training normalises by the global batch's token count without building every rank's
+    batch: target_count must equal batch()'s y != -1 (trimmed or not, truncated lines too)."""
+    lines = ["a", "abc", "abcdefgh", "ab", "abcdefghijkl"]
+    tok = CharTokenizer.train(lines)
+    enc = encode_lines(lines, tok, block_size=10 if truncate else 16, truncate=truncate)
+    for idx in (torch.tensor([0, 1, 2, 3, 4]), torch.tensor([4, 4, 0]), torch.tensor([3])):
+        for trim in (True, False):
+            _, y = enc.batch(idx, tok.pad_id, trim=trim)
+            assert enc.target_count(idx) == int((y != -1).sum())

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
-from .engine import Engine, OptimSettings, Progress, all_reduce_sum, autocast_dtype, resolve_device, set_threads
+from .engine import Engine, OptimSettings, Progress, autocast_dtype, resolve_device, set_threads
 from .config import RunConfig
 from .data.lines import EncodedLines, encode_lines, read_lines, split_lines
 from .data.tokenizer import BPETokenizer, CharTokenizer, Tokenizer
@@ -161,10 +161,11 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
         global batch's token count (so 8 micro-batches of 1 equal 1 batch of 8, and the
         shares of N ranks add up to one process's loss)."""
         nonlocal n_tokens
-        # every rank draws the same global batch (same generator) and takes its slice
-        idx = torch.randint(n_train, (global_batch,), generator=batch_gen)[mine]
-        batches = [data.train.batch(m, pad, trim=not tc.compile) for m in idx.split(tc.batch_size)]
-        n_tokens = int(all_reduce_sum(torch.tensor([sum(int((y != -1).sum()) for _, y in batches)]), ranks))
+        # every rank draws the same global batch (same generator) and takes its slice; the
+        # global token count needs no communication
+        idx = torch.randint(n_train, (global_batch,), generator=batch_gen)
+        n_tokens = data.train.target_count(idx)
+        batches = [data.train.batch(m, pad, trim=not tc.compile) for m in idx[mine].split(tc.batch_size)]
         loss_sum = torch.zeros(())
         for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -66,6 +66,10 @@ class EncodedLines:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
+    def target_count(self, idx: torch.Tensor) -> int:
+        """How many targets rows `idx` have (ids + eos each): batch()'s y != -1, uncounted."""
+        return int(self.lengths[idx].sum()) + len(idx)
+
     def batch(self, idx: torch.Tensor, pad_id: int, trim: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets for rows `idx`, trimmed to the batch's longest row."""
         rows = self.tokens[idx]
