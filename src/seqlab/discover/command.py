@@ -47,7 +47,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="local search alone, PatternBoost (default), or PatternBoost + GRPO on the score")
     d.add_argument("--minutes", type=float, default=1.0, help="wall-clock budget (default 1)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--workers", type=int, help="worker processes (default: all CPU cores)")
+    d.add_argument("--workers", type=int, help="worker processes (default: all CPU cores; with --ray: the cluster's)")
+    d.add_argument("--ray", metavar="auto|local|ADDRESS",
+                   help="run the local searches as Ray tasks: on the running cluster (auto), a private local "
+                        "Ray instance (local) or the cluster at ADDRESS; needs pip install 'seqlab[ray]'")
     d.add_argument("--target", help="stop once the best score reaches this value ('best-known': the table's)")
     d.add_argument("--round-seconds", type=float, help="length of one round (default minutes*6, 2..60 s)")
     d.add_argument("--keep", type=int,
@@ -236,7 +239,7 @@ def run_search(args, problem, out: Path, best_known, target, init, round0: int, 
     if args.searcher == "local":
         result = run_local(problem, seconds=args.minutes * 60, seed=args.seed, workers=args.workers,
                            pool_out=pool_out, round_seconds=args.round_seconds, target=target, keep=args.keep or 1000,
-                           first_round=round0,
+                           first_round=round0, ray=args.ray,
                            init=init, progress=on_round)
     else:  # a resumed run continues from its pool and its newest generation's model
         from .patternboost import PatternBoostConfig, run_patternboost
@@ -245,7 +248,7 @@ def run_search(args, problem, out: Path, best_known, target, init, round0: int, 
         result = run_patternboost(problem, out, seconds=args.minutes * 60, seed=args.seed, workers=args.workers,
                                   cfg=cfg,
                                   init=init, target=target, pool_out=pool_out, use_grpo=args.searcher == "grpo",
-                                  last_logged=round0 - 1 if args.resume else None,
+                                  last_logged=round0 - 1 if args.resume else None, ray=args.ray,
                                   progress=lambda e: on_round({**e, "round": e["generation"]}, numbered_on=True))
     f.close()
     rounds = plotted[-1]["round"] + 1 if plotted else round0

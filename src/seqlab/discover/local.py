@@ -19,7 +19,6 @@ worker that runs them.
 
 from __future__ import annotations
 
-import inspect
 import math
 import multiprocessing as mp
 import os
@@ -33,62 +32,25 @@ import numpy as np
 
 from ..errors import SeqlabError
 from .problem import Problem, check_encoded, derive_seed
+from .search_job import problem_ref, resolve, search
 
 # ------------------------------------------------------------------ worker side
 _W: dict = {}
-
-
-def _problem_ref(problem):
-    spec = getattr(problem, "spec", None) or getattr(problem, "name", None)
-    from .problems import PROBLEMS
-
-    if spec and (spec in PROBLEMS or ":" in spec):
-        return ("spec", spec, problem.n)
-    return ("object", problem)
-
-
-def _resolve(ref):
-    if ref[0] == "spec":
-        from .problems import get_problem
-
-        return get_problem(ref[1], ref[2])
-    return ref[1]
 
 
 def _init_worker(ref, stop_event) -> None:
     # Ctrl-C reaches the whole process group: the main process stops the pool and says
     # "interrupted" once; workers would each print a KeyboardInterrupt traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _W["problem"] = _resolve(ref)
+    _W["problem"] = resolve(ref)
     _W["stop"] = stop_event
-
-
-def _search(problem, starts, seeds, moves, seconds, target, stop, until=None):
-    """Run local_search start by start (each with its own seed); returns (results, moves).
-    `seconds` bounds this call; `until` (a time.time() value, shared by all workers)
-    bounds every start of a batch that was queued at once."""
-    kw = {}
-    params = inspect.signature(problem.local_search).parameters
-    if stop is not None and "stop" in params:
-        kw["stop"] = stop
-    out, total = [], 0
-    deadline = None if seconds is None else time.perf_counter() + seconds
-    if until is not None:
-        left = max(0.0, until - time.time())
-        deadline = time.perf_counter() + (left if deadline is None else min(left, deadline - time.perf_counter()))
-    for st, sd in zip(starts, seeds):
-        left = None if deadline is None else max(0.0, deadline - time.perf_counter())
-        res = problem.local_search([st], seed=sd, max_moves=moves, seconds=left, target=target, **kw)
-        out.append(res[0])
-        total += int(getattr(problem, "last_moves", 0) or 0)
-    return out, total
 
 
 def _job(args):
     starts, seeds, moves, seconds, target, *until = args
     stop = _W.get("stop")
     problem = _W["problem"]
-    res, total = _search(problem, starts, seeds, moves, seconds, target,
+    res, total = search(problem, starts, seeds, moves, seconds, target,
                          (stop.is_set if stop is not None else None), *until)
     if stop is not None and target is not None and any(problem.score(c) >= target for c in res):
         stop.set()
@@ -115,14 +77,14 @@ class LocalPool:
             ctx = mp.get_context(start_method)
             self._stop = ctx.Event()
             self._pool = ctx.Pool(self.workers, initializer=_init_worker,
-                                  initargs=(_problem_ref(problem), self._stop))
+                                  initargs=(problem_ref(problem), self._stop))
 
     def run(self, jobs: list, use_stop: bool = False) -> list:
         """jobs: (starts, seeds, moves, seconds, target[, until]) tuples; results in job order."""
         if self._pool is None:
             out = []
             for starts, seeds, moves, seconds, target, *until in jobs:
-                out.append(_search(self.problem, starts, seeds, moves, seconds, target, None, *until))
+                out.append(search(self.problem, starts, seeds, moves, seconds, target, None, *until))
             return out
         self._stop.clear()
         try:
@@ -143,9 +105,18 @@ class LocalPool:
         self.close()
 
 
+def open_pool(problem, workers: int | None = None, ray: str | None = None, start_method: str = "spawn"):
+    """The local process pool, or (ray: "auto", "local" or a cluster address) Ray tasks."""
+    if ray:
+        from .ray_pool import RayPool
+
+        return RayPool(problem, workers, ray)
+    return LocalPool(problem, workers, start_method)
+
+
 def _job_nostop(args):
     starts, seeds, moves, seconds, target, *until = args
-    return _search(_W["problem"], starts, seeds, moves, seconds, target, None, *until)
+    return search(_W["problem"], starts, seeds, moves, seconds, target, None, *until)
 
 
 # ------------------------------------------------------------------ helpers
@@ -271,7 +242,7 @@ def run_local(problem, seconds: float | None = None, seed: int = 0, workers: int
               round_seconds: float | None = None, jobs_per_round: int | None = None,
               target: float | None = None, keep: int = 1000, init: Sequence | None = None,
               progress: Callable[[dict], None] | None = None, start_method: str = "spawn",
-              first_round: int = 0) -> LocalResult:
+              first_round: int = 0, ray: str | None = None) -> LocalResult:
     """Repeated randomised-greedy + annealing runs in a process pool.
 
     Budget: `seconds` (wall clock; each round gets `round_seconds`, default
@@ -284,7 +255,7 @@ def run_local(problem, seconds: float | None = None, seed: int = 0, workers: int
     constructions, encoded, best first, after every round. `progress` gets each
     round's log entry: round, seconds, moves, new, distinct (new constructions
     not seen before), pool size/mean/median/top20/max (over the kept pool),
-    best (best score so far).
+    best (best score so far). `ray`: run the jobs as Ray tasks (see ray_pool.py).
     """
     if seconds is None and moves is None:
         raise SeqlabError("run_local: give a time budget (seconds) or a moves budget (moves)")
@@ -298,7 +269,7 @@ def run_local(problem, seconds: float | None = None, seed: int = 0, workers: int
     if init:
         elite.add(init)
     result = LocalResult(best=[], scores=[])
-    with LocalPool(problem, workers, start_method) as pool:
+    with open_pool(problem, workers, ray, start_method) as pool:
         jpr = int(jobs_per_round or pool.workers)
         r = 0
         while True:
@@ -340,4 +311,4 @@ def run_local(problem, seconds: float | None = None, seed: int = 0, workers: int
     return result
 
 
-__all__ = ["LocalPool", "LocalResult", "Elite", "run_local", "improve_many", "decode_many", "pool_stats", "Problem"]
+__all__ = ["LocalPool", "open_pool", "LocalResult", "Elite", "run_local", "improve_many", "decode_many", "pool_stats", "Problem"]

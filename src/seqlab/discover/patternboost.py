@@ -36,7 +36,7 @@ from ..config import run_config_from_dict
 from ..data.tokenizer import CharTokenizer
 from ..sampling import DecodeRule, generate
 from ..train import train
-from .local import Elite, LocalPool, LocalResult, decode_many, improve_many, pool_stats
+from .local import Elite, LocalResult, decode_many, improve_many, open_pool, pool_stats
 from .problem import derive_seed
 
 
@@ -162,7 +162,7 @@ class ModelSide:
 def run_patternboost(problem, out: Path, seconds: float, seed: int = 0, workers: int | None = None,
                      cfg: PatternBoostConfig | None = None, init: list | None = None, target: float | None = None,
                      progress: Callable[[dict], None] | None = None, pool_out: Path | None = None,
-                     use_grpo: bool = False, last_logged: int | None = None) -> LocalResult:
+                     use_grpo: bool = False, last_logged: int | None = None, ray: str | None = None) -> LocalResult:
     """PatternBoost (or, with use_grpo, PatternBoost + GRPO on the score) for `seconds`
     of wall clock. Returns the pool as a LocalResult; `progress` gets one dict per
     generation (generation 0 is the initial local search). A resumed run (`init`, the
@@ -196,7 +196,7 @@ def run_patternboost(problem, out: Path, seconds: float, seed: int = 0, workers:
     generation = side.resume(last_logged) if init else 0  # a resumed run keeps its pool and its model
     g = torch.Generator().manual_seed(derive_seed(seed, generation))
     moves = 0
-    with LocalPool(problem, workers) as pool:
+    with open_pool(problem, workers, ray) as pool:
         speed = _Throughput(pool.workers)
 
         def search(starts, seed_, moves_per_start, deadline):
