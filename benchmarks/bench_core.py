@@ -1,4 +1,5 @@
 """Core speed benchmark: seqlab against its peers at the same model size, in one run.
+Every contender runs in a process of its own; the timed calls interleave round-robin.
 
     python benchmarks/bench_core.py [--out results.json] [--wait-quiet 300]
 
@@ -44,6 +45,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import types
@@ -117,39 +119,6 @@ def machine_info() -> dict:
     return info
 
 
-def rounds(contenders: dict, repeats: int, only_repeats: dict | None = None, no_warmup=(),
-           budget_s: float = float("inf"), min_repeats: int = 3) -> dict:
-    """Time zero-arg callables, interleaved round-robin; one warm-up call each first.
-
-    `only_repeats` caps the timed calls of some contenders (expensive reference
-    rows); `no_warmup` names contenders that skip the warm-up call. Once
-    `budget_s` has passed (a busy machine), rounds stop after `min_repeats`.
-    Returns name -> list of seconds per call.
-    """
-    t_start = time.perf_counter()
-    only_repeats = only_repeats or {}
-    names = list(contenders)
-    for name in names:  # warm-up (allocator, lazy init, oneDNN primitive caches)
-        if name not in no_warmup:
-            contenders[name]()
-    times = {name: [] for name in names}
-    for r in range(repeats):
-        if r >= min_repeats and time.perf_counter() - t_start > budget_s:
-            log(f"  time budget of {budget_s:.0f}s spent: stopping after {r} rounds")
-            break
-        order = names[r % len(names):] + names[: r % len(names)]
-        for name in order:
-            cap = only_repeats.get(name, repeats)
-            if len(times[name]) >= cap:
-                continue
-            if cap < repeats and times[name] and time.perf_counter() - t_start > budget_s:
-                continue  # capped reference rows: one timed call is enough on a busy machine
-            t0 = time.perf_counter()
-            contenders[name]()
-            times[name].append(time.perf_counter() - t0)
-    return times
-
-
 def loadavg() -> float | None:
     try:
         return float(Path("/proc/loadavg").read_text().split()[0])
@@ -202,7 +171,7 @@ def load_makemore(path: Path):
     return mod
 
 
-def hf_gpt2(vocab: int, n_positions: int, seed: int, pad: bool = True):
+def hf_gpt2(vocab: int, n_positions: int, seed: int, pad: bool = True, activation: str | None = None):
     import transformers
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -217,6 +186,7 @@ def hf_gpt2(vocab: int, n_positions: int, seed: int, pad: bool = True):
         # seqlab's default is an untied lm_head: keep the parameter counts equal
         tie_word_embeddings=False,
         bos_token_id=1, eos_token_id=2, pad_token_id=0 if pad else None,
+        **({"activation_function": activation} if activation else {}),
     )
     return GPT2LMHeadModel(cfg)
 
@@ -250,207 +220,265 @@ def n_params(m) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-# --------------------------------------------------------------------------- benchmarks
+# --------------------------------------------------------------------------- contenders
+# Each contender is built (and timed) in its own process: `build(args, name)` returns a
+# zero-arg callable (one timed call; it returns the new tokens it produced, or None) and
+# a dict of facts about it. The parent (run_section) starts one worker per contender and
+# interleaves the timed calls round-robin, so machine noise hits all alike and no
+# contender shares a process (allocator, thread pool, caches) with another.
+
+HF_DEFAULTS = "transformers GPT2LMHeadModel"
+HF_PARITY = "transformers GPT2 (exact GELU, fused AdamW)"
 
 
-def bench_train_hf(args, results: dict) -> None:
-    """(a1) seqlab vs HF GPT2 at batch 32, context 64."""
+def build_train_hf(args, name: str):
+    """(a1) seqlab vs HF GPT2 at batch 32, context 64; HF also with seqlab's defaults
+    (exact GELU instead of its tanh approximation, torch's fused AdamW)."""
     V, B, T = args.vocab, 32, 64
     g = torch.Generator().manual_seed(0)
     data = torch.randint(0, V, (args.n_batches, B, T + 1), generator=g)
     batches = [(d[:, :-1].contiguous(), d[:, 1:].contiguous()) for d in data]
+    if name == "seqlab":
+        sl = seqlab_transformer(V, T, seed=1).train()
+        return step_runner(sl, seqlab_optimizer(sl), batches, args.steps, seqlab_loss), {"params": n_params(sl)}
+    parity = name == HF_PARITY
+    hf = hf_gpt2(V, T, seed=1, pad=False, activation="gelu" if parity else None).train()
+    # AdamW as a GPT-2 user writes it (torch's default implementation), or fused as seqlab's
+    opt = torch.optim.AdamW(hf.parameters(), lr=1e-3, weight_decay=0.01, betas=(0.9, 0.99), eps=1e-8,
+                            fused=True if parity else None)
 
-    contenders, meta = {}, {}
-    sl = seqlab_transformer(V, T, seed=1).train()
-    contenders["seqlab"] = step_runner(sl, seqlab_optimizer(sl), batches, args.steps, seqlab_loss)
-    meta["seqlab"] = {"params": n_params(sl)}
-    try:
-        hf = hf_gpt2(V, T, seed=1, pad=False).train()  # no pad id: nothing to mask
-    except ImportError:
-        hf = None
-        log("SKIP a1/transformers: transformers is not installed (pip install -e .[bench])")
-    if hf is not None:
-        opt = torch.optim.AdamW(hf.parameters(), lr=1e-3, weight_decay=0.01, betas=(0.9, 0.99), eps=1e-8)
+    def hf_loss(model, x, y):
+        # loss on the same (x, y) pairs as seqlab; labels= would shift internally
+        # and score T-1 positions instead of T
+        logits = model(input_ids=x, use_cache=False).logits
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1)
 
-        def hf_loss(model, x, y):
-            # loss on the same (x, y) pairs as seqlab; labels= would shift internally
-            # and score T-1 positions instead of T
-            logits = model(input_ids=x, use_cache=False).logits
-            return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1)
-
-        contenders["transformers GPT2LMHeadModel"] = step_runner(hf, opt, batches, args.steps, hf_loss)
-        meta["transformers GPT2LMHeadModel"] = {"params": n_params(hf),
-                                                "attn_implementation": hf.config._attn_implementation}
-    times = rounds(contenders, args.repeats, budget_s=args.budget * 0.3)
-    results["train_hf"] = {
-        "shape": {"batch": B, "context": T, "vocab": V, "n_layer": 4, "n_head": 4, "n_embd": 64},
-        "steps_per_round": args.steps,
-        "contenders": {k: {**summary(v, 1000.0 / args.steps), "unit": "ms/step", **meta[k]}
-                       for k, v in times.items()},
-    }
+    return step_runner(hf, opt, batches, args.steps, hf_loss), {
+        "params": n_params(hf), "attn_implementation": hf.config._attn_implementation,
+        "activation": hf.config.activation_function, "adamw": "fused" if parity else "torch default"}
 
 
-def bench_train_makemore(args, results: dict) -> None:
+MM_SEQLAB_FULL, MM_PEER, MM_SEQLAB_TRIM = ("seqlab (full block, trim=False)", "makemore Transformer",
+                                           "seqlab (trim=True, trainer's batches)")
+
+
+def build_train_makemore(args, name: str):
     """(a2) seqlab vs makemore's Transformer at makemore's default shape, same rows of names.txt."""
     from seqlab.data.lines import encode_lines, read_lines
     from seqlab.data.tokenizer import CharTokenizer
 
-    path = Path(args.makemore)
-    if not path.is_file():
-        log(f"SKIP a2/makemore: {path} not found. Get it with (see benchmarks/README.md):\n"
-            f"  git clone https://github.com/karpathy/makemore /tmp/makemore && "
-            f"cp /tmp/makemore/makemore.py {DEFAULT_MAKEMORE}\n  or pass --makemore PATH")
-        results["train_makemore"] = {"skipped": f"{path} not found"}
-        return
-    names_path = Path(args.names)
-    if not names_path.is_file():
-        log(f"SKIP a2/makemore: names file {names_path} not found (pass --names PATH)")
-        results["train_makemore"] = {"skipped": f"{names_path} not found"}
-        return
-    mm = load_makemore(path)
-
+    mm = load_makemore(Path(args.makemore))
     # makemore's create_datasets, without its random train/test split (timing only)
+    names_path = Path(args.names)
     words = [w.strip() for w in names_path.read_text().splitlines()]
     words = [w for w in words if w]
     chars = sorted(set("".join(words)))
-    max_len = max(len(w) for w in words)
-    ds = mm.CharDataset(words, chars, max_len)
+    ds = mm.CharDataset(words, chars, max(len(w) for w in words))
     block = ds.get_output_length()  # 16 on names.txt
-    mm_vocab = ds.get_vocab_size()  # 27
-
-    tok = CharTokenizer.train(read_lines(names_path))
-    enc = encode_lines(read_lines(names_path), tok, block_size=block)
-    assert len(enc) == len(words)
-
     B = 32
     g = torch.Generator().manual_seed(0)
     rows = [torch.randint(0, len(words), (B,), generator=g) for _ in range(args.n_batches)]
-    # makemore's batches exactly as its DataLoader collates them: stacked __getitem__ rows
-    mm_batches = []
-    for r in rows:
-        xs, ys = zip(*(ds[int(i)] for i in r))
-        mm_batches.append((torch.stack(xs), torch.stack(ys)))
-    sl_full = [enc.batch(r, tok.pad_id, trim=False) for r in rows]
-    sl_trim = [enc.batch(r, tok.pad_id, trim=True) for r in rows]
-    assert sl_full[0][0].shape == mm_batches[0][0].shape == (B, block)
+    if name == MM_PEER:
+        # makemore's batches exactly as its DataLoader collates them: stacked __getitem__ rows
+        batches = []
+        for r in rows:
+            xs, ys = zip(*(ds[int(i)] for i in r))
+            batches.append((torch.stack(xs), torch.stack(ys)))
+        torch.manual_seed(1)
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints its parameter count
+            model = mm.Transformer(mm.ModelConfig(vocab_size=ds.get_vocab_size(), block_size=block,
+                                                  n_layer=4, n_head=4, n_embd=64, n_embd2=64))
+        model.train()
+        # makemore's own optimizer line (its defaults: lr 5e-4, weight decay 0.01)
+        opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01, betas=(0.9, 0.99), eps=1e-8)
 
-    torch.manual_seed(1)
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints its parameter count
-        mm_model = mm.Transformer(mm.ModelConfig(vocab_size=mm_vocab, block_size=block,
-                                                 n_layer=4, n_head=4, n_embd=64, n_embd2=64))
-    mm_model.train()
-    # makemore's own optimizer line (its defaults: lr 5e-4, weight decay 0.01)
-    mm_opt = torch.optim.AdamW(mm_model.parameters(), lr=5e-4, weight_decay=0.01, betas=(0.9, 0.99), eps=1e-8)
+        def mm_loss(m, x, y):
+            return m(x, y)[1]
 
-    def mm_run_factory(steps):
-        state = {"i": 0}
-
-        def run():  # makemore's training loop body, minus DataLoader and logging
-            for _ in range(steps):
-                X, Y = mm_batches[state["i"] % len(mm_batches)]
-                state["i"] += 1
-                logits, loss = mm_model(X, Y)
-                mm_model.zero_grad(set_to_none=True)
-                loss.backward()
-                mm_opt.step()
-
-        return run
-
-    sl_a = seqlab_transformer(tok.vocab_size, block, seed=1).train()
-    sl_b = seqlab_transformer(tok.vocab_size, block, seed=1).train()
-    contenders = {
-        "seqlab (full block, trim=False)": step_runner(sl_a, seqlab_optimizer(sl_a), sl_full, args.steps, seqlab_loss),
-        "makemore Transformer": mm_run_factory(args.steps),
-        "seqlab (trim=True, trainer's batches)": step_runner(sl_b, seqlab_optimizer(sl_b), sl_trim, args.steps,
-                                                             seqlab_loss),
-    }
-    meta = {
-        "seqlab (full block, trim=False)": {"params": n_params(sl_a), "vocab": tok.vocab_size},
-        "makemore Transformer": {"params": n_params(mm_model), "vocab": mm_vocab},
-        "seqlab (trim=True, trainer's batches)": {
-            "params": n_params(sl_b), "vocab": tok.vocab_size,
-            "mean_width": statistics.mean(x.size(1) for x, _ in sl_trim)},
-    }
-    times = rounds(contenders, args.repeats, budget_s=args.budget * 0.2)
-    results["train_makemore"] = {
-        "shape": {"batch": B, "block": block, "n_layer": 4, "n_head": 4, "n_embd": 64},
-        "makemore_path": str(path),
-        "steps_per_round": args.steps,
-        "contenders": {k: {**summary(v, 1000.0 / args.steps), "unit": "ms/step", **meta[k]}
-                       for k, v in times.items()},
-    }
+        return step_runner(model, opt, batches, args.steps, mm_loss), {"params": n_params(model),
+                                                                        "vocab": ds.get_vocab_size()}
+    tok = CharTokenizer.train(read_lines(names_path))
+    enc = encode_lines(read_lines(names_path), tok, block_size=block)
+    trim = name == MM_SEQLAB_TRIM
+    batches = [enc.batch(r, tok.pad_id, trim=trim) for r in rows]
+    sl = seqlab_transformer(tok.vocab_size, block, seed=1).train()
+    meta = {"params": n_params(sl), "vocab": tok.vocab_size}
+    if trim:
+        meta["mean_width"] = statistics.mean(x.size(1) for x, _ in batches)
+    return step_runner(sl, seqlab_optimizer(sl), batches, args.steps, seqlab_loss), meta
 
 
-def bench_generate(args, results: dict) -> None:
-    """(b) batch 64 x 128 new tokens from a 1-token prompt, untrained models."""
+GEN_SEQLAB, GEN_NO_NATIVE, GEN_UNCACHED, GEN_HF = (
+    "seqlab generate (KV cache)", "seqlab generate (SEQLAB_NATIVE=0: no C++ compiler)", "seqlab uncached loop",
+    "transformers generate (cache)")
+EOS = 2
+
+
+def build_generate(args, name: str):
+    """(b) batch 64 x up to 128 new tokens from a 1-token prompt, untrained models, a real
+    end-of-sequence id (2) on both sides: a row stops at its eos, and tokens/s counts the
+    tokens produced (each row up to and including its eos)."""
     from seqlab.models import native
     from seqlab.sampling import DecodeRule, generate
 
     V, B, N, CTX = args.vocab, 64, 128, 256
-    new_tokens = B * N
-    sl = seqlab_transformer(V, CTX, seed=2).eval()
-
-    def sl_cached():
-        out = generate(sl, [[1]] * B, N, DecodeRule(), eos_id=-1, pad_id=0,
-                       generator=torch.Generator().manual_seed(0))
-        assert out.tokens.shape == (B, N) and bool((out.lengths == N).all())
-
-    def sl_python_step():
-        # the same sampler with the Python decode step (what runs without a C++ compiler)
-        real = native.pack
-        native.pack = lambda model: None
-        try:
-            sl_cached()
-        finally:
-            native.pack = real
-
-    @torch.inference_mode()
-    def sl_uncached():
-        # makemore-style: the whole prefix goes through the model for every new token
-        gen = torch.Generator().manual_seed(0)
-        idx = torch.ones(B, 1, dtype=torch.long)
-        for _ in range(N):
-            logits, _ = sl(idx)
-            probs = F.softmax(logits[:, -1, :], dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=gen)
-            idx = torch.cat([idx, nxt], dim=1)
-        assert idx.shape == (B, N + 1)
-
-    contenders = {"seqlab generate (KV cache)": sl_cached, "seqlab generate (Python step)": sl_python_step,
-                  "seqlab uncached loop": sl_uncached}
-    meta = {}
-    try:
+    if name == GEN_HF:
         hf = hf_gpt2(V, CTX, seed=2).eval()
-    except ImportError:
-        hf = None
-        log("SKIP b/transformers: transformers is not installed (pip install -e .[bench])")
-    if hf is not None:
-        meta["transformers generate (cache)"] = {"attn_implementation": hf.config._attn_implementation}
         prompt = torch.ones(B, 1, dtype=torch.long)
         mask = torch.ones_like(prompt)
 
         def hf_gen():
             torch.manual_seed(0)
             with torch.inference_mode():
-                out = hf.generate(input_ids=prompt, attention_mask=mask, **hf_generate_kwargs(N))
-            assert out.shape == (B, N + 1), out.shape
-            assert not bool((out[:, 1:] == hf.generation_config.eos_token_id).any())  # no early eos
+                out = hf.generate(input_ids=prompt, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0,
+                                  temperature=1.0, max_new_tokens=N, use_cache=True, pad_token_id=0,
+                                  eos_token_id=EOS)
+            new = out[:, 1:]
+            is_eos = new == EOS
+            ended = is_eos.cumsum(1) - is_eos.long() > 0  # after a row's first eos (padding)
+            return int((~ended).sum())
 
-        contenders["transformers generate (cache)"] = hf_gen
-    times = rounds(contenders, args.gen_repeats, only_repeats={"seqlab uncached loop": args.uncached_repeats},
-                   no_warmup=("seqlab uncached loop",), budget_s=args.budget * 0.4)
-    results["generate"] = {
-        "shape": {"batch": B, "new_tokens": N, "context": CTX, "vocab": V, "n_layer": 4, "n_head": 4,
-                  "n_embd": 64},
-        "contenders": {},
-    }
-    for k, v in times.items():
-        s = summary(v)
-        results["generate"]["contenders"][k] = {
-            "median_s": s["median"], "min_s": s["min"], "max_s": s["max"], "n": s["n"],
-            "tokens_per_s": new_tokens / s["median"], "best_tokens_per_s": new_tokens / s["min"],
-            **meta.get(k, {}),
-        }
+        return hf_gen, {"attn_implementation": hf.config._attn_implementation}
+    sl = seqlab_transformer(V, CTX, seed=2).eval()
+    if name == GEN_UNCACHED:
+        @torch.inference_mode()
+        def sl_uncached():
+            # makemore-style: the whole prefix goes through the model for every new token
+            # (a fixed N tokens, no eos: the reference for what a KV cache saves)
+            gen = torch.Generator().manual_seed(0)
+            idx = torch.ones(B, 1, dtype=torch.long)
+            for _ in range(N):
+                logits, _ = sl(idx)
+                probs = F.softmax(logits[:, -1, :], dim=-1)
+                idx = torch.cat([idx, torch.multinomial(probs, 1, generator=gen)], dim=1)
+            return B * N
+
+        return sl_uncached, {}
+
+    def sl_cached():
+        out = generate(sl, [[1]] * B, N, DecodeRule(), eos_id=EOS, pad_id=0,
+                       generator=torch.Generator().manual_seed(0))
+        return int(out.lengths.sum())
+
+    return sl_cached, {"decode_step": "native" if native.load() is not None else "python"}
+
+
+SECTIONS = {
+    "train_hf": {"names": ["seqlab", HF_DEFAULTS, HF_PARITY], "build": build_train_hf, "unit": "step",
+                 "budget": 0.3},
+    "train_makemore": {"names": [MM_SEQLAB_FULL, MM_PEER, MM_SEQLAB_TRIM], "build": build_train_makemore,
+                       "unit": "step", "budget": 0.2},
+    "generate": {"names": [GEN_SEQLAB, GEN_NO_NATIVE, GEN_UNCACHED, GEN_HF], "build": build_generate,
+                 "unit": "token", "budget": 0.4, "env": {GEN_NO_NATIVE: {"SEQLAB_NATIVE": "0"}},
+                 "cap": {GEN_UNCACHED: "uncached_repeats"}, "no_warmup": (GEN_UNCACHED,)},
+}
+
+
+def worker(args) -> int:
+    """One contender in this process: build, warm up, then time one call per 'go' line."""
+    torch.set_num_threads(THREADS)
+    sec = SECTIONS[args.worker]
+    try:
+        fn, meta = sec["build"](args, args.contender)
+    except (ImportError, FileNotFoundError, OSError) as e:
+        print("@@skip " + json.dumps(f"{type(e).__name__}: {e}"), flush=True)
+        return 0
+    if args.contender not in sec.get("no_warmup", ()):
+        fn()  # warm-up (allocator, lazy init, oneDNN primitive caches)
+    meta = {**meta, "torch_threads": torch.get_num_threads()}
+    print("@@ready " + json.dumps(meta), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "go":
+            break
+        meter = CpuMeter(min_wall=0.2)  # the rest of the machine's load during this call
+        t0 = time.perf_counter()
+        produced = fn()
+        print("@@time " + json.dumps([time.perf_counter() - t0, produced, meter.others_share()]), flush=True)
+    return 0
+
+
+def _reply(p) -> tuple[str, object]:
+    for line in p.stdout:
+        if line.startswith("@@"):
+            kind, _, payload = line[2:].partition(" ")
+            return kind, json.loads(payload)
+    raise RuntimeError(f"worker exited (code {p.wait()})")
+
+
+def run_section(name: str, args) -> dict:
+    """Start one process per contender, then interleave their timed calls round-robin."""
+    sec = SECTIONS[name]
+    env_args = json.dumps({k: v for k, v in vars(args).items() if k not in ("worker", "contender")})
+    procs, meta, skipped = {}, {}, {}
+    for c in sec["names"]:  # one at a time: a worker's build and warm-up do not overlap another's
+        env = {**os.environ, "SEQLAB_BENCH_ARGS": env_args, **sec.get("env", {}).get(c, {})}
+        p = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", name, "--contender", c],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=HERE)
+        kind, payload = _reply(p)
+        if kind == "skip":
+            skipped[c] = payload
+            log(f"SKIP {name}/{c}: {payload}")
+            p.wait()
+            continue
+        procs[c], meta[c] = p, payload
+    repeats = args.repeats if sec["unit"] == "step" else args.gen_repeats
+    caps = {c: getattr(args, attr) for c, attr in sec.get("cap", {}).items()}
+    names = list(procs)
+    times = {c: [] for c in names}
+    produced, others = {}, []
+    t_start = time.perf_counter()
+    budget = args.budget * sec["budget"]
+    try:
+        for r in range(repeats):
+            if r >= 3 and time.perf_counter() - t_start > budget:
+                log(f"  time budget of {budget:.0f}s spent: stopping after {r} rounds")
+                break
+            for c in names[r % len(names):] + names[: r % len(names)]:
+                if len(times[c]) >= caps.get(c, repeats):
+                    continue
+                procs[c].stdin.write("go\n")
+                procs[c].stdin.flush()
+                _, (seconds, n, share) = _reply(procs[c])
+                times[c].append(seconds)
+                produced[c] = n
+                if share is not None:
+                    others.append(share)
+    finally:
+        for p in procs.values():
+            with contextlib.suppress(OSError):
+                p.stdin.write("quit\n")
+                p.stdin.close()
+            p.wait()
+    return {"times": times, "meta": meta, "produced": produced, "skipped": skipped,
+            "others_cpu_share": statistics.median(others) if others else None}
+
+
+def bench_section(name: str, args, results: dict) -> None:
+    if name == "train_makemore" and not Path(args.makemore).is_file():
+        log(f"SKIP train_makemore: {args.makemore} not found. Get it with (see benchmarks/README.md):\n"
+            f"  git clone https://github.com/karpathy/makemore /tmp/makemore && "
+            f"cp /tmp/makemore/makemore.py {DEFAULT_MAKEMORE}\n  or pass --makemore PATH")
+        results[name] = {"skipped": f"{args.makemore} not found"}
+        return
+    got = run_section(name, args)
+    if name == "generate":
+        sec = {"shape": {"batch": 64, "max_new_tokens": 128, "eos_id": EOS, "context": 256, "vocab": args.vocab,
+                         "n_layer": 4, "n_head": 4, "n_embd": 64}, "contenders": {}}
+        for c, v in got["times"].items():
+            s = summary(v)
+            n = got["produced"][c]
+            sec["contenders"][c] = {"median_s": s["median"], "min_s": s["min"], "max_s": s["max"], "n": s["n"],
+                                    "tokens_per_call": n, "tokens_per_s": n / s["median"],
+                                    "best_tokens_per_s": n / s["min"], **got["meta"][c]}
+    else:
+        sec = {"steps_per_round": args.steps,
+               "contenders": {c: {**summary(v, 1000.0 / args.steps), "unit": "ms/step", **got["meta"][c]}
+                              for c, v in got["times"].items()}}
+    if got["skipped"]:
+        sec["skipped_contenders"] = got["skipped"]
+    if got["others_cpu_share"] is not None:  # median over the timed calls, seen by the timed process
+        sec["others_cpu_share"] = round(got["others_cpu_share"], 3)
+    results[name] = sec
 
 
 # --------------------------------------------------------------------------- report
@@ -481,6 +509,8 @@ def report(results: dict) -> tuple[str, dict]:
         for name, s in c.items():
             if not name.startswith("seqlab"):
                 targets[f"{title}: seqlab step no slower than {name}"] = b["median"] <= s["median"]
+        for name, note in sec.get("skipped_contenders", {}).items():
+            lines.append(f"| {title} | {name}: skipped ({note}) | | | | |")
 
     train_rows("train_hf", "train B32 T64", "seqlab")
     train_rows("train_makemore", "train B32 block16 names", "seqlab (full block, trim=False)")
@@ -494,8 +524,8 @@ def report(results: dict) -> tuple[str, dict]:
             else:
                 r1 = f"seqlab cached {b['tokens_per_s'] / s['tokens_per_s']:.2f}x faster"
                 r2 = f"{b['best_tokens_per_s'] / s['best_tokens_per_s']:.2f}x"
-            lines.append(f"| sample B64 x 128 new | {name} | {s['tokens_per_s']:,.0f} tok/s | "
-                         f"{s['best_tokens_per_s']:,.0f} tok/s | {r1} | {r2} |")
+            lines.append(f"| sample B64, up to 128 new, eos 2 | {name} ({s['tokens_per_call']:,} tokens) | "
+                         f"{s['tokens_per_s']:,.0f} tok/s | {s['best_tokens_per_s']:,.0f} tok/s | {r1} | {r2} |")
         hf = c.get("transformers generate (cache)")
         if hf:
             targets["sampling: seqlab cached >= 3x transformers generate new tok/s"] = \
@@ -523,27 +553,28 @@ def main(argv=None) -> int:
     p.add_argument("--vocab", type=int, default=65, help="vocabulary for the B32xT64 and sampling runs")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                    help="before each section, wait up to SECONDS for other processes to go idle")
-    p.add_argument("--only", choices=["train_hf", "train_makemore", "generate"], action="append",
+    p.add_argument("--only", choices=list(SECTIONS), action="append",
                    help="run only these sections (repeatable)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--contender", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
+    if args.worker:  # one contender, driven by the parent over stdin/stdout
+        saved = json.loads(os.environ["SEQLAB_BENCH_ARGS"])
+        for k, v in saved.items():
+            setattr(args, k, v)
+        return worker(args)
     torch.set_num_threads(THREADS)
     t0 = time.perf_counter()
     results = {"machine": machine_info(), "settings": vars(args)}
-    sections = [("train_hf", bench_train_hf), ("train_makemore", bench_train_makemore),
-                ("generate", bench_generate)]
-    for name, fn in sections:
+    sections = [(name, None) for name in SECTIONS]
+    for name, _ in sections:
         if args.only and name not in args.only:
             continue
         if args.wait_quiet > 0:
             wait_for_quiet(args.wait_quiet)
         log(f"[{time.perf_counter() - t0:6.1f}s] {name} ...")
-        torch.set_num_threads(THREADS)
-        meter = CpuMeter()
-        fn(args, results)
-        share = meter.others_share()
-        if name in results and share is not None:
-            results[name]["others_cpu_share"] = round(share, 3)
+        bench_section(name, args, results)
     results["wall_s"] = time.perf_counter() - t0
     table, targets = report(results)
     results["targets"] = targets
