@@ -6,23 +6,22 @@
 One GRPO step = sample G completions for each of P prompts, score them with a
 reward function, and make one policy update (forward + backward + AdamW step).
 Two sizes: P x G = 1 x 8 and 8 x 8, prompts of 16 characters (17 tokens with
-<bos>) and completions of exactly 64 tokens on both sides.
+<bos>) and completions of up to 64 tokens, each stopping at its end-of-sequence token
+on both sides (a real eos id: the untrained models draw it about once in 44 tokens);
+ratios are given per step and per completion token. Every run is a process of its own.
 
 * seqlab: a freshly initialised Transformer (4 layers, 4 heads, 64 dims, block
   128, character tokenizer, dropout 0, no biases) saved as a run directory, then
   `seqlab.post.grpo.run_grpo(cfg)` with steps = warmup + N; step times are the
   `step_time_s` column of the run's metrics.csv (the product's own timer around
-  one update). `generate` is called with eos_id -1 (a wrapper in this process;
-  src/ is untouched), so no completion stops early: every one is 64 tokens
-  long, which the script checks in metrics.csv. (An eos drawn mid-way is then an
-  ordinary token; the compute is the same as TRL's, whose eos is masked.)
+  one update); completion tokens per step from its completion_len column.
 * TRL: `GPT2LMHeadModel(GPT2Config(n_layer=4, n_head=4, n_embd=64,
   n_positions=128, dropouts 0, untied lm_head))` on a character tokenizer with
   the same ids (`PreTrainedTokenizerFast` over a `tokenizers` model that
   prepends <bos>), `GRPOTrainer(...).train()` with max_steps = warmup + N;
   step times come from a TrainerCallback (on_step_begin -> on_step_end).
-  `generation_kwargs={"min_new_tokens": 64}` with max_completion_length=64 makes
-  every completion 64 tokens long, which the script checks on generate's output.
+  max_completion_length=64; completion tokens counted on generate's output (each
+  row up to and including its first eos).
 
 Both sides: the same reward (share of the letter "a" in the completion, plain
 Python), lr 1e-4 constant, AdamW betas (0.9, 0.99), grad clip 1.0, beta (KL) 0,
@@ -268,25 +267,22 @@ def make_prompts(seed: int) -> list[str]:
     return ["".join(rng.choice(letters) for _ in range(PROMPT_CHARS)) for _ in range(N_PROMPTS)]
 
 
-def _never_stop(fn):
-    """Wrap seqlab.sampling.generate: eos_id -1, so no row stops early and every completion
-    is NEW_TOKENS long (an eos drawn mid-way is an ordinary token; the tokenizer decodes it
-    to nothing). The loop runs in C++ on this path, so a per-step logit mask cannot be used."""
+def _busy_checked(fn):
+    """Wrap seqlab.sampling.generate: check the machine's load first (the real eos id passes
+    through: a completion stops at its eos, as TRL's do)."""
     @functools.wraps(fn)
-    def wrapper(model, prompts, max_new_tokens, rule, eos_id, *a, **k):
+    def wrapper(*a, **k):
         PHASES.check_busy()
-        return fn(model, prompts, max_new_tokens, rule, -1, *a, **k)
+        return fn(*a, **k)
     return wrapper
 
 
 def setup_seqlab(work: Path, prompts: list[str], seed: int) -> tuple[Path, Path, int]:
     """A run directory with a freshly initialised transformer, and the prompts as JSONL."""
-    import seqlab.sampling
     from seqlab.checkpoint import save_best, save_run_files
     from seqlab.config import run_config_from_dict
     from seqlab.data.tokenizer import CharTokenizer
     from seqlab.models import build_model
-    from seqlab.models.base import SeqModel
 
     tok = CharTokenizer(list(CHARS))
     assert (tok.pad_id, tok.bos_id, tok.eos_id) == (PAD_ID, BOS_ID, EOS_ID)
@@ -300,12 +296,26 @@ def setup_seqlab(work: Path, prompts: list[str], seed: int) -> tuple[Path, Path,
     save_best(base, model, {"step": 0, "note": "freshly initialised (bench_grpo.py)"})
     data = work / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts), encoding="utf-8")
-    # benchmark-side wrappers (src/ is untouched): no early eos, and the phase timers
-    seqlab.sampling.generate = timed_generate(_never_stop(seqlab.sampling.generate))  # run_grpo imports it at call time
+    seqlab_wrappers()
+    return base, data, sum(p.numel() for p in model.parameters())
+
+
+def seqlab_wrappers() -> None:
+    """Benchmark-side wrappers (src/ is untouched): the load check and the phase timers."""
+    import seqlab.sampling
+    from seqlab.models.base import SeqModel
+
+    if getattr(seqlab.sampling.generate, "_bench", False):
+        return
+    seqlab.sampling.generate = timed_generate(_busy_checked(seqlab.sampling.generate))  # run_grpo imports it at call time
+    seqlab.sampling.generate._bench = True
     SeqModel.forward = timed_forward(SeqModel.forward)
+    from seqlab.models.transformer import Transformer
+
+    # GRPO's training forward: each prompt once per group (it does not go through forward)
+    Transformer.continuation_logits = timed_forward(Transformer.continuation_logits)
     # the reward is named "bench_grpo:target_fraction" in the config: make this module importable by that name
     sys.modules.setdefault("bench_grpo", sys.modules[__name__])
-    return base, data, sum(p.numel() for p in model.parameters())
 
 
 def run_seqlab(base: Path, data: Path, out: Path, size: str, threads: int, steps: int, seed: int) -> dict:
@@ -324,9 +334,10 @@ def run_seqlab(base: Path, data: Path, out: Path, size: str, threads: int, steps
     with open(out / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == steps, f"metrics.csv has {len(rows)} rows, expected {steps}"
-    lens = {(float(r["completion_len_min"]), float(r["completion_len_max"])) for r in rows}
-    assert lens == {(NEW_TOKENS, NEW_TOKENS)}, f"seqlab completion lengths {lens}, expected {NEW_TOKENS}"
-    return {"step_s": [float(r["step_time_s"]) for r in rows], "completion_len": NEW_TOKENS}
+    assert all(float(r["completion_len_max"]) <= NEW_TOKENS for r in rows)
+    # completion tokens per step (each row up to and including its eos), for the per-token ratio
+    return {"step_s": [float(r["step_time_s"]) for r in rows],
+            "completion_tokens": [float(r["completion_len"]) * P * G for r in rows]}
 
 
 # --------------------------------------------------------------------------- TRL side
@@ -384,7 +395,7 @@ def run_trl(prompts: list[str], tok, out: Path, size: str, threads: int, steps: 
 
     P, G = SIZES[size]
     model = hf_model(len(tok), seed)
-    checks = {"calls": 0, "lengths": set(), "eos": 0, "threads": set()}
+    checks = {"calls": 0, "lengths": set(), "tokens": [], "threads": set()}
     orig_generate = model.generate
 
     @timed_generate
@@ -393,8 +404,10 @@ def run_trl(prompts: list[str], tok, out: Path, size: str, threads: int, steps: 
         prompt_len = k["input_ids"].size(1)
         completion = out_ids[:, prompt_len:]
         checks["calls"] += 1
-        checks["lengths"].add((k["input_ids"].size(0), prompt_len, completion.size(1)))
-        checks["eos"] += int((completion == EOS_ID).sum())
+        checks["lengths"].add((k["input_ids"].size(0), prompt_len))
+        is_eos = completion == EOS_ID
+        ended = is_eos.cumsum(1) - is_eos.long() > 0  # after a row's first eos: padding
+        checks["tokens"].append(float((~ended).sum()))
         checks["threads"].add(torch.get_num_threads())
         return out_ids
 
@@ -417,7 +430,7 @@ def run_trl(prompts: list[str], tok, out: Path, size: str, threads: int, steps: 
     args = GRPOConfig(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=P * G, num_generations=G,
         generation_batch_size=P * G, gradient_accumulation_steps=1, max_completion_length=NEW_TOKENS,
-        generation_kwargs={"min_new_tokens": NEW_TOKENS}, temperature=1.0, top_p=1.0, top_k=0,
+        temperature=1.0, top_p=1.0, top_k=0,
         beta=0.0, num_iterations=1, loss_type="dapo", scale_rewards="group",
         learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, adam_beta1=0.9, adam_beta2=0.99,
         weight_decay=0.0, max_grad_norm=1.0,
@@ -437,10 +450,10 @@ def run_trl(prompts: list[str], tok, out: Path, size: str, threads: int, steps: 
     trainer.train()
     assert len(timer.times) == steps, (len(timer.times), steps)
     assert checks["calls"] == steps, checks
-    assert checks["lengths"] == {(P * G, PROMPT_CHARS + 1, NEW_TOKENS)}, checks["lengths"]
-    assert checks["eos"] == 0, f"{checks['eos']} eos tokens in TRL completions"
+    assert checks["lengths"] == {(P * G, PROMPT_CHARS + 1)}, checks["lengths"]
     assert checks["threads"] == {threads}, checks["threads"]
-    return {"step_s": timer.times, "completion_len": NEW_TOKENS, "optim": getattr(args.optim, "value", args.optim),
+    return {"step_s": timer.times, "completion_tokens": checks["tokens"],
+            "optim": getattr(args.optim, "value", args.optim),
             "attn_implementation": model.config._attn_implementation, "bf16": args.bf16,
             "gradient_checkpointing": args.gradient_checkpointing}
 
@@ -484,15 +497,18 @@ def one_run(name: str, fn, warmup: int, limit: float | None = None) -> dict | No
     gaps = [b - a for a, b in zip(PHASES.gen_starts, PHASES.gen_starts[1:])]
     keep = slice(warmup, None)
     return {"step_s": steps[keep], "phases": phases[keep], "gen_to_gen_s": gaps[warmup:],
-            "others_cpu_share": share, "run_wall_s": wall,
-            **{k: v for k, v in res.items() if k != "step_s"}}
+            "completion_tokens": res["completion_tokens"][keep], "others_cpu_share": share, "run_wall_s": wall,
+            **{k: v for k, v in res.items() if k not in ("step_s", "completion_tokens")}}
 
 
 def summarise(runs: list[dict]) -> dict:
     steps = [s for r in runs for s in r["step_s"]]
     phases = [p for r in runs for p in r["phases"]]
     gaps = [g for r in runs for g in r["gen_to_gen_s"]]
+    tokens = [t for r in runs for t in r["completion_tokens"]]
     out = {"median_s": statistics.median(steps), "best_s": min(steps), "max_s": max(steps), "n_steps": len(steps),
+           "completion_tokens_median": statistics.median(tokens),
+           "median_ms_per_completion_token": statistics.median(1000 * s / t for s, t in zip(steps, tokens)),
            "run_medians_s": [statistics.median(r["step_s"]) for r in runs],
            "gen_to_gen_median_s": statistics.median(gaps) if gaps else None,
            "others_cpu_share": [r["others_cpu_share"] for r in runs]}
@@ -561,16 +577,20 @@ CONTENDERS = {"seqlab": "seqlab run_grpo", "trl": "TRL GRPOTrainer (fp32, no gra
 
 def report(results: dict) -> str:
     lines = ["| size | threads | contender | median s/step | best s/step | TRL / seqlab (medians) | "
-             "TRL / seqlab (bests) | generate share | other CPU (max) |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "TRL / seqlab (bests) | completion tokens/step | TRL / seqlab per token | generate share | "
+             "other CPU (max) |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for cell in results["cells"]:
         s = cell["contenders"]["seqlab"]
         for who, c in cell["contenders"].items():
             other = max((x for x in c["others_cpu_share"] if x is not None), default=None)
             r1 = "base" if who == "seqlab" else f"{c['median_s'] / s['median_s']:.2f}x"
             r2 = "base" if who == "seqlab" else f"{c['best_s'] / s['best_s']:.2f}x"
+            key = "median_ms_per_completion_token"
+            r3 = "base" if who == "seqlab" else f"{c[key] / s[key]:.2f}x"
             lines.append(f"| {cell['size']} | {cell['threads']} | {CONTENDERS[who]} | {c['median_s']:.4f} | "
-                         f"{c['best_s']:.4f} | {r1} | {r2} | {c['share_of_step']['generate']:.0%} | "
+                         f"{c['best_s']:.4f} | {r1} | {r2} | {c['completion_tokens_median']:.0f} | {r3} | "
+                         f"{c['share_of_step']['generate']:.0%} | "
                          f"{'?' if other is None else f'{other:.0%}'} |")
     lines += ["", "Phase medians per step, ms (each phase's median over steps; they need not add up to the step):",
               "", "| size | threads | contender | generate | reward | forward | backward | optimizer | step |",
@@ -583,7 +603,37 @@ def report(results: dict) -> str:
     return "\n".join(lines)
 
 
+def run_in_process(job: dict) -> dict | None:
+    """One run in a fresh process (`--child JOB`): its own allocator, thread pool and imports,
+    nothing left over from the contender before it. None: the machine got busy (dropped)."""
+    p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)],
+                       capture_output=True, text=True, cwd=HERE)
+    for line in p.stdout.splitlines():
+        if line.startswith("@@result "):
+            return json.loads(line.removeprefix("@@result "))
+    raise RuntimeError(f"{job['who']} run failed (exit {p.returncode}): {p.stderr[-2000:]}")
+
+
+def child(job: dict) -> int:
+    install_timers()
+    setup_trl()
+    torch.set_num_threads(job["threads"])
+    out = Path(job["out"])
+    if job["who"] == "seqlab":
+        seqlab_wrappers()
+        fn = functools.partial(run_seqlab, Path(job["base"]), Path(job["data"]), out, job["size"], job["threads"],
+                               job["steps"], job["seed"])
+    else:
+        fn = functools.partial(run_trl, make_prompts(job["prompt_seed"]), hf_tokenizer(), out, job["size"],
+                               job["threads"], job["steps"], job["seed"], trl_defaults=job["who"] == "trl_defaults")
+    res = one_run(job["who"], fn, job["warmup"], job["limit"])
+    print("@@result " + json.dumps(res), flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--child":
+        return child(json.loads(sys.argv[2]))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", help="write the raw numbers as JSON to this path")
     p.add_argument("--rounds", type=int, default=5, help="fresh runs per contender and cell (interleaved)")
@@ -645,12 +695,10 @@ def main(argv=None) -> int:
                     torch.set_num_threads(th)
                     steps = args.warmup + args.steps
                     out = work / f"{who}-{size}-t{th}-r{r}"
-                    if who == "seqlab":
-                        fn = functools.partial(run_seqlab, base, data, out, size, th, steps, args.seed + r)
-                    else:
-                        fn = functools.partial(run_trl, prompts, tok, out, size, th, steps, args.seed + r,
-                                               trl_defaults=who == "trl_defaults")
-                    res = one_run(who, fn, args.warmup, limit)
+                    job = {"who": who, "size": size, "threads": th, "steps": steps, "seed": args.seed + r,
+                           "out": str(out), "base": str(base), "data": str(data), "prompt_seed": args.seed,
+                           "warmup": args.warmup, "limit": limit}
+                    res = run_in_process(job)
                     tries = 0
                     while res is None:  # the machine got busy: wait, redo; past --retries keep what comes
                         tries += 1
@@ -658,7 +706,7 @@ def main(argv=None) -> int:
                         dropped[key] = dropped.get(key, 0) + 1
                         shutil.rmtree(out, ignore_errors=True)
                         wait_for_quiet(args.wait_quiet or 60.0, limit)
-                        res = one_run(who, fn, args.warmup, limit if tries < args.retries else None)
+                        res = run_in_process({**job, "limit": limit if tries < args.retries else None})
                     raw[(size, th)][who].append(res)
                     if not args.keep:
                         shutil.rmtree(out, ignore_errors=True)
