@@ -52,7 +52,7 @@ import types
 from pathlib import Path
 
 import torch
-from machine_load import CpuMeter, wait_for_quiet
+from machine_load import serve_timed_calls, wait_for_quiet
 import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
@@ -117,13 +117,6 @@ def machine_info() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     return info
-
-
-def loadavg() -> float | None:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def summary(samples: list[float], scale: float = 1.0) -> dict:
@@ -387,13 +380,8 @@ def worker(args) -> int:
         fn()  # warm-up (allocator, lazy init, oneDNN primitive caches)
     meta = {**meta, "torch_threads": torch.get_num_threads()}
     print("@@ready " + json.dumps(meta), flush=True)
-    for line in sys.stdin:
-        if line.strip() != "go":
-            break
-        meter = CpuMeter(min_wall=0.2)  # the rest of the machine's load during this call
-        t0 = time.perf_counter()
-        produced = fn()
-        print("@@time " + json.dumps([time.perf_counter() - t0, produced, meter.others_share()]), flush=True)
+    serve_timed_calls(fn, lambda seconds, produced, others: print(
+        "@@time " + json.dumps([seconds, produced, others]), flush=True))
     return 0
 
 

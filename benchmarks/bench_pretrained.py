@@ -156,16 +156,10 @@ def generate_worker(name: str, batch: int, setup_path: str) -> None:
     run = GENERATORS[name](setup, batch)
     run()  # warm-up
     print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        if line.strip() != "go":
-            break
-        from machine_load import CpuMeter
+    from machine_load import serve_timed_calls
 
-        meter = CpuMeter(min_wall=0.2)  # the rest of the machine's load during this call
-        t0 = time.perf_counter()
-        tokens = run()
-        print(json.dumps({"seconds": time.perf_counter() - t0, "tokens": tokens, "others": meter.others_share()}),
-              flush=True)
+    serve_timed_calls(run, lambda seconds, tokens, others: print(
+        json.dumps({"seconds": seconds, "tokens": tokens, "others": others}), flush=True))
 
 
 def bench_generate(setup_path: str, rounds: int) -> dict:

@@ -48,3 +48,16 @@ def wait_for_quiet(max_wait_s: float, threshold: float = 0.10) -> float | None:
             return share
         print(f"  machine busy (other processes use {share:.0%}); waiting for a quiet moment ...", file=sys.stderr,
               flush=True)
+
+
+def serve_timed_calls(fn, reply) -> None:
+    """A benchmark worker's loop: one timed call of `fn` per "go" line on stdin, answered
+    with reply(seconds, fn's result, the share of the machine other processes used during
+    the call, seen from this process; None for calls under 0.2 s)."""
+    for line in sys.stdin:
+        if line.strip() != "go":
+            break
+        meter = CpuMeter(min_wall=0.2)
+        t0 = time.perf_counter()
+        result = fn()
+        reply(time.perf_counter() - t0, result, meter.others_share())

@@ -23,7 +23,9 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file as st_load_file
 from safetensors.torch import load_model as st_load_model
+from safetensors.torch import save_file as st_save_file
 from safetensors.torch import save_model as st_save_model
 
 from . import atomic
@@ -78,6 +80,38 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     """safetensors weights into `model`; a damaged or mismatched file is a one-line error naming it."""
     try:
         st_load_model(model, str(path))
+    except Exception as e:
+        raise SeqlabError(f"{path}: cannot load these weights ({_first_line(e)})") from None
+
+
+def trains_everything(module: torch.nn.Module) -> bool:
+    return all(p.requires_grad for p in module.parameters())
+
+
+def save_trained(module: torch.nn.Module, path: Path) -> None:
+    """What a checkpoint keeps of a module: every parameter when all train (tied weights
+    once), else only those that train (LoRA: the adapters; the loop rebuilds the frozen
+    rest from its starting point)."""
+    if trains_everything(module):
+        st_save_model(module, str(path))
+    else:
+        st_save_file({n: p.detach().contiguous() for n, p in module.named_parameters() if p.requires_grad},
+                     str(path))
+
+
+def load_trained(module: torch.nn.Module, path: Path) -> None:
+    """The inverse of save_trained; a file that holds other tensors is a one-line error."""
+    if trains_everything(module):
+        return load_weights(module, path)
+    try:
+        saved = st_load_file(str(path))
+        params = dict(module.named_parameters())
+        expected = {n for n, p in params.items() if p.requires_grad}
+        if set(saved) != expected:
+            raise ValueError(f"it holds {len(saved)} tensors, this run trains {len(expected)} others")
+        with torch.no_grad():
+            for n, t in saved.items():
+                params[n].copy_(t)
     except Exception as e:
         raise SeqlabError(f"{path}: cannot load these weights ({_first_line(e)})") from None
 

@@ -39,12 +39,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file as st_load_file
-from safetensors.torch import save_file as st_save_file
-from safetensors.torch import save_model as st_save_model
 
 from . import atomic
-from .checkpoint import STATE_JSON, STATE_TENSORS, WEIGHTS, latest_checkpoint, load_tensors, load_weights
+from .checkpoint import (STATE_JSON, STATE_TENSORS, WEIGHTS, latest_checkpoint, load_tensors, load_trained,
+                         save_trained, trains_everything)
 from .errors import SeqlabError
 
 
@@ -351,16 +349,12 @@ class Engine:
             return None
         root = self.run_dir / "checkpoints"
         name = f"step-{step:08d}"
-        full = all(p.requires_grad for p in self.trained.parameters())
         with atomic.atomic_dir(root / name) as tmp:
-            if full:
-                st_save_model(self.trained, str(tmp / WEIGHTS))  # handles tied (shared) weights
-            else:
-                st_save_file({n: p.detach().contiguous() for n, p in self.trained.named_parameters()
-                              if p.requires_grad}, str(tmp / WEIGHTS))
+            save_trained(self.trained, tmp / WEIGHTS)
             torch.save(self._rng_and_optimizer(), tmp / STATE_TENSORS)
-            (tmp / STATE_JSON).write_text(json.dumps({"step": step, "whole_model": whole_model and full,
-                                                      "loop": loop_state or {}}, indent=2), encoding="utf-8")
+            whole = whole_model and trains_everything(self.trained)
+            (tmp / STATE_JSON).write_text(json.dumps({"step": step, "whole_model": whole, "loop": loop_state or {}},
+                                                     indent=2), encoding="utf-8")
         atomic.write_text(root / "latest", name + "\n")
         old = sorted(p for p in root.glob("step-*") if p.is_dir() and p.name != name)
         for p in old[: max(0, len(old) - (self.keep - 1))]:
@@ -381,21 +375,7 @@ class Engine:
         path = latest_checkpoint(self.run_dir) if self.run_dir else None
         if path is None:
             raise SeqlabError(f"{self.run_dir}: nothing to resume (no checkpoint found)")
-        weights = path / WEIGHTS
-        if all(p.requires_grad for p in self.trained.parameters()):
-            load_weights(self.trained, weights)
-        else:
-            try:
-                saved = st_load_file(str(weights))
-                params = dict(self.trained.named_parameters())
-                expected = {n for n, p in params.items() if p.requires_grad}
-                if set(saved) != expected:
-                    raise ValueError(f"it holds {len(saved)} tensors, this run trains {len(expected)} others")
-                with torch.no_grad():
-                    for n, t in saved.items():
-                        params[n].copy_(t)
-            except Exception as e:
-                raise SeqlabError(f"{weights}: cannot load these weights ({str(e).splitlines()[0][:200]})") from None
+        load_trained(self.trained, path / WEIGHTS)
         extra = load_tensors(path / STATE_TENSORS)
         self.opt.load_state_dict(extra["optimizer"])
         torch.set_rng_state(extra["torch_rng"])

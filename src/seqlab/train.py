@@ -1,10 +1,9 @@
-"""The one training loop (pretraining on line files; SFT reuses its pieces).
+"""The pretraining loop on line files.
 
-AdamW with weight decay on matrices only, linear warmup + cosine decay to
-`min_lr_ratio * lr`, gradient clipping and accumulation, bf16 autocast where the
-device supports it, opt-in torch.compile, periodic validation, NaN/inf stop,
-atomic checkpoints and exact resume (model, optimizer, scheduler, RNG and
-data-order state are all saved, and metrics.csv is cut back to the checkpoint).
+Gradient accumulation over the global batch (normalised by its token count), data-parallel
+slices under torchrun, bf16 autocast where the device supports it, opt-in torch.compile,
+periodic validation and the best weights, metrics cut back to the checkpoint on resume.
+The optimizer, schedule, update step, NaN/inf stop and checkpoints are engine.py's.
 """
 
 from __future__ import annotations
@@ -166,14 +165,14 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
         idx = torch.randint(n_train, (global_batch,), generator=batch_gen)
         n_tokens = data.train.target_count(idx)
         batches = [data.train.batch(m, pad, trim=not tc.compile) for m in idx[mine].split(tc.batch_size)]
-        loss_sum = torch.zeros(())
+        loss_sum = 0.0
         for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 _, loss = fwd(x, y, loss_reduction="sum")
             (loss / n_tokens).backward()
-            loss_sum += loss.detach().float().cpu()
-        return loss_sum / n_tokens
+            loss_sum = loss_sum + loss.detach().float()  # stays on the device: no sync per micro-batch
+        return torch.as_tensor(loss_sum) / n_tokens
 
     n_tokens = 0
     model.train()

@@ -166,10 +166,10 @@ def run_grpo(cfg, progress: bool = True) -> dict:
         # global token mean), else 1 / world (equal shards: bnpo is then a mean of per-rank
         # token means, as TRL's; grpo and dr_grpo are means over rows)
         tokens = float(mask.sum())
-        all_tokens = float(all_reduce_sum(torch.tensor([tokens], dtype=torch.float64), ranks))
-        share = tokens / max(all_tokens, 1.0) if cfg.loss_type == "dapo" else 1.0 / ranks.world
+        token_share = tokens / max(float(all_reduce_sum(torch.tensor([tokens], dtype=torch.float64), ranks)), 1.0)
         return {"prompts": prompts, "comp": comp, "mask": mask, "old": old_logp, "ref": ref_logp, "adv": adv,
-                "stats": stats, "share": share, "token_share": tokens / max(all_tokens, 1.0)}
+                "stats": stats, "token_share": token_share,
+                "share": token_share if cfg.loss_type == "dapo" else 1.0 / ranks.world}
 
     def chunks(n):
         size = cfg.micro_batch or n

@@ -69,8 +69,6 @@ def extra_columns(rows: list[dict]) -> list[str]:
     return sorted({k for r in rows for k in r} - {"prompt"})
 
 
-
-
 def prepare_out(cfg: PostConfig, algorithm: str) -> Path:
     """The run folder: checked on resume (same algorithm and policy as the run it continues),
     fresh otherwise, with the post-training settings in post_config.json (rank 0 writes;
