@@ -1,7 +1,7 @@
 """Core speed benchmark: seqlab against its peers at the same model size, in one run.
 Every contender runs in a process of its own; the timed calls interleave round-robin.
 
-    python benchmarks/bench_core.py [--out results.json] [--wait-quiet 300]
+    python benchmarks/bench_core.py [--out results.json] [--wait-quiet 300] [--device cuda]
 
 (a) training step time (forward + backward + AdamW step, fp32, CPU)
     a1  seqlab Transformer vs Hugging Face GPT2LMHeadModel, 4 layers, 4 heads,
@@ -14,6 +14,13 @@ Every contender runs in a process of its own; the timed calls interleave round-r
     untrained model (no row stops early), 4 layers, 4 heads, 64 dims, context 256:
     seqlab with its KV cache, seqlab recomputing the whole prefix every token
     (makemore-style), and transformers `generate` with its cache.
+
+With --device cuda every model and batch lives on the GPU, each timed call ends with
+torch.cuda.synchronize(), the no-compiler row is left out (on a GPU seqlab always runs
+its Python decode step), and section (c) runs too:
+(c) training step at a GPU-sized shape: 6 layers, 6 heads, 384 dims, batch 32 x
+    context 256, seqlab vs HF GPT2 (its defaults and the parity setting), float32
+    and bf16 autocast (what seqlab's trainer uses on a GPU: dtype = "auto").
 
 Every contender runs with torch.set_num_threads(2). Timings are interleaved
 round-robin (the order rotates every round) so that noise from a shared
@@ -93,6 +100,9 @@ def machine_info() -> dict:
         # seqlab's decode step: "native" (C++, models/native.py) or "python" (SEQLAB_NATIVE=0, no compiler)
         "seqlab_decode_step": "native" if native.load() is not None else "python",
     }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
     try:
         import transformers
 
@@ -116,7 +126,26 @@ def machine_info() -> dict:
             info["seqlab_git"] = head.stdout.strip() + (" (src/ modified)" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         pass
+    if "seqlab_git" not in info and os.environ.get("SEQLAB_GIT"):  # a copy without .git (a remote machine)
+        info["seqlab_git"] = os.environ["SEQLAB_GIT"]
     return info
+
+
+def device_of(args) -> torch.device:
+    return torch.device(getattr(args, "device", "cpu"))
+
+
+def synced(fn, device: torch.device):
+    """A timed call that includes the device's queued work (CUDA runs asynchronously)."""
+    if device.type != "cuda":
+        return fn
+
+    def run():
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+
+    return run
 
 
 def summary(samples: list[float], scale: float = 1.0) -> dict:
@@ -124,15 +153,18 @@ def summary(samples: list[float], scale: float = 1.0) -> dict:
     return {"median": statistics.median(s), "min": s[0], "max": s[-1], "n": len(s)}
 
 
-def step_runner(model, optimizer, batches, steps: int, loss_fn):
-    """A callable that runs `steps` training steps, cycling over `batches`."""
+def step_runner(model, optimizer, batches, steps: int, loss_fn, amp: torch.dtype | None = None):
+    """A callable that runs `steps` training steps, cycling over `batches` (`amp`: the
+    forward under autocast to that dtype, as seqlab's trainer does on a GPU)."""
     state = {"i": 0}
+    device = next(model.parameters()).device
 
     def run():
         for _ in range(steps):
             x, y = batches[state["i"] % len(batches)]
             state["i"] += 1
-            loss = loss_fn(model, x, y)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                loss = loss_fn(model, x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -164,7 +196,8 @@ def load_makemore(path: Path):
     return mod
 
 
-def hf_gpt2(vocab: int, n_positions: int, seed: int, pad: bool = True, activation: str | None = None):
+def hf_gpt2(vocab: int, n_positions: int, seed: int, pad: bool = True, activation: str | None = None,
+            n_layer: int = 4, n_head: int = 4, n_embd: int = 64):
     import transformers
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -174,7 +207,7 @@ def hf_gpt2(vocab: int, n_positions: int, seed: int, pad: bool = True, activatio
 
     torch.manual_seed(seed)
     cfg = GPT2Config(
-        vocab_size=vocab, n_positions=n_positions, n_layer=4, n_head=4, n_embd=64,
+        vocab_size=vocab, n_positions=n_positions, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         # seqlab's default is an untied lm_head: keep the parameter counts equal
         tie_word_embeddings=False,
@@ -192,14 +225,14 @@ def hf_generate_kwargs(n_new: int) -> dict:
                 min_new_tokens=n_new, use_cache=True, pad_token_id=0)
 
 
-def seqlab_transformer(vocab: int, block: int, seed: int):
+def seqlab_transformer(vocab: int, block: int, seed: int, n_layer: int = 4, n_head: int = 4, n_embd: int = 64):
     from seqlab.config import ModelConfig
     from seqlab.models import build_model
 
     torch.manual_seed(seed)
     # dropout 0 like the peers (seqlab's default is 0.1); no biases (seqlab's default)
-    return build_model(ModelConfig(type="transformer", n_layer=4, n_head=4, n_embd=64, block_size=block, dropout=0.0),
-                       vocab_size=vocab)
+    return build_model(ModelConfig(type="transformer", n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                                   block_size=block, dropout=0.0), vocab_size=vocab)
 
 
 def seqlab_optimizer(model):
@@ -227,15 +260,20 @@ HF_PARITY = "transformers GPT2 (exact GELU, fused AdamW)"
 def build_train_hf(args, name: str):
     """(a1) seqlab vs HF GPT2 at batch 32, context 64; HF also with seqlab's defaults
     (exact GELU instead of its tanh approximation, torch's fused AdamW)."""
-    V, B, T = args.vocab, 32, 64
+    return _train_vs_hf(args, name, dict(n_layer=4, n_head=4, n_embd=64), 32, 64)
+
+
+def _train_vs_hf(args, name: str, size: dict, B: int, T: int, amp: torch.dtype | None = None):
+    dev = device_of(args)
+    V = args.vocab
     g = torch.Generator().manual_seed(0)
-    data = torch.randint(0, V, (args.n_batches, B, T + 1), generator=g)
+    data = torch.randint(0, V, (args.n_batches, B, T + 1), generator=g).to(dev)
     batches = [(d[:, :-1].contiguous(), d[:, 1:].contiguous()) for d in data]
-    if name == "seqlab":
-        sl = seqlab_transformer(V, T, seed=1).train()
-        return step_runner(sl, seqlab_optimizer(sl), batches, args.steps, seqlab_loss), {"params": n_params(sl)}
-    parity = name == HF_PARITY
-    hf = hf_gpt2(V, T, seed=1, pad=False, activation="gelu" if parity else None).train()
+    if name.startswith("seqlab"):
+        sl = seqlab_transformer(V, T, seed=1, **size).to(dev).train()
+        return step_runner(sl, seqlab_optimizer(sl), batches, args.steps, seqlab_loss, amp), {"params": n_params(sl)}
+    parity = "parity" in name or "exact GELU" in name
+    hf = hf_gpt2(V, T, seed=1, pad=False, activation="gelu" if parity else None, **size).to(dev).train()
     # AdamW as a GPT-2 user writes it (torch's default implementation), or fused as seqlab's
     opt = torch.optim.AdamW(hf.parameters(), lr=1e-3, weight_decay=0.01, betas=(0.9, 0.99), eps=1e-8,
                             fused=True if parity else None)
@@ -246,7 +284,7 @@ def build_train_hf(args, name: str):
         logits = model(input_ids=x, use_cache=False).logits
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1)
 
-    return step_runner(hf, opt, batches, args.steps, hf_loss), {
+    return step_runner(hf, opt, batches, args.steps, hf_loss, amp), {
         "params": n_params(hf), "attn_implementation": hf.config._attn_implementation,
         "activation": hf.config.activation_function, "adamw": "fused" if parity else "torch default"}
 
@@ -261,6 +299,7 @@ def build_train_makemore(args, name: str):
     from seqlab.data.tokenizer import CharTokenizer
 
     mm = load_makemore(Path(args.makemore))
+    dev = device_of(args)
     # makemore's create_datasets, without its random train/test split (timing only)
     names_path = Path(args.names)
     words = [w.strip() for w in names_path.read_text().splitlines()]
@@ -276,12 +315,12 @@ def build_train_makemore(args, name: str):
         batches = []
         for r in rows:
             xs, ys = zip(*(ds[int(i)] for i in r))
-            batches.append((torch.stack(xs), torch.stack(ys)))
+            batches.append((torch.stack(xs).to(dev), torch.stack(ys).to(dev)))
         torch.manual_seed(1)
         with contextlib.redirect_stdout(io.StringIO()):  # it prints its parameter count
             model = mm.Transformer(mm.ModelConfig(vocab_size=ds.get_vocab_size(), block_size=block,
                                                   n_layer=4, n_head=4, n_embd=64, n_embd2=64))
-        model.train()
+        model.to(dev).train()
         # makemore's own optimizer line (its defaults: lr 5e-4, weight decay 0.01)
         opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01, betas=(0.9, 0.99), eps=1e-8)
 
@@ -293,8 +332,8 @@ def build_train_makemore(args, name: str):
     tok = CharTokenizer.train(read_lines(names_path))
     enc = encode_lines(read_lines(names_path), tok, block_size=block)
     trim = name == MM_SEQLAB_TRIM
-    batches = [enc.batch(r, tok.pad_id, trim=trim) for r in rows]
-    sl = seqlab_transformer(tok.vocab_size, block, seed=1).train()
+    batches = [tuple(t.to(dev) for t in enc.batch(r, tok.pad_id, trim=trim)) for r in rows]
+    sl = seqlab_transformer(tok.vocab_size, block, seed=1).to(dev).train()
     meta = {"params": n_params(sl), "vocab": tok.vocab_size}
     if trim:
         meta["mean_width"] = statistics.mean(x.size(1) for x, _ in batches)
@@ -315,9 +354,10 @@ def build_generate(args, name: str):
     from seqlab.sampling import DecodeRule, generate
 
     V, B, N, CTX = args.vocab, 64, 128, 256
+    dev = device_of(args)
     if name == GEN_HF:
-        hf = hf_gpt2(V, CTX, seed=2).eval()
-        prompt = torch.ones(B, 1, dtype=torch.long)
+        hf = hf_gpt2(V, CTX, seed=2).to(dev).eval()
+        prompt = torch.ones(B, 1, dtype=torch.long, device=dev)
         mask = torch.ones_like(prompt)
 
         def hf_gen():
@@ -332,14 +372,14 @@ def build_generate(args, name: str):
             return int((~ended).sum())
 
         return hf_gen, {"attn_implementation": hf.config._attn_implementation}
-    sl = seqlab_transformer(V, CTX, seed=2).eval()
+    sl = seqlab_transformer(V, CTX, seed=2).to(dev).eval()
     if name == GEN_UNCACHED:
         @torch.inference_mode()
         def sl_uncached():
             # makemore-style: the whole prefix goes through the model for every new token
             # (a fixed N tokens, no eos: the reference for what a KV cache saves)
-            gen = torch.Generator().manual_seed(0)
-            idx = torch.ones(B, 1, dtype=torch.long)
+            gen = torch.Generator(device=dev).manual_seed(0)
+            idx = torch.ones(B, 1, dtype=torch.long, device=dev)
             for _ in range(N):
                 logits, _ = sl(idx)
                 probs = F.softmax(logits[:, -1, :], dim=-1)
@@ -353,7 +393,19 @@ def build_generate(args, name: str):
                        generator=torch.Generator().manual_seed(0))
         return int(out.lengths.sum())
 
-    return sl_cached, {"decode_step": "native" if native.load() is not None else "python"}
+    return sl_cached, {"decode_step": "native" if native.load() is not None and dev.type == "cpu" else "python"}
+
+
+LARGE = dict(n_layer=6, n_head=6, n_embd=384)
+LG_SEQLAB, LG_HF, LG_HF_PARITY, LG_SEQLAB_BF16, LG_HF_BF16 = (
+    "seqlab fp32", "transformers GPT2 fp32", "transformers GPT2 fp32 (exact GELU, fused AdamW)",
+    "seqlab bf16 autocast", "transformers GPT2 bf16 autocast")
+
+
+def build_train_large(args, name: str):
+    """(c) the GPU-sized shape: 6 x 6 x 384, batch 32 x 256, float32 and bf16 autocast."""
+    amp = torch.bfloat16 if "bf16" in name else None
+    return _train_vs_hf(args, name, LARGE, 32, 256, amp)
 
 
 SECTIONS = {
@@ -364,7 +416,10 @@ SECTIONS = {
     "generate": {"names": [GEN_SEQLAB, GEN_NO_NATIVE, GEN_UNCACHED, GEN_HF], "build": build_generate,
                  "unit": "token", "budget": 0.4, "env": {GEN_NO_NATIVE: {"SEQLAB_NATIVE": "0"}},
                  "cap": {GEN_UNCACHED: "uncached_repeats"}, "no_warmup": (GEN_UNCACHED,)},
+    "train_large": {"names": [LG_SEQLAB, LG_HF, LG_HF_PARITY, LG_SEQLAB_BF16, LG_HF_BF16], "build": build_train_large,
+                    "unit": "step", "budget": 0.3, "gpu_only": True},
 }
+CPU_ONLY_CONTENDERS = (GEN_NO_NATIVE,)  # on a GPU seqlab's decode step is the Python one anyway
 
 
 def worker(args) -> int:
@@ -376,6 +431,7 @@ def worker(args) -> int:
     except (ImportError, FileNotFoundError, OSError) as e:
         print("@@skip " + json.dumps(f"{type(e).__name__}: {e}"), flush=True)
         return 0
+    fn = synced(fn, device_of(args))
     if args.contender not in sec.get("no_warmup", ()):
         fn()  # warm-up (allocator, lazy init, oneDNN primitive caches)
     meta = {**meta, "torch_threads": torch.get_num_threads()}
@@ -399,6 +455,8 @@ def run_section(name: str, args) -> dict:
     env_args = json.dumps({k: v for k, v in vars(args).items() if k not in ("worker", "contender")})
     procs, meta, skipped = {}, {}, {}
     for c in sec["names"]:  # one at a time: a worker's build and warm-up do not overlap another's
+        if args.device != "cpu" and c in CPU_ONLY_CONTENDERS:
+            continue
         env = {**os.environ, "SEQLAB_BENCH_ARGS": env_args, **sec.get("env", {}).get(c, {})}
         p = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", name, "--contender", c],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=HERE)
@@ -486,22 +544,27 @@ def report(results: dict) -> tuple[str, dict]:
             lines.append(f"| {title} | skipped: {sec['skipped']} | | | | |")
             return
         c = sec["contenders"]
-        b = c[base]
+
+        def base_of(name):  # a bf16 contender against seqlab in bf16, when that ran
+            return LG_SEQLAB_BF16 if "bf16" in name and LG_SEQLAB_BF16 in c else base
+
         for name, s in c.items():
-            if name == base:
+            b = c[base_of(name)]
+            if name == base_of(name):
                 r1 = r2 = "base"
             else:
-                r1 = f"{s['median'] / b['median']:.2f}x seqlab's time"
+                r1 = f"{s['median'] / b['median']:.2f}x {base_of(name)}'s time"
                 r2 = f"{s['min'] / b['min']:.2f}x"
             lines.append(f"| {title} | {name} | {s['median']:.1f} ms/step | {s['min']:.1f} ms/step | {r1} | {r2} |")
         for name, s in c.items():
             if not name.startswith("seqlab"):
-                targets[f"{title}: seqlab step no slower than {name}"] = b["median"] <= s["median"]
+                targets[f"{title}: seqlab step no slower than {name}"] = c[base_of(name)]["median"] <= s["median"]
         for name, note in sec.get("skipped_contenders", {}).items():
             lines.append(f"| {title} | {name}: skipped ({note}) | | | | |")
 
     train_rows("train_hf", "train B32 T64", "seqlab")
     train_rows("train_makemore", "train B32 block16 names", "seqlab (full block, trim=False)")
+    train_rows("train_large", "train 6x6x384 B32 T256", LG_SEQLAB)
     sec = results.get("generate")
     if sec:
         c = sec["contenders"]
@@ -541,6 +604,7 @@ def main(argv=None) -> int:
     p.add_argument("--vocab", type=int, default=65, help="vocabulary for the B32xT64 and sampling runs")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                    help="before each section, wait up to SECONDS for other processes to go idle")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda: adds the train_large section)")
     p.add_argument("--only", choices=list(SECTIONS), action="append",
                    help="run only these sections (repeatable)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -559,6 +623,8 @@ def main(argv=None) -> int:
     for name, _ in sections:
         if args.only and name not in args.only:
             continue
+        if SECTIONS[name].get("gpu_only") and args.device == "cpu" and not args.only:
+            continue
         if args.wait_quiet > 0:
             wait_for_quiet(args.wait_quiet)
         log(f"[{time.perf_counter() - t0:6.1f}s] {name} ...")
@@ -568,6 +634,8 @@ def main(argv=None) -> int:
     results["targets"] = targets
     m = results["machine"]
     print(f"seqlab core benchmark, {m['date']}")
+    if args.device != "cpu":
+        print(f"device: {args.device} ({m.get('gpu', '?')}, CUDA {m.get('cuda', '?')})")
     print(f"CPU: {m['cpu']} ({m['cpus_usable']} usable cores), torch {m['torch']} "
           f"({THREADS} threads), transformers {m['transformers']}, python {m['python']}, "
           f"seqlab {m['seqlab']} @ {m.get('seqlab_git', '?')}")

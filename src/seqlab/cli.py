@@ -386,9 +386,12 @@ def cmd_heatmap(args) -> None:
     from .inspect.heatmap import average_heatmap, input_heatmap
     from .sampling import DecodeRule, generate
 
+    from .engine import resolve_device
+
     _require(args, "input", "out")
+    device = resolve_device(args.device)
     ready(args, f"load {args.run} and draw {args.out}")
-    model, tokenizer, _ = load_model(args.run, args.checkpoint)
+    model, tokenizer, _ = load_model(args.run, args.checkpoint, device=str(device))
     out = Path(args.out)
     info = input_heatmap(model, tokenizer, args.input, out)
     payload = {"out": str(out), **info}
@@ -410,9 +413,12 @@ def cmd_quickstart(args) -> None:
 
     if args.steps is not None and args.steps <= 0:
         raise SeqlabError(f"--steps must be positive, got {args.steps}")
+    from .engine import resolve_device
+
+    device = str(resolve_device(args.device))
     ready(args, f"run the quickstart into {args.out}")
     result = quickstart(args.out, steps=args.steps, seed=args.seed, progress=not args.quiet,
-                        log=(lambda s: print(s, file=sys.stderr)) if args.json else print)
+                        log=(lambda s: print(s, file=sys.stderr)) if args.json else print, device=device)
     _emit(args, result)
 
 
@@ -424,8 +430,11 @@ def cmd_recipe(args) -> None:
         raise SeqlabError("--rl-minutes must be > 0")
     if args.threads is not None and args.threads < 0:
         raise SeqlabError(f"--threads must be >= 0, got {args.threads}")
+    from .engine import resolve_device
+
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print
     given = {k: v for k, v in (("rl_minutes", args.rl_minutes), ("threads", args.threads)) if v is not None}
+    given["device"] = str(resolve_device(args.device))
     if args.base is not None:  # a pretrained chat model: no pretraining stage, no comparison
         from .interop.importer import resolve_source
         from .recipes.pretrained import PretrainedRecipeConfig, run_pretrained_arithmetic
@@ -460,6 +469,8 @@ def cmd_post(args) -> None:
     overrides = {"out": args.out} if args.out else {}
     if args.resume:
         overrides["resume"] = True
+    if args.device:
+        overrides["device"] = args.device
     cfg = load_post_config(args.config, overrides)
     from .post import get_runner
 
@@ -557,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default="runs/quickstart", help="run directory (default runs/quickstart)")
     q.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     q.add_argument("--seed", type=int, default=1337)
+    q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.add_argument("--json", action="store_true", help="print one JSON object of results on stdout")
     _takes_toml(q, "quickstart")
@@ -582,6 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="torch threads (default 1, fastest for the small model; with --base all cores)")
     ra.add_argument("--resume", action="store_true",
                     help="keep the stages an earlier run of --out finished; run the rest")
+    ra.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (every stage's model)")
     ra.add_argument("--quiet", action="store_true", help="no progress bars")
     ra.add_argument("--json", action="store_true", help="print one JSON object of results on stdout")
     _takes_toml(ra, "recipe")
@@ -665,6 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
     po.add_argument("--config", required=True, help="TOML file with a [post] table")
     po.add_argument("--out", help="run directory for the result (overrides post.out)")
     po.add_argument("--resume", action="store_true", help="continue the run in out from its last checkpoint")
+    po.add_argument("--device", help="cpu, cuda, cuda:N or mps (overrides post.device)")
     po.add_argument("--quiet", action="store_true")
     po.add_argument("--json", action="store_true")
     po.set_defaults(func=cmd_post)
@@ -745,6 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--avg-samples", type=int, default=200, help="samples for the average map (0: none)")
     h.add_argument("--seed", type=int, default=0)
     h.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    h.add_argument("--device", default="cpu")
     h.add_argument("--json", action="store_true")
     _takes_toml(h, "heatmap")
     h.set_defaults(func=cmd_heatmap)

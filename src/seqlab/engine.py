@@ -271,11 +271,13 @@ class Engine:
     inside a discovery run). `hint`: what the non-finite stop tells the user to change."""
 
     def __init__(self, trained: torch.nn.Module, settings: OptimSettings, *, device: torch.device | None = None,
-                 run_dir: str | Path | None = None, generators: dict[str, torch.Generator] | None = None,
-                 keep: int = 1, hint: str = "lower the learning rate"):
+                 amp: torch.dtype | None = None, run_dir: str | Path | None = None,
+                 generators: dict[str, torch.Generator] | None = None, keep: int = 1,
+                 hint: str = "lower the learning rate"):
         self.trained = trained
         self.settings = settings
         self.device = device or torch.device("cpu")
+        self.amp = amp  # autocast dtype for update()'s compute (autocast_dtype); None: full precision
         self.ranks = ranks(self.device)
         self.opt = make_optimizer(trained, settings)
         self.params = [p for p in trained.parameters() if p.requires_grad]
@@ -299,7 +301,8 @@ class Engine:
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
-        loss = compute()
+        with self.autocast():
+            loss = compute()
         if loss.requires_grad:
             loss.backward()
         loss_value, has_grad = self._reduce(loss.detach())
@@ -312,6 +315,10 @@ class Engine:
             self._stop(step, f"gradient norm={grad_norm}")
         self.opt.step()
         return Update(loss_value, grad_norm, lr, True)
+
+    def autocast(self):
+        """The precision context of the loop's forward passes (a no-op in full precision)."""
+        return torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None)
 
     def _reduce(self, loss: torch.Tensor) -> tuple[float, bool]:
         """Sum gradients and the loss over ranks (one flat buffer); any gradient anywhere?

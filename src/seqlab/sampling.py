@@ -180,9 +180,12 @@ def generate(
     device = next(model.parameters()).device
     steps = _budget(model, prompts, max_new_tokens)
     plain = not rule.truncates and rule.temperature == 1.0
-    # in (0, 1], see _draw; (steps, B, 1), one column of uniforms per step
-    uniform_table = None if rule.greedy else 1.0 - torch.rand(steps, len(prompts), 1, generator=generator,
-                                                              device=device)
+    # in (0, 1], see _draw; (steps, B, 1), one column of uniforms per step. Drawn where the
+    # generator lives (a CPU generator for a CUDA model: the same draws on every device) and
+    # moved once to the model's device
+    uniform_table = None if rule.greedy else 1.0 - torch.rand(
+        steps, len(prompts), 1, generator=generator,
+        device=generator.device if generator is not None else device).to(device)
     if shard is not None:
         prompts = prompts[shard]
         uniform_table = None if uniform_table is None else uniform_table[:, shard].contiguous()

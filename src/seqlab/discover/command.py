@@ -56,6 +56,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     d.add_argument("--keep", type=int,
                    help="distinct constructions kept in the pool (default 1000 for local, 2000 for the model loop)")
     d.add_argument("--resume", action="store_true", help="continue the run in --out from its best constructions")
+    d.add_argument("--device", default="cpu", help="the model's device: cpu, cuda, cuda:N or mps (the local "
+                                                  "searches run on the CPU cores)")
     d.add_argument("--quiet", action="store_true", help="no per-round progress on stderr")
     d.add_argument("--json", action="store_true", help="print one JSON object of results on stdout")
     d.set_defaults(func=cmd_discover)
@@ -122,8 +124,10 @@ def cmd_discover(args) -> None:
             raise SeqlabError(f"seqlab discover: --{flag} must be >= 1, got {value}")
     if args.round_seconds is not None and not args.round_seconds > 0:
         raise SeqlabError(f"seqlab discover: --round-seconds must be positive, got {args.round_seconds}")
+    from ..engine import resolve_device
     from .problems import get_problem
 
+    resolve_device(args.device)  # a device this machine lacks fails now, not after the first search
     problem = get_problem(args.problem, args.n)
     best_known = problem.best_known(problem.n) if hasattr(problem, "best_known") else None
     target = None
@@ -244,7 +248,7 @@ def run_search(args, problem, out: Path, best_known, target, init, round0: int, 
     else:  # a resumed run continues from its pool and its newest generation's model
         from .patternboost import PatternBoostConfig, run_patternboost
 
-        cfg = PatternBoostConfig(**({"keep": args.keep} if args.keep else {}))
+        cfg = PatternBoostConfig(**({"keep": args.keep} if args.keep else {}), device=args.device)
         result = run_patternboost(problem, out, seconds=args.minutes * 60, seed=args.seed, workers=args.workers,
                                   cfg=cfg,
                                   init=init, target=target, pool_out=pool_out, use_grpo=args.searcher == "grpo",

@@ -64,6 +64,7 @@ class PatternBoostConfig:
     grpo_group: int = 16
     grpo_lr: float = 1e-4
     threads: int = 1
+    device: str = "cpu"  # the model's: training, sampling and score-RL (CLI: discover --device)
 
 
 CALIBRATION_MOVES = 20_000  # moves per start of the first batch, which measures the moves/s
@@ -114,7 +115,7 @@ class ModelSide:
                 continue
             if (gdir / "model").is_dir():
                 try:
-                    self.model, _, _ = load_model(gdir / "model", "last")
+                    self.model, _, _ = load_model(gdir / "model", "last", device=self.cfg.device)
                 except Exception:  # an interrupted generation: fall back to the one before
                     continue
                 self.block_size = self.model.max_len
@@ -138,7 +139,7 @@ class ModelSide:
             "train": {"steps": self.cfg.first_steps if self.model is None else self.cfg.steps,
                       "batch_size": self.cfg.batch_size, "lr": self.cfg.lr, "warmup_steps": 20,
                       "eval_interval": 10**9, "checkpoint_interval": 10**9, "seed": self.seed + generation,
-                      "threads": self.cfg.threads, "log_interval": 50},
+                      "threads": self.cfg.threads, "log_interval": 50, "device": self.cfg.device},
         })
         usable = [x for x in lines if len(x) < self.block_size]
         if len(usable) < len(lines):  # longer than the model's context: leave them out of training
@@ -147,7 +148,7 @@ class ModelSide:
                        deadline=deadline)
         from ..checkpoint import load_model
 
-        self.model, _, _ = load_model(gdir / "model", "last")
+        self.model, _, _ = load_model(gdir / "model", "last", device=self.cfg.device)
         return {"train_s": time.perf_counter() - t0, "train_loss": result.get("train_loss")}
 
     def sample(self, n: int, generator: torch.Generator) -> list[str]:

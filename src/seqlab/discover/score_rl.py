@@ -39,7 +39,8 @@ def grpo_on_score(side, problem, cfg, generator: torch.Generator, deadline: floa
     """cfg.grpo_steps GRPO updates of side.model (stops early at `deadline`)."""
     model, tok = side.model, side.tokenizer
     if getattr(side, "grpo_engine", None) is None:  # one optimizer for the whole run: Adam moments carry over
-        side.grpo_engine = Engine(model, OptimSettings(lr=cfg.grpo_lr, grad_clip=1.0), hint="lower grpo_lr")
+        side.grpo_engine = Engine(model, OptimSettings(lr=cfg.grpo_lr, grad_clip=1.0),
+                                  device=next(model.parameters()).device, hint="lower grpo_lr")
     engine = side.grpo_engine
     rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=generator)))
     n = cfg.grpo_group * 4
@@ -52,7 +53,7 @@ def grpo_on_score(side, problem, cfg, generator: torch.Generator, deadline: floa
             gen = generate(model, [[tok.bos_id]] * n, side.block_size - 1, DecodeRule(temperature=1.0), tok.eos_id,
                            tok.pad_id, generator=generator)
         texts = [tok.decode(ids) for ids in gen.rows(strip_eos=True)]
-        r = torch.tensor(score_rewards(problem, texts, rng))
+        r = torch.tensor(score_rewards(problem, texts, rng), device=gen.tokens.device)
         rewards_seen.append(r.mean().item())
         adv = group_advantages(r, n, "group")
         ids, mask, old = completion_batch([[tok.bos_id]] * n, gen, tok.pad_id)

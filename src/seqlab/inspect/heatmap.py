@@ -57,7 +57,8 @@ def input_heatmap(model, tokenizer, text: str, path: Path) -> dict:
     ids = tokenizer.encode_prompt(text)
     if len(ids) > model.max_len:
         raise SeqlabError(f"input has {len(ids)} tokens with <bos>; the model's context is {model.max_len}")
-    maps = [m[0] for m in model.eval().attention_maps(torch.tensor([ids]))]
+    device = next(model.parameters()).device
+    maps = [m[0].float().cpu() for m in model.eval().attention_maps(torch.tensor([ids], device=device))]
     labels = ["<bos>"] + [tokenizer.decode([i]) or "?" for i in ids[1:]]
     _grid(maps, labels, f"attention for input {text!r}", path)
     return {"layers": len(maps), "heads": maps[0].shape[0], "tokens": len(ids)}
@@ -72,8 +73,9 @@ def average_heatmap(model, token_rows: list[list[int]], path: Path, title: str) 
     for b, r in enumerate(token_rows):
         idx[b, : len(r)] = torch.tensor(r)
         valid[b, : len(r)] = True
-    maps = model.eval().attention_maps(idx)  # causal: padding on the right changes nothing before it
-    q = valid[:, None, :, None].float()  # average each query row over the rows that have it
-    avg = [(m * q).sum(0) / q.sum(0).clamp(min=1) for m in maps]
+    device = next(model.parameters()).device
+    maps = model.eval().attention_maps(idx.to(device))  # causal: padding on the right changes nothing before it
+    q = valid[:, None, :, None].float().to(device)  # average each query row over the rows that have it
+    avg = [((m.float() * q).sum(0) / q.sum(0).clamp(min=1)).cpu() for m in maps]
     _grid(avg, [str(i) for i in range(T)], title, path)
     return {"rows": len(token_rows), "tokens": T}

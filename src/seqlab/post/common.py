@@ -11,6 +11,11 @@ import torch
 import torch.nn.functional as F
 
 
+def device_of(model: torch.nn.Module) -> torch.device:
+    """Where the model's weights are: the device every tensor fed to it is built on."""
+    return next(model.parameters()).device
+
+
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log p(tokens[b, t] | prefix) from logits (B, T, V) aligned with tokens (B, T).
 
@@ -48,15 +53,13 @@ def continuation_logits(model, prompts: list[list[int]], completions: torch.Tens
     rows = torch.tensor(row_of, device=device)
     plen = torch.tensor([len(p) for p in distinct], device=device)
     if hasattr(model, "continuation_logits"):
-        prefix = torch.full((len(distinct), int(plen.max())), pad_id, dtype=torch.long)
-        for i, p in enumerate(distinct):
-            prefix[i, :len(p)] = torch.tensor(p, dtype=torch.long)
-        return model.continuation_logits(prefix.to(device), plen, rows, completions)
+        width = int(plen.max())
+        prefix = torch.tensor([p + [pad_id] * (width - len(p)) for p in distinct], dtype=torch.long, device=device)
+        return model.continuation_logits(prefix, plen, rows, completions)
     B, L = completions.shape
     lens = plen[rows]
-    ids = torch.full((B, int(lens.max()) + L), pad_id, dtype=torch.long, device=device)
-    for b, p in enumerate(prompts):
-        ids[b, :len(p)] = torch.tensor(p, dtype=torch.long)
+    width = int(lens.max()) + L
+    ids = torch.tensor([p + [pad_id] * (width - len(p)) for p in prompts], dtype=torch.long, device=device)
     slot = lens[:, None] + torch.arange(L, device=device)
     ids.scatter_(1, slot, completions)
     logits, _ = model(ids[:, :-1])
@@ -130,7 +133,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
         std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(r[:, :1])
         return (centred / (std + eps)).reshape(-1)
     if scale == "batch":
-        std = rewards.std() if rewards.numel() > 1 else torch.zeros(())
+        std = rewards.std() if rewards.numel() > 1 else torch.zeros((), device=rewards.device)
         return (centred / (std + eps)).reshape(-1)
     raise ValueError(f"unknown advantage scale {scale!r} (group, batch or none)")
 

@@ -33,6 +33,11 @@ class PostConfig:
     checkpoint_interval: int = 50  # updates between checkpoints (rounded up to the algorithm's rollout period)
     resume: bool = False  # continue the run in `out` from its last checkpoint (CLI: --resume)
     threads: int = 0
+    device: str = "cpu"  # cpu, cuda, cuda:N or mps (CLI: --device); under torchrun `cuda` is each rank's GPU
+    # Precision of the forward passes (sampling included). float32 by default on every device:
+    # RL's importance ratios compare the sampler's log-probs with the trainer's, and in bf16
+    # they differ by rounding alone; "auto" is bf16 autocast where the device supports it
+    dtype: Literal["auto", "float32", "bfloat16"] = "float32"
     # Dropout off while post-training (lora_dropout included). Unset: off for grpo and ppo
     # (the policy being updated must be the one that sampled), dpo (the one the reference
     # log-probs came from) and rm (its scores are used without dropout); sft and rejection

@@ -54,15 +54,16 @@ def load_jsonl(path: str | Path, required: tuple[str, ...], tokenizer: Tokenizer
     return rows
 
 
-def pad_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to (B, T) input ids and a float completion mask."""
+def pad_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int,
+              device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to (B, T) input ids and a float completion mask, on `device`."""
     T = max(len(ids) for ids, _ in pairs)
     ids = torch.full((len(pairs), T), pad_id, dtype=torch.long)
     mask = torch.zeros(len(pairs), T)
     for b, (i, m) in enumerate(pairs):
         ids[b, : len(i)] = torch.tensor(i)
         mask[b, : len(m)] = torch.tensor(m, dtype=torch.float32)
-    return ids, mask
+    return ids.to(device), mask.to(device)
 
 
 def completion_batch(prompts: list[list[int]], gen, pad_id: int):
@@ -72,15 +73,16 @@ def completion_batch(prompts: list[list[int]], gen, pad_id: int):
     sampling log-probs aligned with it (0 elsewhere). The same ids and mask as pad_batch on
     (prompt + completion, [0] * len(prompt) + [1] * len(completion)) pairs."""
     B, L = gen.tokens.shape
-    plen = torch.tensor([len(p) for p in prompts])
+    device = gen.tokens.device  # the sampler's: the model's device
+    plen = torch.tensor([len(p) for p in prompts], device=device)
     P = int(plen.max())
     T = int((plen + gen.lengths).max())
-    ids = torch.full((B, P + L), pad_id, dtype=torch.long)
-    ids[:, :P] = torch.tensor([p + [pad_id] * (P - len(p)) for p in prompts], dtype=torch.long)
-    slot = plen.unsqueeze(1) + torch.arange(L)  # (B, L) where completion token t of each row goes
+    ids = torch.full((B, P + L), pad_id, dtype=torch.long, device=device)
+    ids[:, :P] = torch.tensor([p + [pad_id] * (P - len(p)) for p in prompts], dtype=torch.long, device=device)
+    slot = plen.unsqueeze(1) + torch.arange(L, device=device)  # (B, L) where completion token t of each row goes
     ids.scatter_(1, slot, gen.tokens)  # tokens after a row's end are pad already
-    pos = torch.arange(1, T)
+    pos = torch.arange(1, T, device=device)
     mask = ((pos >= plen.unsqueeze(1)) & (pos < (plen + gen.lengths).unsqueeze(1))).float()
-    old = torch.zeros(B, P + L)
+    old = torch.zeros(B, P + L, device=device)
     old.scatter_(1, slot - 1, gen.sampling_logprobs)  # the log-prob of the token at slot predicted from slot - 1
     return ids[:, :T], mask, old[:, :T - 1]

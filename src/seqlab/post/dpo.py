@@ -50,6 +50,7 @@ def run_dpo(cfg, progress: bool = True) -> dict:
     """DPO/IPO on {"prompt", "chosen", "rejected"} JSONL."""
     from ..engine import ranks as process_ranks
     from ..engine import weighted_sum
+    from .common import device_of
     from .data import load_jsonl, pad_batch
     from .prompting import prompt_format
     from .runner import load_policy, optimise, prepare_out
@@ -57,6 +58,7 @@ def run_dpo(cfg, progress: bool = True) -> dict:
     if cfg.beta <= 0:  # beta = 0 divides by zero in IPO; beta < 0 prefers the rejected answers
         raise SeqlabError(f"config key 'post.beta': must be > 0, got {cfg.beta}")
     model, tok, _ = load_policy(cfg, drop_dropout=True)
+    device = device_of(model)
     rows = load_jsonl(cfg.data, ("prompt", "chosen", "rejected"), tok)
     fmt = prompt_format(tok, cfg.chat_template, cfg.system)
     chosen = [fmt.pair(r["prompt"], r["chosen"], model.max_len) for r in rows]
@@ -65,9 +67,9 @@ def run_dpo(cfg, progress: bool = True) -> dict:
     # reference log-probs once, from the frozen starting model
     model.eval()
     with torch.no_grad():
-        ref_c = torch.cat([_sequence_scores(model, *pad_batch(chosen[i:i + 64], tok.pad_id), mean)
+        ref_c = torch.cat([_sequence_scores(model, *pad_batch(chosen[i:i + 64], tok.pad_id, device), mean)
                            for i in range(0, len(rows), 64)])
-        ref_r = torch.cat([_sequence_scores(model, *pad_batch(rejected[i:i + 64], tok.pad_id), mean)
+        ref_r = torch.cat([_sequence_scores(model, *pad_batch(rejected[i:i + 64], tok.pad_id, device), mean)
                            for i in range(0, len(rows), 64)])
     out = prepare_out(cfg, "dpo")
     g = torch.Generator().manual_seed(cfg.seed)
@@ -75,9 +77,9 @@ def run_dpo(cfg, progress: bool = True) -> dict:
     mine = ranks.shard(cfg.batch_size, "post.batch_size")
 
     def step_fn(step):
-        idx = torch.randint(len(rows), (cfg.batch_size,), generator=g)[mine]  # this rank's pairs
-        pc = _sequence_scores(model, *pad_batch([chosen[i] for i in idx], tok.pad_id), mean)
-        pr = _sequence_scores(model, *pad_batch([rejected[i] for i in idx], tok.pad_id), mean)
+        idx = torch.randint(len(rows), (cfg.batch_size,), generator=g)[mine].to(device)  # this rank's pairs
+        pc = _sequence_scores(model, *pad_batch([chosen[i] for i in idx.tolist()], tok.pad_id, device), mean)
+        pr = _sequence_scores(model, *pad_batch([rejected[i] for i in idx.tolist()], tok.pad_id, device), mean)
         loss, stats = dpo_loss(pc, pr, ref_c[idx], ref_r[idx], cfg.beta, cfg.dpo_loss)
         # data-parallel: a mean over equal shards is the mean of the ranks' means
         return loss / ranks.world, weighted_sum(stats, 1.0 / ranks.world, ranks)

@@ -89,7 +89,7 @@ def run_grpo(cfg, progress: bool = True) -> dict:
     from ..engine import ranks as process_ranks
     from ..errors import SeqlabError
     from ..sampling import DecodeRule, generate
-    from .common import continuation_logits, entropy_from_logits, group_advantages, token_logprobs
+    from .common import continuation_logits, device_of, entropy_from_logits, group_advantages, token_logprobs
     from .data import load_jsonl
     from .prompting import prompt_format
     from .runner import extra_columns, load_policy, optimise, prepare_out, rewards_for
@@ -99,6 +99,7 @@ def run_grpo(cfg, progress: bool = True) -> dict:
     if cfg.group_size < 2:  # one completion per prompt: every group advantage is 0, nothing is learned
         raise SeqlabError("config key 'post.group_size': GRPO compares completions of a prompt, so it must be >= 2")
     model, tok, _ = load_policy(cfg, drop_dropout=True)
+    device = device_of(model)
     rows = load_jsonl(cfg.data, ("prompt",), tok)
     rewards = rewards_for(cfg)
     col_names = extra_columns(rows)
@@ -132,11 +133,11 @@ def run_grpo(cfg, progress: bool = True) -> dict:
         prompt_text = [rows[i]["prompt"] for i in pick for _ in range(G)]
         columns = {c: [rows[i].get(c) for i in pick for _ in range(G)] for c in col_names}
         totals, per_fn = rewards(prompt_text, completions, columns)
-        r = torch.tensor(totals)
+        r = torch.tensor(totals, device=device)
         adv = group_advantages(r, G, cfg.advantage_scale)
         # (B, L) over completion tokens: mask 1 up to and including a row's eos
         comp = gen.tokens.clone()  # out of inference mode: autograd saves it (embedding indices)
-        mask = (torch.arange(comp.size(1)) < gen.lengths[:, None]).float()
+        mask = (torch.arange(comp.size(1), device=device) < gen.lengths[:, None]).float()
         old_logp = gen.sampling_logprobs * mask
         ref_logp = None
         if ref is not None:
@@ -166,7 +167,7 @@ def run_grpo(cfg, progress: bool = True) -> dict:
         # global token mean), else 1 / world (equal shards: bnpo is then a mean of per-rank
         # token means, as TRL's; grpo and dr_grpo are means over rows)
         tokens = float(mask.sum())
-        token_share = tokens / max(float(all_reduce_sum(torch.tensor([tokens], dtype=torch.float64), ranks)), 1.0)
+        token_share = tokens / max(float(all_reduce_sum(torch.tensor([tokens], dtype=torch.float64, device=device), ranks)), 1.0)
         return {"prompts": prompts, "comp": comp, "mask": mask, "old": old_logp, "ref": ref_logp, "adv": adv,
                 "stats": stats, "token_share": token_share,
                 "share": token_share if cfg.loss_type == "dapo" else 1.0 / ranks.world}
@@ -202,7 +203,7 @@ def run_grpo(cfg, progress: bool = True) -> dict:
                 total += float(loss.detach()) * w * rollout["share"]
         # token means over the global batch (data-parallel: each rank's weighted by its tokens)
         lstats = weighted_sum({**lstats, "entropy": entropy}, rollout["token_share"], ranks)
-        return torch.as_tensor(total), {**rollout["stats"], **lstats}
+        return torch.as_tensor(total, device=device), {**rollout["stats"], **lstats}
 
     columns = ["loss", "reward", "reward_std", "frac_zero_std", "completion_len", "completion_len_min",
                "completion_len_max", "truncated", "kl", "clip_low", "clip_high", "entropy",

@@ -55,7 +55,7 @@ def token_rewards(scores: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.
     # start after the prompt, so this is not the completion length - 1)
     positions = torch.arange(1, mask.size(1) + 1, device=mask.device)
     last = (mask * positions).argmax(1)
-    r[torch.arange(r.size(0)), last] += scores * (mask.sum(1) > 0)
+    r[torch.arange(r.size(0), device=r.device), last] += scores * (mask.sum(1) > 0)
     return r
 
 
@@ -80,7 +80,7 @@ def run_ppo(cfg, progress: bool = True) -> dict:
     from ..engine import all_gather_cat, all_gather_padded, all_reduce_sum, weighted_sum
     from ..engine import ranks as process_ranks
     from ..sampling import DecodeRule, generate
-    from .common import entropy_from_logits, token_logprobs
+    from .common import device_of, entropy_from_logits, token_logprobs
     from .data import completion_batch, load_jsonl
     from .prompting import prompt_format
     from .runner import extra_columns, load_policy, optimise, prepare_out, rewards_for
@@ -88,18 +88,19 @@ def run_ppo(cfg, progress: bool = True) -> dict:
     if cfg.temperature <= 0:
         raise SeqlabError("config key 'post.temperature': PPO samples, so it must be > 0")
     model, tok, _ = load_policy(cfg, drop_dropout=True)
+    device = device_of(model)
     rows = load_jsonl(cfg.data, ("prompt",), tok)
     fmt = prompt_format(tok, cfg.chat_template, cfg.system)
     col_names = extra_columns(rows)
     if cfg.reward_model:
         from .reward_model import load_reward_model
 
-        rm = load_reward_model(cfg.reward_model)
+        rm = load_reward_model(cfg.reward_model).to(device)
         rewards = None
     else:
         rewards = rewards_for(cfg)
     ref = copy.deepcopy(model).eval() if cfg.kl_beta else None
-    value = ValueModel(copy.deepcopy(model), model.vocab_size)
+    value = ValueModel(copy.deepcopy(model), model.vocab_size).to(device)
     both = nn.ModuleDict({"policy": model, "value": value})
     out = prepare_out(cfg, "ppo")
     ranks = process_ranks()
@@ -123,7 +124,7 @@ def run_ppo(cfg, progress: bool = True) -> dict:
         if rewards is not None:
             prompt_text = [rows[i]["prompt"] for i in pick[mine]]
             columns = {c: [rows[i].get(c) for i in pick[mine]] for c in col_names}
-            local_scores = torch.tensor(rewards(prompt_text, texts, columns)[0])
+            local_scores = torch.tensor(rewards(prompt_text, texts, columns)[0], device=device)
         ids, mask = all_gather_padded(ids, ranks, tok.pad_id), all_gather_padded(mask, ranks, 0)
         gen_lengths = all_gather_cat(gen.lengths, ranks)
         truncated = all_gather_cat((~gen.finished).float(), ranks)
@@ -133,7 +134,7 @@ def run_ppo(cfg, progress: bool = True) -> dict:
             ref_logp = token_logprobs(ref(ids[:, :-1])[0], ids[:, 1:], cfg.temperature) if ref else None
             old_values = value(ids[:, :-1]) * mask
             if rewards is None:
-                lengths = torch.tensor([len(p) for p in prompts]) + gen_lengths
+                lengths = torch.tensor([len(p) for p in prompts], device=device) + gen_lengths
                 scores = rm(ids, lengths)
             else:
                 scores = all_gather_cat(local_scores, ranks)
@@ -156,11 +157,11 @@ def run_ppo(cfg, progress: bool = True) -> dict:
         elif k % cfg.minibatches == 0:  # a new epoch over the rollout: new minibatches, as TRL's PPOTrainer
             roll["order"] = torch.randperm(roll["order"].numel(), generator=g)
         mb = roll["order"].chunk(cfg.minibatches)[k % cfg.minibatches]
-        mb = mb[ranks.shard(mb.numel(), "post.batch_size / post.minibatches")]  # data-parallel: this rank's rows
+        mb = mb[ranks.shard(mb.numel(), "post.batch_size / post.minibatches")].to(device)  # this rank's rows
         ids, mask = roll["ids"][mb], roll["mask"][mb]
         # this rank's share of the minibatch's token means (all of it in one process)
         tokens = float(mask.sum())
-        share = tokens / max(float(all_reduce_sum(torch.tensor([tokens], dtype=torch.float64), ranks)), 1.0)
+        share = tokens / max(float(all_reduce_sum(torch.tensor([tokens], dtype=torch.float64, device=device), ranks)), 1.0)
         logits, _ = model(ids[:, :-1])
         logp = token_logprobs(logits, ids[:, 1:], cfg.temperature)
         values = value(ids[:, :-1])

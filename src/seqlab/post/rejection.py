@@ -22,11 +22,13 @@ def run_rejection(cfg, progress: bool = True) -> dict:
     from ..engine import all_gather_objects, all_reduce_sum
     from ..engine import ranks as process_ranks
     from ..sampling import DecodeRule, generate
+    from .common import device_of
     from .data import load_jsonl, pad_batch
     from .prompting import prompt_format
     from .runner import extra_columns, load_policy, optimise, prepare_out, rewards_for
 
     model, tok, _ = load_policy(cfg, drop_dropout=False)
+    device = device_of(model)
     rows = load_jsonl(cfg.data, ("prompt",), tok)
     fmt = prompt_format(tok, cfg.chat_template, cfg.system)
     rewards = rewards_for(cfg)
@@ -72,9 +74,9 @@ def run_rejection(cfg, progress: bool = True) -> dict:
         kept = state["kept"]
         stats = {"kept": float(len(kept)), "reward": state["reward"]}
         if not kept:  # no update (a loss without a graph; see optimise)
-            return torch.zeros(()), stats
+            return torch.zeros((), device=device), stats
         idx = torch.randint(len(kept), (cfg.batch_size,), generator=g).tolist()
-        ids, mask = pad_batch([kept[i] for i in idx[batch_mine]], tok.pad_id)  # this rank's rows
+        ids, mask = pad_batch([kept[i] for i in idx[batch_mine]], tok.pad_id, device)  # this rank's rows
         return sft_loss(model, ids, mask, all_reduce_sum(mask[:, 1:].sum().double(), ranks)), stats
 
     stats = optimise(model, cfg, out, ["loss", "kept", "reward"], step_fn, progress, "rejection sampling",

@@ -47,6 +47,7 @@ def run_reward_model(cfg, progress: bool = True) -> dict:
     from .. import atomic
     from ..engine import ranks as process_ranks
     from ..engine import weighted_sum
+    from .common import device_of
     from .data import load_jsonl, pad_batch
     from .prompting import prompt_format
     from .runner import load_policy, optimise, prepare_out
@@ -64,17 +65,18 @@ def run_reward_model(cfg, progress: bool = True) -> dict:
     enc = [(fmt.pair(r["prompt"], r["chosen"], body.max_len),
             fmt.pair(r["prompt"], r["rejected"], body.max_len), float(r.get("margin", cfg.margin)))
            for r in rows]
-    model = ScalarHead(body, body.vocab_size)
+    device = device_of(body)
+    model = ScalarHead(body, body.vocab_size).to(device)
     out = prepare_out(cfg, "rm")
     ranks = process_ranks()
     mine = ranks.shard(cfg.batch_size, "post.batch_size")
 
     def scores(items):
-        ids_w, _ = pad_batch([c for c, _, _ in items], tok.pad_id)
-        ids_l, _ = pad_batch([r for _, r, _ in items], tok.pad_id)
-        len_w = torch.tensor([len(c[0]) for c, _, _ in items])
-        len_l = torch.tensor([len(r[0]) for _, r, _ in items])
-        return model(ids_w, len_w), model(ids_l, len_l), torch.tensor([m for _, _, m in items])
+        ids_w, _ = pad_batch([c for c, _, _ in items], tok.pad_id, device)
+        ids_l, _ = pad_batch([r for _, r, _ in items], tok.pad_id, device)
+        len_w = torch.tensor([len(c[0]) for c, _, _ in items], device=device)
+        len_l = torch.tensor([len(r[0]) for _, r, _ in items], device=device)
+        return model(ids_w, len_w), model(ids_l, len_l), torch.tensor([m for _, _, m in items], device=device)
 
     def accuracy(idx) -> float:
         if not idx:

@@ -28,7 +28,7 @@ import torch
 
 from .. import atomic
 from ..checkpoint import latest_checkpoint, load_model, save_best
-from ..engine import Engine, OptimSettings, Progress, barrier, set_threads
+from ..engine import Engine, OptimSettings, Progress, autocast_dtype, barrier, resolve_device, set_threads
 from ..engine import ranks as process_ranks
 from ..errors import SeqlabError
 from ..metrics import MetricsLog, read_metrics
@@ -44,11 +44,12 @@ def load_policy(cfg: PostConfig, drop_dropout: bool):
     so even the first update's importance ratio is not 1."""
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model, tokenizer, run_cfg = load_model(cfg.policy, "best")
+    device = resolve_device(cfg.device)
+    model, tokenizer, run_cfg = load_model(cfg.policy, "best", device=str(device))
     if cfg.lora_rank > 0:
         from .lora import apply_lora
 
-        model = apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+        model = apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets).to(device)
     if cfg.disable_dropout if cfg.disable_dropout is not None else drop_dropout:
         disable_dropout(model)  # after LoRA: its dropout (lora_dropout) goes too
     return model, tokenizer, run_cfg
@@ -122,7 +123,8 @@ def optimise(model, cfg: PostConfig, out: Path, columns: list[str], step_fn: Cal
     of `boundary` updates, where step_fn keeps no state from earlier updates."""
     trained = trained if trained is not None else model
     trained.train()
-    engine = Engine(trained, OptimSettings.of(cfg), run_dir=out,
+    device = next(trained.parameters()).device
+    engine = Engine(trained, OptimSettings.of(cfg), device=device, amp=autocast_dtype(cfg.dtype, device), run_dir=out,
                     generators={"sampling": generator} if generator is not None else None, hint="lower post.lr")
     start, elapsed_before = 0, 0.0
     if cfg.resume:

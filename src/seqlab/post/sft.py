@@ -29,11 +29,13 @@ def run_sft(cfg, progress: bool = True) -> dict:
     """SFT on {"prompt", "completion"} JSONL; returns the final metrics."""
     from ..engine import all_reduce_sum
     from ..engine import ranks as process_ranks
+    from .common import device_of
     from .data import load_jsonl, pad_batch
     from .prompting import prompt_format
     from .runner import load_policy, optimise, prepare_out
 
     model, tok, _ = load_policy(cfg, drop_dropout=False)
+    device = device_of(model)
     rows = load_jsonl(cfg.data, ("prompt", "completion"), tok)
     fmt = prompt_format(tok, cfg.chat_template, cfg.system)
     pairs = [fmt.pair(r["prompt"], r["completion"], model.max_len) for r in rows]
@@ -44,7 +46,7 @@ def run_sft(cfg, progress: bool = True) -> dict:
 
     def step_fn(step):
         idx = torch.randint(len(pairs), (cfg.batch_size,), generator=g).tolist()  # the global batch
-        ids, mask = pad_batch([pairs[i] for i in idx[mine]], tok.pad_id)  # this rank's rows
+        ids, mask = pad_batch([pairs[i] for i in idx[mine]], tok.pad_id, device)  # this rank's rows
         n_tokens = all_reduce_sum(mask[:, 1:].sum().double(), ranks)
         completion_tokens = all_reduce_sum(mask.sum().double(), ranks)
         return sft_loss(model, ids, mask, n_tokens), {"completion_tokens": float(completion_tokens)}

@@ -53,6 +53,7 @@ class ArithmeticConfig:
     rl_minutes: float = 4.0  # wall-clock budget of each RL algorithm
     compare: list[str] = field(default_factory=lambda: list(COMPARED))
     threads: int = 1
+    device: str = "cpu"  # every stage's model: pretraining, post-training, evaluation
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 64
@@ -119,7 +120,8 @@ def make_data(cfg: ArithmeticConfig, out: Path, template: ReasoningTemplate) -> 
 
 def post_config(cfg: ArithmeticConfig, **kw) -> PostConfig:
     base = dict(group_size=cfg.group_size, prompts_per_step=cfg.prompts_per_step, max_new_tokens=32,
-                rewards=list(REWARDS), seed=cfg.seed, threads=cfg.threads, samples_every=20, log_interval=1)
+                rewards=list(REWARDS), seed=cfg.seed, threads=cfg.threads, samples_every=20, log_interval=1,
+                device=cfg.device)
     return PostConfig(**{**base, **kw})
 
 
@@ -127,7 +129,7 @@ def dpo_pairs(policy: Path, rows: list[dict], template: ReasoningTemplate, cfg: 
               n_prompts: int = 512) -> list[dict]:
     """Preference pairs from the model's own samples: a right and a wrong completion of
     the same prompt (prompts where all samples agree give no pair)."""
-    model, tok, _ = load_model(policy)
+    model, tok, _ = load_model(policy, device=cfg.device)
     model.eval()
     g = torch.Generator().manual_seed(cfg.seed)
     pairs = []
@@ -192,7 +194,7 @@ def run_arithmetic(out: str | Path, cfg: ArithmeticConfig | None = None, progres
         return False
 
     def record(stage: str, run: Path, seconds: float, extra: dict | None = None) -> dict:
-        model, tok, _ = load_model(run)
+        model, tok, _ = load_model(run, device=cfg.device)
         acc = exact_accuracy(model, tok, test_rows, template)
         row = {"accuracy": acc["accuracy"], "format_rate": acc["format_rate"], "seconds": round(seconds, 1),
                "examples": acc["examples"], **(extra or {})}
@@ -209,11 +211,12 @@ def run_arithmetic(out: str | Path, cfg: ArithmeticConfig | None = None, progres
         "model": {"type": "transformer", "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
                   "block_size": 64, "dropout": 0.0},
         "train": {"steps": cfg.pretrain_steps, "batch_size": 64, "lr": 2e-3, "eval_interval": 500,
-                  "checkpoint_interval": 1000, "seed": cfg.seed, "threads": cfg.threads, "warmup_steps": 100},
+                  "checkpoint_interval": 1000, "seed": cfg.seed, "threads": cfg.threads, "warmup_steps": 100,
+                  "device": cfg.device},
     })
     if pre_cfg is not None:
         train(pre_cfg, out / "pretrain", progress=progress)
-        model, tok, _ = load_model(out / "pretrain")
+        model, tok, _ = load_model(out / "pretrain", device=cfg.device)
         plain = plain_accuracy(model, tok, test_problems)
         log(f"  pretrain: held-out exact accuracy in its own format (\"question a+b=\") {plain:.1%}")
         record("pretrain", out / "pretrain", time.perf_counter() - t0, {"plain_text_accuracy": plain})

@@ -54,6 +54,7 @@ class PretrainedRecipeConfig:
     max_new_tokens: int = 64
     micro_batch: int = 4  # rows per forward + backward: keeps GRPO on SmolLM2 within ~3 GB
     threads: int = 0  # 0: torch's default (all cores)
+    device: str = "cpu"  # evaluation and post-training
     eval_batch: int = 50
 
 
@@ -61,7 +62,7 @@ def evaluate(run: Path, problems: list[WordProblem], template: ReasoningTemplate
              examples: int = 4) -> dict:
     """Greedy replies through the chat template with the system prompt: accuracy overall and
     per kind, the exact-format rate, a few examples."""
-    model, tok, _ = load_model(run)
+    model, tok, _ = load_model(run, device=cfg.device)
     model.eval()
     fmt = prompt_format(tok, True, SYSTEM)
     right = {k: 0 for k in KINDS}
@@ -138,7 +139,8 @@ def run_pretrained_arithmetic(out: str | Path, cfg: PretrainedRecipeConfig, prog
 
     def post(**kw) -> PostConfig:
         base = dict(system=SYSTEM, chat_template=True, lora_rank=cfg.lora_rank, seed=cfg.seed,
-                    threads=cfg.threads, max_new_tokens=cfg.max_new_tokens, log_interval=1)
+                    threads=cfg.threads, max_new_tokens=cfg.max_new_tokens, log_interval=1,
+                    device=cfg.device)
         return PostConfig(**{**base, **kw})
 
     log(f"[1/4] the base model as imported ({cfg.base})")

@@ -20,7 +20,7 @@ TASK = "rule-13-22"  # the lecture's first experiment: the 13th digit equals the
 
 
 def quickstart(out: str | Path, steps: int | None = None, seed: int = 1337, progress: bool = True,
-               log: Callable[[str], None] = print, n_samples: int = 500) -> dict:
+               log: Callable[[str], None] = print, n_samples: int = 500, device: str = "cpu") -> dict:
     out = Path(out)
     t0 = time.perf_counter()
     task = get_task(TASK)
@@ -32,13 +32,14 @@ def quickstart(out: str | Path, steps: int | None = None, seed: int = 1337, prog
         "data": {"path": str(data_path)},
         "model": {"type": "transformer", "n_layer": 2, "n_head": 4, "n_embd": 64},
         "train": {"steps": steps if steps is not None else 3000, "batch_size": 32, "lr": 2e-3,
-                  "eval_interval": 250, "checkpoint_interval": 500, "seed": seed, "threads": 1},
+                  "eval_interval": 250, "checkpoint_interval": 500, "seed": seed, "threads": 1,
+                  "device": device},
     })
     log(f"[2/3] training a {cfg.model.n_layer}-layer transformer for {cfg.train.steps} steps into {out}")
     result = train(cfg, out, progress=progress)
-    model, tokenizer, _ = load_model(out)
+    model, tokenizer, _ = load_model(out, device=device)
     with torch.inference_mode():
-        s = sample_text(model, tokenizer, n_samples, seed=seed)
+        s = sample_text(model, tokenizer, n_samples, seed=seed, device=torch.device(device))
     checks = [task.check(t) for t in s.texts]
     success = sum(ok for _, ok in checks) / len(checks)
     wellformed = sum(w for w, _ in checks) / len(checks)
