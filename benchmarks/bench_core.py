@@ -475,7 +475,7 @@ def run_section(name: str, args) -> dict:
     t_start = time.perf_counter()
     budget = args.budget * sec["budget"]
     try:
-        for r in range(repeats):
+        for r in range(repeats if names else 0):
             if r >= 3 and time.perf_counter() - t_start > budget:
                 log(f"  time budget of {budget:.0f}s spent: stopping after {r} rounds")
                 break
@@ -616,6 +616,7 @@ def main(argv=None) -> int:
         for k, v in saved.items():
             setattr(args, k, v)
         return worker(args)
+    args.names, args.makemore = str(Path(args.names).resolve()), str(Path(args.makemore).resolve())  # workers: cwd HERE
     torch.set_num_threads(THREADS)
     t0 = time.perf_counter()
     results = {"machine": machine_info(), "settings": vars(args)}
