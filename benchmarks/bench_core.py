@@ -126,7 +126,7 @@ def machine_info() -> dict:
             info["seqlab_git"] = head.stdout.strip() + (" (src/ modified)" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         pass
-    if "seqlab_git" not in info and os.environ.get("SEQLAB_GIT"):  # a copy without .git (a remote machine)
+    if os.environ.get("SEQLAB_GIT"):  # a copied tree (a remote machine) whose .git may be absent or stale
         info["seqlab_git"] = os.environ["SEQLAB_GIT"]
     return info
 

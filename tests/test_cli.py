@@ -194,8 +194,24 @@ def test_errors_are_one_line(tmp_path, trained_run):
         (("data", "make", "nope", "--out", tmp_path / "x.txt"), ["unknown task 'nope'"]),
         (("frobnicate",), ["invalid choice"]),
     ]
+    post_cfg = tmp_path / "post.toml"
+    post_cfg.write_text(f'[post]\npolicy = "{out}"\ndata = "{data}"\nout = "{tmp_path / "p"}"\n')
+    import torch
+
+    if not torch.cuda.is_available():  # every verb that runs a model names the missing device first
+        cases += [(args, ["CUDA is not available"]) for args in (
+            ("post", "sft", "--config", post_cfg, "--device", "cuda"),
+            ("discover", "golomb", "--n", "6", "--out", tmp_path / "dd", "--device", "cuda"),
+            ("heatmap", out, "--input", "a", "--out", tmp_path / "h.png", "--device", "cuda"),
+            ("quickstart", "--out", tmp_path / "q", "--device", "cuda"),
+            ("recipe", "arithmetic", "--out", tmp_path / "ra", "--device", "cuda"),
+            ("eval", out, "--task", "rule-13-22", "--device", "cuda:0"),
+        )]
+    cases.append((("sample", out, "--device", "tpu"), ["unknown device 'tpu'"]))
     for args, fragments in cases:
         assert_one_error_line(run_here(*args), *fragments)
+    for left in ("p", "dd", "q", "ra", "h.png"):  # nothing was written before the error
+        assert not (tmp_path / left).exists(), left
     # the real entry point, as a user's shell starts it
     assert_one_error_line(run("frobnicate"), "invalid choice")
     assert_one_error_line(run("train", "--data", bad, "--out", tmp_path / "b2"), "bad.txt:2", "UTF-8")

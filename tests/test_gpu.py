@@ -240,3 +240,28 @@ def test_quickstart_recipe_and_discovery_on_cuda(tmp_path, capsys):
     assert any(e["generation"] >= 1 for e in log) and res.best
     model, _, _ = load_model(tmp_path / "pb" / "gen-001" / "model", "last")
     assert model.max_len > 0
+
+
+def test_chat_and_sample_chat_on_cuda_reply_what_the_cpu_replies(tmp_path, capsys, monkeypatch):
+    """An imported Llama-family checkpoint: `sample --chat` and the streamed `chat` give the
+    CPU's greedy replies token for token."""
+    import io
+    import sys
+
+    pytest.importorskip("transformers")
+    from test_import_hf import make_hf
+
+    from seqlab.interop.importer import import_model
+
+    make_hf("llama", tmp_path / "hf", max_position_embeddings=256)
+    import_model(str(tmp_path / "hf"), tmp_path / "run")
+    replies = {}
+    for dev in ("cpu", DEV):
+        capsys.readouterr()
+        payload = _json(capsys, ["sample", str(tmp_path / "run"), "--chat", "What is 12 + 35?", "--temperature", "0",
+                                 "--max-new-tokens", "12", "--n", "1", "--device", dev, "--json"])
+        monkeypatch.setattr(sys, "stdin", io.StringIO("What is 12 + 35?\nAnd 3 + 4?\n"))
+        assert main(["chat", str(tmp_path / "run"), "--temperature", "0", "--max-new-tokens", "10",
+                     "--device", dev]) == 0
+        replies[dev] = (payload["samples"], capsys.readouterr().out)
+    assert replies["cpu"] == replies[DEV] and replies["cpu"][0][0]

@@ -389,3 +389,34 @@ def test_algorithm_learns_its_objective(bases, algorithm, monkeypatch):
         before, after = _ones_per_completion(base, [r["prompt"] for r in rows]), \
             _ones_per_completion(out, [r["prompt"] for r in rows])
         assert after > before + 0.5, (before, after)
+
+
+@pytest.mark.parametrize("algorithm", ["sft", "grpo"])
+def test_post_dtype_bfloat16_runs_the_forward_passes_under_autocast(bases, algorithm, monkeypatch):
+    """post.dtype = "bfloat16": the engine's update runs the algorithm's forward passes (GRPO's
+    rollout too) under bf16 autocast (CPU autocast here; on a GPU tests/test_gpu.py); the
+    default float32 does not. The weights stay float32 and the run still learns its data."""
+    import seqlab.post.common as common
+    from seqlab.post import get_runner
+
+    d, runs, data = bases
+    monkeypatch.syspath_prepend(str(d))
+    seen = []
+    real = common.token_logprobs
+
+    def spy(logits, *a, **kw):
+        seen.append(logits.dtype)
+        return real(logits, *a, **kw)
+
+    monkeypatch.setattr(common, "token_logprobs", spy)
+    for dtype in ("float32", "bfloat16"):
+        seen.clear()
+        out = d / f"{algorithm}-{dtype}"
+        over = {"policy": str(runs["transformer"]), "data": str(data[algorithm]), "out": str(out), "steps": 3,
+                "batch_size": 8, "lr": 1e-2, "group_size": 4, "prompts_per_step": 2, "max_new_tokens": 6,
+                "rewards": ["toyrewards:count_ones"], "dtype": dtype}
+        result = get_runner(algorithm)(load_post_config(None, over), progress=False)
+        assert result["step"] == 3 and result["loss"] == result["loss"]
+        assert set(seen) == {torch.bfloat16 if dtype == "bfloat16" else torch.float32}
+        after, _, _ = load_model(out)
+        assert all(p.dtype == torch.float32 for p in after.parameters())

@@ -201,7 +201,9 @@ def pack(model) -> NativeWeights | None:
     from .layers import SwiGLU
 
     wte = model.wte.weight
-    if wte.device.type != "cpu" or model.training:
+    # under CPU autocast (post.dtype = "bfloat16") the prefill wrote bf16 keys and values:
+    # the float32 kernel does not serve them
+    if wte.device.type != "cpu" or model.training or torch.is_autocast_enabled("cpu"):
         return None
     params = list(model.parameters())
     if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in params):
