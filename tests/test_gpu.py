@@ -66,7 +66,7 @@ def test_forward_and_gradients_match_the_cpu(spec):
     loss_c.backward()
     loss_g.backward()
     assert rel(lg.cpu(), lc) < 1e-5
-    assert abs(float(loss_g) - float(loss_c)) < 1e-5
+    assert abs(loss_g.item() - loss_c.item()) < 1e-5
     for (name, pc), pg in zip(cpu.named_parameters(), gpu.parameters()):
         assert rel(pg.grad.cpu(), pc.grad) < 1e-4, name
 
