@@ -129,6 +129,21 @@ def _first_line(e: Exception) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 
 
+QUANTIZATION = "quantization.json"  # a quantized run's layout: {"bits", "group_size", "layers": {name: bits}, ...}
+
+
+def load_quantization(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / QUANTIZATION
+    if not path.exists():
+        return None
+    try:
+        q = json.loads(path.read_text(encoding="utf-8"))
+        return {"group_size": int(q.get("group_size") or 0), "layers": {str(k): int(v) for k, v in q["layers"].items()},
+                **{k: v for k, v in q.items() if k not in ("group_size", "layers")}}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise SeqlabError(f"{path}: not a quantization layout ({_first_line(e)})") from None
+
+
 def save_best(run_dir: Path, model: SeqModel, info: dict) -> None:
     _save_weights(model, Path(run_dir) / "best.safetensors")
     atomic.write_json(Path(run_dir) / "best.json", info)
@@ -142,6 +157,11 @@ def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu"):
     run_dir = Path(run_dir)
     cfg, tokenizer, vocab_size = load_run_files(run_dir)
     model = build_model(cfg.model, vocab_size)
+    quantization = load_quantization(run_dir)
+    if quantization is not None:  # `seqlab quantize`: its layers, empty, for the weights file to fill
+        from .models.quant import empty_quantized
+
+        empty_quantized(model, quantization["layers"], quantization["group_size"])
     best = run_dir / "best.safetensors"
     last = latest_checkpoint(run_dir)
     if which == "best" and best.exists():

@@ -500,6 +500,25 @@ def cmd_export(args) -> None:
                    f"to {r['out']}")
 
 
+# ---------------------------------------------------------------- quantize
+def cmd_quantize(args) -> None:
+    from .interop.quantize import quantize_run
+
+    if args.bits not in (4, 8):
+        raise SeqlabError(f"--bits must be 8 or 4, got {args.bits}")
+    if not 0.0 <= args.keep_budget < 1.0:
+        raise SeqlabError(f"--keep-budget must be in [0, 1), got {args.keep_budget}")
+    ready(args, f"quantize {args.run} to {args.bits} bits into {args.out}")
+    log = (lambda s: print(s, file=sys.stderr)) if args.json else print
+    r = quantize_run(args.run, args.out, args.bits, args.group_size, args.keep_budget, args.calibration,
+                     args.samples, args.head_bits, log=log)
+    kept = f", {len(r.get('kept', {}))} sensitive layers kept at higher precision" if args.keep_budget else ""
+    _emit(args, {k: v for k, v in r.items() if k != "sensitivity_kl"},
+          f"quantized {args.run} to {args.bits} bits{kept}: {r['bytes'] / 2**20:.1f} MiB "
+          f"(float32 {r['source_bytes'] / 2**20:.1f} MiB), KL to float32 {r['kl']:.4f}, top-1 agreement "
+          f"{r['top1_agreement']:.1%} on {r['calibration_tokens']} calibration tokens -> {r['out']}")
+
+
 # ---------------------------------------------------------------- bench
 def cmd_bench(args) -> None:
     from .bench import run_bench
@@ -696,6 +715,24 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--checkpoint", choices=["best", "last"], default="best")
     ex.add_argument("--json", action="store_true")
     ex.set_defaults(func=cmd_export)
+
+    qz = sub.add_parser("quantize", help="weight-only 8- or 4-bit quantization of a transformer run")
+    qz.add_argument("run")
+    qz.add_argument("--out", required=True, help="run directory for the quantized model")
+    qz.add_argument("--bits", type=int, default=8, help="8 (per output channel) or 4 (group-wise); default 8")
+    qz.add_argument("--group-size", type=int, default=32, help="4 bits: inputs per scale and zero (32, 64, 128, "
+                                                                "256; default 32); a layer it does not divide "
+                                                                "gets 8 bits")
+    qz.add_argument("--keep-budget", type=float, default=0.0,
+                    help="keep the most sensitive layers one step up (8 bits / float32) up to this share of the "
+                         "weights (dynamic precision; default 0: none)")
+    qz.add_argument("--calibration", help="text file (one example per line) to measure on; default: samples of "
+                                          "the float32 model")
+    qz.add_argument("--samples", type=int, default=16, help="calibration sequences (default 16)")
+    qz.add_argument("--head-bits", type=int, help="the output head's bits (default: 8 with --bits 4, as llama.cpp's "
+                                                  "4-bit files keep it)")
+    qz.add_argument("--json", action="store_true")
+    qz.set_defaults(func=cmd_quantize)
 
     b = sub.add_parser("bench", help="time training steps and sampling on this machine")
     b.add_argument("--device", default="cpu")

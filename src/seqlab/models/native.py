@@ -175,11 +175,12 @@ def _mlp_kind(mlp) -> int:
 
 
 def _plain_linear(m):
-    """(nn.Linear, None) for a plain linear layer; (its base nn.Linear, (A, scale * B)) for a
-    peft LoRA layer with one active, unmerged adapter and no dropout at work (decode.cpp adds
-    the low-rank product itself, so sampling stays exact and fast while the adapter trains);
-    None for anything else."""
-    if type(m) is nn.Linear:
+    """(layer, None) for a plain linear layer (nn.Linear or a QuantLinear on the CPU); (its base layer, (A, scale * B)) for a peft LoRA layer with one active, unmerged
+    adapter and no dropout at work (decode.cpp adds the low-rank product itself, so sampling
+    stays exact and fast while the adapter trains); None for anything else."""
+    from .quant import QuantLinear
+
+    if type(m) is nn.Linear or (type(m) is QuantLinear and m.qweight.device.type == "cpu"):
         return m, None
     try:
         from peft.tuners.lora import Linear as LoraLinear
@@ -189,7 +190,7 @@ def _plain_linear(m):
         return None
     name = m.active_adapters[0]
     base = m.get_base_layer()
-    if (type(base) is not nn.Linear or name in getattr(m, "lora_variant", {}) or m.use_dora.get(name)
+    if (_plain_linear(base) is None or name in getattr(m, "lora_variant", {}) or m.use_dora.get(name)
             or m.lora_bias.get(name) or (m.training and not isinstance(m.lora_dropout[name], nn.Identity))):
         return None
     a, b = m.lora_A[name].weight, m.lora_B[name].weight
@@ -231,21 +232,30 @@ def pack(model) -> NativeWeights | None:
     def w(t):
         return empty if t is None else t.detach()
 
+    def weight(lin):
+        """decode.cpp's (weight, aux): a float32 weight has no aux; a quantized layer no kernel
+        serves (an int4 head of a vocabulary not a multiple of 16) gives its dequantized weight"""
+        if type(lin) is nn.Linear:
+            return lin.weight.detach(), empty
+        return lin.kernel() or (lin.dequantized(), empty)
+
     layers = []
     for i, b in enumerate(model.blocks):
         qkv, proj, fc, mproj = plain[1 + 4 * i: 5 + 4 * i]  # (nn.Linear, LoRA (A, scaled B) or None)
         n1, n2 = parts[1 + 2 * i][2], parts[2 + 2 * i][2]
-        layers += [w(t) for t in (n1[0], n1[1], qkv[0].weight, qkv[0].bias, proj[0].weight, proj[0].bias,
-                                  n2[0], n2[1], fc[0].weight, fc[0].bias, mproj[0].weight, mproj[0].bias,
+        wa = [weight(lin) for lin, _ in (qkv, proj, fc, mproj)]
+        layers += [w(t) for t in (n1[0], n1[1], wa[0][0], qkv[0].bias, wa[1][0], proj[0].bias,
+                                  n2[0], n2[1], wa[2][0], fc[0].bias, wa[3][0], mproj[0].bias,
                                   b.attn.q_norm.weight if b.attn.q_norm is not None else None,
                                   b.attn.k_norm.weight if b.attn.k_norm is not None else None)]
         for _, lora in (qkv, proj, fc, mproj):
             layers += [empty, empty] if lora is None else list(lora)
+        layers += [aux for _, aux in wa]
     rope = model.wpe is None
     return NativeWeights(
         op=ops.decode_step, wte=wte.detach(), wpe=None if rope else model.wpe.weight.detach(),
         rope_cos=model.rope_cos if rope else None, rope_sin=model.rope_sin if rope else None,
-        layers=layers, final=[w(parts[0][2][0]), w(parts[0][2][1]), plain[0][0].weight.detach()],
+        layers=layers, final=[w(parts[0][2][0]), w(parts[0][2][1]), *weight(plain[0][0])],
         n_head=attn.n_head, n_kv_head=attn.n_kv_head, head_dim=attn.head_dim, norm_kind=parts[0][0],
         eps=float(parts[0][1]), mlp_kind=_mlp_kind(model.blocks[0].mlp),
     )

@@ -337,7 +337,7 @@ class Transformer(SeqModel):
         for i, block in enumerate(self.blocks):
             x = block.decode(x, cache, i, rope, cache.key_mask)
         cache.pos = pos + 1
-        return F.linear(norm_fn(self.norm_f, x), self.lm_head.weight), cache
+        return linear(self.lm_head, norm_fn(self.norm_f, x)), cache
 
     def select_state(self, cache, index):
         return KVCache(

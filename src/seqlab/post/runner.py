@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 
 from .. import atomic
-from ..checkpoint import latest_checkpoint, load_model, save_best
+from ..checkpoint import latest_checkpoint, load_model, load_quantization, save_best
 from ..engine import Engine, OptimSettings, Progress, autocast_dtype, barrier, resolve_device, set_threads
 from ..engine import ranks as process_ranks
 from ..errors import SeqlabError
@@ -45,6 +45,9 @@ def load_policy(cfg: PostConfig, drop_dropout: bool):
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
+    if load_quantization(cfg.policy) is not None and cfg.lora_rank == 0:
+        raise SeqlabError(f"{cfg.policy}: a quantized run trains only LoRA adapters on its frozen 8-/4-bit "
+                          f"weights (QLoRA): set post.lora_rank > 0, or post-train the float run it came from")
     model, tokenizer, run_cfg = load_model(cfg.policy, "best", device=str(device))
     if cfg.lora_rank > 0:
         from .lora import apply_lora

@@ -14,11 +14,12 @@
 // against them.
 //
 // Built on first use by seqlab/models/native.py (torch.utils.cpp_extension) and
-// registered as torch.ops.seqlab.decode_step, .sample_rows and .decode_loop. CPU, float32,
-// eval only.
+// registered as torch.ops.seqlab.decode_step, .sample_rows and .decode_loop. CPU, float32
+// activations (weights float32, or 8-/4-bit from `seqlab quantize`), eval only.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -36,13 +37,31 @@ namespace {
 
 bool has(const Tensor& t) { return t.defined() && t.numel() > 0; }
 
+// x W^T for a quantized W (models/quant.py says why these kernels): int8 rows (kChar) with
+// bf16 scales aux (N,), or the int4 kernel's packed layout (kByte) with bf16 scales and
+// zeros aux (K/g, N, 2). The kernels take bf16 activations; the result returns to float32.
+// The int4 op is looked up by name: it is not in every torch's C++ API.
+Tensor quantized_mm(const Tensor& x, const Tensor& w, const Tensor& aux) {
+  Tensor xb = x.to(at::kBFloat16).contiguous();
+  if (w.scalar_type() == at::kChar) return at::_weight_int8pack_mm(xb, w, aux).to(at::kFloat);
+  static auto int4 = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("aten::_weight_int4pack_mm_for_cpu", "")
+                         .typed<Tensor(const Tensor&, const Tensor&, int64_t, const Tensor&)>();
+  return int4.call(xb, w, x.size(1) / aux.size(0), aux).to(at::kFloat);
+}
+
 // Linear layer y = x W^T (+ b) (+ resid) (+ (x A^T) Bs^T), the residual folded into addmm.
 // A (r, in) and Bs (out, r) are a LoRA adapter with its scale alpha / r folded into Bs
-// (empty tensors: none); the adapter stays a separate low-rank product, as in peft.
+// (empty tensors: none); the adapter stays a separate low-rank product, as in peft. A
+// quantized W comes with its scales in `aux` (see quantized_mm).
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor* resid = nullptr,
-              const Tensor& lora_a = Tensor(), const Tensor& lora_bs = Tensor()) {
+              const Tensor& lora_a = Tensor(), const Tensor& lora_bs = Tensor(), const Tensor& aux = Tensor()) {
   Tensor y;
-  if (resid != nullptr) {
+  if (w.scalar_type() != at::kFloat) {
+    y = quantized_mm(x, w, aux);
+    if (resid != nullptr) y.add_(*resid);
+    if (has(b)) y.add_(b);
+  } else if (resid != nullptr) {
     y = at::addmm(*resid, x, w.t());
     if (has(b)) y.add_(b);
   } else if (has(b)) {
@@ -212,13 +231,14 @@ Tensor attend(const Tensor& qkv, const Tensor& kc, const Tensor& vc, const Tenso
   return attend_bmm(qkv, kc, vc, key_mask, H, Hkv, D, t);
 }
 
-// layers: 22 tensors per layer, in order
+// layers: 26 tensors per layer, in order
 //   norm1.weight, norm1.bias, qkv.weight, qkv.bias, proj.weight, proj.bias,
 //   norm2.weight, norm2.bias, fc (or gate_up).weight, its bias, mlp proj.weight, its bias,
 //   q_norm.weight, k_norm.weight,
-//   LoRA A and scaled B of qkv, attention proj, fc (or gate_up), mlp proj
-// (an absent bias, QK-norm or adapter is an empty tensor); final: norm_f.weight, norm_f.bias,
-// lm_head.weight. row_pos (B,) per-row positions for left-padded prompts, else position =
+//   LoRA A and scaled B of qkv, attention proj, fc (or gate_up), mlp proj,
+//   the quantization aux (scales) of qkv, attention proj, fc (or gate_up), mlp proj
+// (an absent bias, QK-norm, adapter or aux is an empty tensor); final: norm_f.weight,
+// norm_f.bias, lm_head.weight, its aux. row_pos (B,) per-row positions for left-padded prompts, else position =
 // pos. head_dim may differ from C / n_head (Qwen3's wide heads). mlp_kind 0: GELU (exact),
 // 1: SwiGLU, 2: GELU (tanh approximation, GPT-2). norm_kind 0: LayerNorm, 1: RMSNorm;
 // eps serves every norm, QK-norm included.
@@ -228,7 +248,7 @@ Tensor decode_step(const Tensor& tokens, const std::optional<Tensor>& row_pos, i
                    at::TensorList layers, at::TensorList final_weights, at::TensorList k_cache,
                    at::TensorList v_cache, const std::optional<Tensor>& key_mask, int64_t n_head,
                    int64_t n_kv_head, int64_t head_dim, int64_t norm_kind, double eps, int64_t mlp_kind) {
-  TORCH_CHECK(layers.size() == 22 * k_cache.size(), "decode_step: 22 weights per layer expected");
+  TORCH_CHECK(layers.size() == 26 * k_cache.size(), "decode_step: 26 weights per layer expected");
   const int64_t D = head_dim, L = static_cast<int64_t>(k_cache.size());
   const bool per_row = row_pos.has_value();
   Tensor x = at::embedding(wte, tokens);  // (B, C), a fresh tensor
@@ -241,26 +261,27 @@ Tensor decode_step(const Tensor& tokens, const std::optional<Tensor>& row_pos, i
   }
   Tensor mask = key_mask.has_value() ? key_mask->contiguous() : Tensor();
   for (int64_t l = 0; l < L; ++l) {
-    const Tensor* w = &layers[22 * l];
+    const Tensor* w = &layers[26 * l];
     Tensor kc = k_cache[l], vc = v_cache[l];
     TORCH_CHECK(kc.is_contiguous() && vc.is_contiguous() && kc.scalar_type() == at::kFloat,
                 "decode_step: the KV cache must be contiguous float32 (B, Hkv, T, D)");
-    Tensor qkv = linear(norm(x, w[0], w[1], norm_kind, eps), w[2], w[3], nullptr, w[14], w[15]).contiguous();
+    Tensor qkv = linear(norm(x, w[0], w[1], norm_kind, eps), w[2], w[3], nullptr, w[14], w[15], w[22]).contiguous();
     rope_and_store(qkv, cos, sin, kc, vc, n_head, n_kv_head, D, pos, w[12], w[13], static_cast<float>(eps));
     Tensor y = attend(qkv, kc, vc, mask, n_head, n_kv_head, D, pos + 1);
-    x = linear(y, w[4], w[5], &x, w[16], w[17]);
+    x = linear(y, w[4], w[5], &x, w[16], w[17], w[23]);
     Tensor h = norm(x, w[6], w[7], norm_kind, eps);
     Tensor a;
     if (mlp_kind == 1) {
-      Tensor gu = linear(h, w[8], w[9], nullptr, w[18], w[19]);
+      Tensor gu = linear(h, w[8], w[9], nullptr, w[18], w[19], w[24]);
       const int64_t hidden = gu.size(1) / 2;
       a = at::silu(gu.narrow(1, 0, hidden)).mul_(gu.narrow(1, hidden, hidden));
     } else {
-      a = at::gelu(linear(h, w[8], w[9], nullptr, w[18], w[19]), mlp_kind == 2 ? "tanh" : "none");
+      a = at::gelu(linear(h, w[8], w[9], nullptr, w[18], w[19], w[24]), mlp_kind == 2 ? "tanh" : "none");
     }
-    x = linear(a, w[10], w[11], &x, w[20], w[21]);
+    x = linear(a, w[10], w[11], &x, w[20], w[21], w[25]);
   }
-  return at::mm(norm(x, final_weights[0], final_weights[1], norm_kind, eps), final_weights[2].t());
+  return linear(norm(x, final_weights[0], final_weights[1], norm_kind, eps), final_weights[2], Tensor(), nullptr,
+                Tensor(), Tensor(), final_weights[3]);
 }
 
 // One token per row from softmax(logits / temperature), by inverse CDF with the row's
