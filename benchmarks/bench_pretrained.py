@@ -1,4 +1,4 @@
-"""Speed on a real pretrained model: SmolLM2-135M-Instruct, float32 in seqlab and transformers.
+"""Speed on a real pretrained model: SmolLM2-135M-Instruct in seqlab (float32, int8, int4) and its peers.
 
     python benchmarks/bench_pretrained.py generate [--rounds 5] [--out benchmarks/pretrained_generate.json]
     python benchmarks/bench_pretrained.py grpo [--rounds 3] [--out benchmarks/pretrained_grpo.json]
@@ -10,7 +10,10 @@
     native decode step), transformers `generate` (its cache, SDPA, float32, from the HF
     folder `seqlab export` writes of the same weights), llama.cpp through llama-cpp-python
     on the GGUF file itself (Q4_1 weights, 4-bit: less memory traffic than float32; batch
-    1 only, its high-level API generates one sequence at a time).
+    1 only, its high-level API generates one sequence at a time). seqlab also runs its own
+    quantized runs of the same weights (`seqlab quantize --bits 8` and `--bits 4`: 4-bit
+    blocks with group 32 and an 8-bit head, the layout of llama.cpp's Q4 file, whose
+    token_embd is Q8_0); --no-quantized leaves them out.
 (b) grpo: one GRPO step with LoRA rank 16 (alpha 32) on every linear layer of the blocks,
     8 prompts x 8 completions of up to 128 tokens sampled at temperature 1, loss "dapo",
     no KL (both tools' defaults), lr 5e-5, the workshop's system prompt in the chat
@@ -73,25 +76,32 @@ def prepare() -> dict:
         import_model("smollm2", run)
     if not (hf / "model.safetensors").exists():
         subprocess.run([sys.executable, "-m", "seqlab.cli", "export", str(run), "--out", str(hf)], check=True)
+    for bits in (8, 4):
+        if not (WORK / f"run-int{bits}" / "best.safetensors").exists():
+            from seqlab.interop.quantize import quantize_run
+
+            r = quantize_run(run, WORK / f"run-int{bits}", bits, group_size=32)
+            log(f"quantized to {bits} bits: KL to float32 {r['kl']:.4f}, top-1 {r['top1_agreement']:.1%}")
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(hf)
     prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True)
                for q in QUESTIONS]
     prompts = [list(p["input_ids"]) if hasattr(p, "keys") else list(p) for p in prompts]
-    return {"gguf": str(gguf), "run": str(run), "hf": str(hf), "prompts": prompts}
+    return {"gguf": str(gguf), "run": str(run), "hf": str(hf), "prompts": prompts,
+            "run_int8": str(WORK / "run-int8"), "run_int4": str(WORK / "run-int4")}
 
 
 # --------------------------------------------------------------------------- generation workers
 
 
-def gen_seqlab(setup: dict, batch: int):
+def gen_seqlab(setup: dict, batch: int, run_key: str = "run"):
     import torch
 
     from seqlab.checkpoint import load_model
     from seqlab.sampling import DecodeRule, generate
 
-    model, tok, _ = load_model(Path(setup["run"]))
+    model, tok, _ = load_model(Path(setup[run_key]))
     model.eval()
     prompts = setup["prompts"][:batch]
 
@@ -144,7 +154,9 @@ def gen_llamacpp(setup: dict, batch: int):
     return run
 
 
-GENERATORS = {"seqlab": gen_seqlab, "transformers": gen_transformers, "llama.cpp": gen_llamacpp}
+GENERATORS = {"seqlab": gen_seqlab, "transformers": gen_transformers, "llama.cpp": gen_llamacpp,
+              "seqlab int8": lambda s, b: gen_seqlab(s, b, "run_int8"),
+              "seqlab int4": lambda s, b: gen_seqlab(s, b, "run_int4")}
 
 
 def generate_worker(name: str, batch: int, setup_path: str) -> None:
@@ -162,8 +174,10 @@ def generate_worker(name: str, batch: int, setup_path: str) -> None:
         json.dumps({"seconds": seconds, "tokens": tokens, "others": others}), flush=True))
 
 
-def bench_generate(setup_path: str, rounds: int) -> dict:
+def bench_generate(setup_path: str, rounds: int, quantized: bool = True) -> dict:
     contenders = [("seqlab", 1), ("transformers", 1), ("llama.cpp", 1), ("seqlab", 8), ("transformers", 8)]
+    if quantized:
+        contenders += [("seqlab int8", 1), ("seqlab int4", 1), ("seqlab int8", 8), ("seqlab int4", 8)]
     procs = {}
     for name, b in contenders:
         if name == "llama.cpp" and not _has("llama_cpp"):
@@ -378,6 +392,7 @@ def main() -> None:
     ap.add_argument("--setup")
     ap.add_argument("--result")
     ap.add_argument("--threads", type=int, default=None, help="threads per contender (default 2)")
+    ap.add_argument("--no-quantized", action="store_true", help="generate: leave out seqlab's int8/int4 runs")
     a = ap.parse_args()
     if a.threads:
         global THREADS
@@ -394,7 +409,7 @@ def main() -> None:
     setup_path = WORK / "setup.json"
     setup_path.write_text(json.dumps(prepare()))
     if a.what == "generate":
-        res = bench_generate(str(setup_path), a.rounds or 5)
+        res = bench_generate(str(setup_path), a.rounds or 5, quantized=not a.no_quantized)
     else:
         res = bench_grpo(str(setup_path), a.rounds or 3)
     res["machine"] = versions()

@@ -460,7 +460,7 @@ def cmd_recipe(args) -> None:
 
 
 # ---------------------------------------------------------------- post
-POST_ALGORITHMS = ("sft", "rejection", "rm", "ppo", "grpo", "dpo")  # == tuple(post.RUNNERS)
+POST_ALGORITHMS = ("sft", "rejection", "rm", "ppo", "grpo", "dpo", "distill")  # == tuple(post.RUNNERS)
 
 
 def cmd_post(args) -> None:
@@ -692,7 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     c.set_defaults(func=cmd_chat)
 
-    po = sub.add_parser("post", help="post-train a run: sft, rejection, rm, ppo, grpo, dpo")
+    po = sub.add_parser("post", help="post-train a run: sft, rejection, rm, ppo, grpo, dpo, distill")
     po.add_argument("algorithm", choices=POST_ALGORITHMS)
     po.add_argument("--config", required=True, help="TOML file with a [post] table")
     po.add_argument("--out", help="run directory for the result (overrides post.out)")

@@ -89,6 +89,11 @@ class PostConfig:
     # prompts: through the policy's chat template (None: when its tokenizer has one; see prompting.py)
     chat_template: Optional[bool] = None
     system: str = ""  # chat: the system message (e.g. the reasoning-format instructions)
+    # distillation (post distill): the teacher run, the mode, the on-policy divergence
+    teacher: str = ""
+    mode: Literal["onpolicy", "offpolicy"] = "onpolicy"
+    divergence: Literal["forward", "reverse", "jsd"] = "forward"
+    jsd_beta: float = 0.5  # divergence = "jsd": the mixture weight of the teacher (GKD's beta)
     # reasoning template
     reasoning_start: str = "<start_working_out>"
     reasoning_end: str = "<end_working_out>"
