@@ -148,7 +148,7 @@ def test_quantize_cli_json_and_one_line_errors(float_run, tmp_path, capsys):
     assert main(["quantize", str(float_run / "float"), "--out", str(tmp_path / "q"), "--bits", "4", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     # the SwiGLU's 176 hidden inputs: no group of 32 divides them, so those two layers get 8 bits
-    assert r["bits"] == 4 and r["layers"] == {"4": 6, "8": 3} and 0 <= r["kl"] < 0.1
+    assert r["bits"] == 4 and r["layers"] == {"4": 6, "8": 3} and 0 <= r["kl"] < 0.1 and r["params"] > 0
     assert r["fallback_8bit"] == ["blocks.0.mlp.proj", "blocks.1.mlp.proj"]
     s = main(["sample", str(tmp_path / "q"), "--n", "3", "--json"])
     assert s == 0 and len(json.loads(capsys.readouterr().out)["samples"]) == 3
@@ -211,3 +211,27 @@ def test_qlora_trains_adapters_on_the_frozen_quantized_weights(float_run):
             return float(-sequence_logprobs(model, ids, mask).sum() / mask[:, 1:].sum())
 
     assert nll(after) < 0.8 * nll(again)
+
+
+def test_import_keep_quantized_keeps_a_q4_1_files_4_bit_values(tmp_path, capsys):
+    """A GGUF of Q4_1 blocks becomes a 4-bit run whose values are the file's own nibbles."""
+    import numpy as np
+    from gguf import GGMLQuantizationType as Q
+    from gguf import GGUFReader
+    from test_import_gguf import hf_weights, tiny_vocab, write_gguf
+
+    tokens, _ = tiny_vocab()
+    path = write_gguf(tmp_path / "tiny.gguf", hf_weights(len(tokens), tied=False), Q.Q4_1)
+    assert main(["import", str(path), "--out", str(tmp_path / "q"), "--keep-quantized", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["quantized"]["bits"] == 4 and r["quantized"]["top1_agreement"] > 0.9
+    model, _, _ = load_model(tmp_path / "q")
+    down = model.blocks[1].mlp.proj
+    assert isinstance(down, QuantLinear) and down.bits == 4
+    raw = next(t for t in GGUFReader(path).tensors if t.name == "blk.1.ffn_down.weight")
+    blocks = np.asarray(raw.data).reshape(-1, 20)  # Q4_1: float16 scale, float16 min, 16 bytes of nibbles
+    nibbles = np.concatenate([blocks[:, 4:] & 0x0F, blocks[:, 4:] >> 4], 1)  # ggml: low nibbles first
+    ours = unpack_nibbles(down.qweight).numpy().reshape(-1, 32)
+    assert np.array_equal(ours, nibbles)
+    scale = blocks[:, 0:2].copy().view(np.float16).astype(np.float32).ravel()
+    assert np.allclose(down.scales.float().numpy().ravel(), scale, rtol=2 ** -8)

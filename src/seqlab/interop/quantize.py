@@ -111,7 +111,8 @@ def file_bytes(path: Path) -> int:
 
 
 def quantize_run(src: str | Path, out: str | Path, bits: int, group_size: int = 32, keep_budget: float = 0.0,
-                 calibration: str | None = None, samples: int = 16, head_bits: int | None = None, log=None) -> dict:
+                 calibration: str | None = None, samples: int = 16, head_bits: int | None = None, log=None,
+                 source_name: str | None = None) -> dict:
     src, out = Path(src), Path(out)
     if bits not in (4, 8):
         raise SeqlabError(f"quantize: --bits must be 8 or 4, got {bits}")
@@ -132,6 +133,7 @@ def quantize_run(src: str | Path, out: str | Path, bits: int, group_size: int = 
     gs = group_size if 4 in (bits, head_bits) else 0
     layout, fallback = fit_layout(model, {n: head_bits if n == "lm_head" else bits for n in names}, group_size)
     sizes = {n: model.get_submodule(n).weight.numel() for n in names}
+    params = sum(p.numel() for p in model.parameters())  # the float model's (tied weights once)
     ids, mask = calibration_batch(model, tok, calibration, n=samples)
     ref_lp = log_probs(model, ids)
     report: dict = {"bits": bits, "head_bits": head_bits, "group_size": gs, "keep_budget": keep_budget,
@@ -160,9 +162,32 @@ def quantize_run(src: str | Path, out: str | Path, bits: int, group_size: int = 
             shutil.copyfile(src / name, tmp / name)
         save_best(tmp, model, {"quantized_from": str(src), "bits": bits})
         atomic.write_json(tmp / QUANTIZATION, {"bits": bits, "group_size": gs, "layers": layout,
-                                               "source": str(src), "report": report})
-    report.update(out=str(out), source=str(src), bytes=file_bytes(out / "best.safetensors"),
+                                               "source": source_name or str(src), "report": report})
+    report.update(out=str(out), source=source_name or str(src), params=params, bytes=file_bytes(out / "best.safetensors"),
                   source_bytes=file_bytes(src / "best.safetensors") if (src / "best.safetensors").exists() else None,
                   layers={b: sum(1 for v in layout.values() if v == b) for b in sorted(set(layout.values()))},
                   float_layers=len(names) - len(layout))
     return report
+
+
+def import_quantized(src: str, out: str | Path, log=None) -> dict:
+    """`seqlab import SRC --keep-quantized`: the model as a 4-bit run (group 32, head at 8
+    bits) without a float32 run on disk. For a GGUF file's Q4_1 and Q4_0 blocks of 32 this
+    is the file's own grid: the 4-bit quantizer takes each group's minimum and maximum, which
+    for a block that spans its range (every block of SmolLM2's file) gives back the block's
+    own 4-bit values (tested); only its scale and offset are rounded from float16 to the
+    kernel's bfloat16. Q8_0 tensors (SmolLM2's head) are re-quantized per output channel."""
+    import tempfile
+
+    from .importer import import_model
+
+    out = Path(out)
+    if (out / "config.json").exists():
+        raise SeqlabError(f"{out} already holds a run; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.float.") as tmp:
+        r = import_model(src, Path(tmp) / "run")
+        q = quantize_run(Path(tmp) / "run", out, 4, 32, log=log, source_name=str(r["source"]))
+    return {**r, "out": str(out), "bytes": q["bytes"],
+            "quantized": {k: q[k] for k in ("bits", "head_bits", "group_size", "kl", "top1_agreement",
+                                            "fallback_8bit")}}
