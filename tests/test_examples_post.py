@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "post"
 
 
-@pytest.mark.parametrize("algorithm", ["sft", "rejection", "rm", "ppo", "grpo", "dpo"])
+@pytest.mark.parametrize("algorithm", ["sft", "rejection", "rm", "ppo", "grpo", "dpo", "distill"])
 def test_example_config_runs(algorithm, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the configs use paths relative to the repository root
     cfg = load_post_config(str(EXAMPLES / f"{algorithm}.toml"),
