@@ -53,7 +53,9 @@ def _train_overrides(args) -> dict:
         ("train", "grad_accum", args.grad_accum), ("train", "eval_interval", args.eval_interval),
         ("train", "checkpoint_interval", args.checkpoint_interval), ("train", "dtype", args.dtype),
         ("train", "weight_decay", args.weight_decay), ("train", "warmup_steps", args.warmup_steps),
-        ("train", "threads", args.threads),
+        ("train", "threads", args.threads), ("train", "eval_task", args.eval_task),
+        ("train", "eval_samples", args.eval_samples), ("train", "eval_equal", args.eval_equal),
+        ("train", "eval_length", args.eval_length),
         ("data", "path", args.data), ("data", "tokenizer", args.tokenizer),
     ]
     for section, key, value in pairs:
@@ -303,7 +305,7 @@ def cmd_data_make(args) -> None:
 
 def cmd_data_check(args) -> None:
     from .data.lines import read_lines
-    from .inspect.success import get_verifier, judge
+    from .data.verify import get_verifier, judge
 
     verifier = get_verifier(args.task, args.equal, args.length)
     ready(args, f"check {args.file}")
@@ -319,12 +321,10 @@ def cmd_data_check(args) -> None:
 
 # ---------------------------------------------------------------- eval / heatmap
 def cmd_eval(args) -> None:
-    import torch
-
     from .checkpoint import load_model
     from .data.lines import read_lines
-    from .generate_text import sample_text
-    from .inspect.success import get_verifier, judge
+    from .generate_text import sample_strings
+    from .data.verify import get_verifier, judge
     from .sampling import DecodeRule
     from .engine import resolve_device
     from .train import evaluate, prepare_data
@@ -342,13 +342,7 @@ def cmd_eval(args) -> None:
         strings = read_lines(args.samples)
         source = str(args.samples)
     else:
-        strings = []
-        seed = args.seed
-        for start in range(0, args.n, 1000):  # bounded memory for large --n
-            chunk = min(1000, args.n - start)
-            with torch.inference_mode():
-                strings += sample_text(model, tokenizer, chunk, rule=rule, seed=seed + start,
-                                       device=device).texts
+        strings = sample_strings(model, tokenizer, args.n, rule, args.seed, device)
         source = f"{args.n} samples, {rule.describe()}"
     # novelty against the whole data file (train and validation lines), as "not in the training file"
     result = judge(strings, verifier, set(data.train_lines) | set(data.val_lines), show_failures=args.show)
@@ -657,6 +651,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tokenizer", choices=["char", "bpe"])
     t.add_argument("--truncate", action="store_true", help="cut lines longer than the context instead of failing")
     t.add_argument("--eval-interval", type=int)
+    t.add_argument("--eval-task", help="every eval interval, sample and score with this task's verifier (built-in, "
+                                       "'positions', or module:function): success rate in metrics.csv and loss.png")
+    t.add_argument("--eval-samples", type=int, help="samples per in-training evaluation (default 200)")
+    t.add_argument("--eval-equal", action="append", help="--eval-task positions: A=B (as `seqlab eval --equal`)")
+    t.add_argument("--eval-length", help="--eval-task positions: LO-HI")
     t.add_argument("--checkpoint-interval", type=int)
     t.add_argument("--dtype", choices=["auto", "float32", "bfloat16"])
     t.add_argument("--compile", action="store_true", help="torch.compile the model")

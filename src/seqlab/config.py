@@ -85,6 +85,13 @@ class TrainConfig:
     # CPU threads for torch; 0 keeps torch's default. Small models on a busy
     # machine often run faster on 1 thread (no waiting for a descheduled peer).
     threads: int = 0
+    # success rate during training: every eval_interval, eval_samples strings sampled
+    # (temperature 1, seed `seed`) and scored by this task's verifier (built-in, "positions"
+    # with eval_equal / eval_length, or module:function); "" = none
+    eval_task: str = ""
+    eval_samples: int = 200
+    eval_equal: list[str] = field(default_factory=list)
+    eval_length: str = ""
 
 
 @dataclass

@@ -108,3 +108,16 @@ def stream_reply(model, tokenizer: Tokenizer, ids: list[int], max_new_tokens: in
     text = tokenizer.decode(reply)
     if len(text) > len(shown):
         yield text[len(shown):]
+
+
+def sample_strings(model, tokenizer: Tokenizer, n: int, rule: DecodeRule = DecodeRule(), seed: int = 0,
+                   device: str | torch.device = "cpu") -> list[str]:
+    """n samples from <bos>, in chunks of 1,000 (chunk k seeded seed + 1000 k): what `seqlab
+    eval` scores, and what training's in-loop evaluation scores (the same numbers for the
+    same checkpoint and seed)."""
+    strings: list[str] = []
+    for start in range(0, n, 1000):
+        with torch.inference_mode():
+            strings += sample_text(model, tokenizer, min(1000, n - start), rule=rule, seed=seed + start,
+                                   device=device).texts
+    return strings

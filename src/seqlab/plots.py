@@ -18,7 +18,8 @@ def _plt():
 
 def loss_curve(rows: list[dict], path: Path, title: str = "", floor: float | None = None) -> None:
     """Train loss (raw and smoothed) and validation loss against step; with `floor`,
-    the data's entropy (the best loss any model can reach) as a dashed line."""
+    the data's entropy (the best loss any model can reach) as a dashed line; a second panel
+    with the success and well-formed rates when the rows have them (train.eval_task)."""
     plt = _plt()
     steps = [int(r["step"]) for r in rows if r.get("train_loss")]
     train = [float(r["train_loss"]) for r in rows if r.get("train_loss")]
@@ -28,7 +29,20 @@ def loss_curve(rows: list[dict], path: Path, title: str = "", floor: float | Non
     for k, v in enumerate(train, start=1):
         acc = 0.95 * acc + 0.05 * v
         smooth.append(acc / (1 - 0.95**k))  # bias-corrected: no lag from a zero start
-    fig, ax = plt.subplots(figsize=(7, 4))
+    rated = [r for r in rows if r.get("success_rate") not in (None, "")]
+    if rated:
+        fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True, height_ratios=[3, 2])
+        xs = [int(r["step"]) for r in rated]
+        for key, color in (("success_rate", "tab:green"), ("wellformed_rate", "tab:gray")):
+            ax2.plot(xs, [100 * float(r[key]) for r in rated], "o-", color=color, ms=3,
+                     label=key.replace("_rate", "").replace("wellformed", "well-formed"))
+        ax2.set_ylim(-2, 102)
+        ax2.set_ylabel("% of samples")
+        ax2.set_xlabel("step")
+        ax2.grid(alpha=0.3)
+        ax2.legend()
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, train, color="tab:blue", alpha=0.25, lw=0.8, label="train (per step)")
     ax.plot(steps, smooth, color="tab:blue", lw=1.5, label="train (EMA 0.95)")
     if val:

@@ -26,6 +26,7 @@ from .models import SeqModel, build_model
 from .plots import loss_curve
 
 COLUMNS = ["step", "train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s", "elapsed_s"]
+EVAL_COLUMNS = ["success_rate", "wellformed_rate", "novelty"]  # with train.eval_task only
 
 
 @torch.no_grad()
@@ -115,6 +116,13 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             raise SeqlabError(f"{cfg.data}: lines need block_size {data.block_size}, the initial model has "
                               f"{cfg.model.block_size}")
     tokenizer = data.tokenizer
+    verifier = None
+    if tc.eval_task:  # a task the verifier cannot build fails now, before anything is written
+        from .data.verify import get_verifier
+
+        if tc.eval_samples <= 0:
+            raise SeqlabError(f"config key 'train.eval_samples': must be positive, got {tc.eval_samples}")
+        verifier = get_verifier(tc.eval_task, tc.eval_equal or None, tc.eval_length or None)
 
     set_threads(tc.threads)
     torch.manual_seed(tc.seed)
@@ -142,7 +150,22 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
 
     amp = autocast_dtype(tc.dtype, device)
     fwd = torch.compile(model) if tc.compile else model
-    log = MetricsLog(out / "metrics.csv" if ranks.main else None, COLUMNS, keep_until_step=step)
+    log = MetricsLog(out / "metrics.csv" if ranks.main else None, COLUMNS + (EVAL_COLUMNS if verifier else []),
+                     keep_until_step=step)
+    known_lines = set(data.train_lines) | set(data.val_lines) if verifier else set()
+    success = None
+
+    def success_rates() -> dict:
+        """The verifier's rates on eval_samples strings: the numbers `seqlab eval RUN --task T
+        --n N --seed S` gives for this checkpoint (same sampler, seed and novelty set). Its
+        own generator: the training's random stream is untouched (exact resume holds)."""
+        from .data.verify import judge
+        from .generate_text import sample_strings
+
+        r = judge(sample_strings(model, tokenizer, tc.eval_samples, seed=tc.seed, device=device), verifier,
+                  known_lines, show_failures=0)
+        return {k: None if r[k] is None else round(r[k], 6) for k in EVAL_COLUMNS}
+
     bar = Progress(tc.steps, step, progress and ranks.main)
     pad = tokenizer.pad_id
     n_train = len(data.train)
@@ -196,6 +219,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             if ranks.main and (step % tc.eval_interval == 0 or final):
                 val_loss = evaluate(model, data.val, pad, device, amp=amp)
                 row.update(val_loss=round(val_loss, 6), val_ppl=round(math.exp(min(val_loss, 50)), 4))
+                if verifier is not None:
+                    row.update(success_rates())
+                    success = row["success_rate"]
                 if val_loss < best_val:
                     best_val = val_loss
                     ckpt.save_best(out, model, {"step": step, "val_loss": val_loss})
@@ -203,7 +229,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                 log.log(row)
             bar.update(1, loss=f"{train_loss:.4f}",
                        val=f"{val_loss:.4f}" if val_loss is not None else "-",
-                       tok_s=tokens_per_s)
+                       tok_s=tokens_per_s, **({"success": f"{success:.1%}"} if success is not None else {}))
             if step % tc.checkpoint_interval == 0 or final:
                 engine.save(step, loop_state(), whole_model=True)
             if final:

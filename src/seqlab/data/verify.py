@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from ..data.tasks import Task, get_task
+from .tasks import Task, get_task
 from ..errors import SeqlabError
 from ..plugins import is_spec, load_object
 
