@@ -21,9 +21,10 @@ onpolicy   GKD (Agarwal et al. 2024, "On-Policy Distillation of Language Models"
            backpropagate through sampling); the student's distribution does.
 
 m marks completion tokens up to and including the end token; the teacher and student
-distributions are at temperature 1. Logged every step: the loss, the forward KL to the
-teacher on the step's tokens (on-policy: the student's own; off-policy: the teacher's
-samples), completion lengths, and samples.jsonl as the RL algorithms do.
+distributions are at temperature 1. Logged: the loss, the forward KL to the teacher on the
+step's tokens (on-policy: the student's own, every step, from the loss's own logits;
+off-policy: the teacher's samples, every `samples_every` steps, since it costs a teacher
+forward), completion lengths, and samples.jsonl as the RL algorithms do.
 """
 
 from __future__ import annotations
@@ -143,7 +144,10 @@ def run_distill(cfg, progress: bool = True) -> dict:
             n_tokens = all_reduce_sum(mask[:, 1:].sum().double(), ranks)
             loss = sft_loss(student, ids, mask, n_tokens)
             share = float(mask[:, 1:].sum() / n_tokens.clamp(min=1))
-            kl = float(forward_kl(ids, mask[:, 1:]))
+            # the teacher's forward costs as much as the update (more for a large teacher):
+            # the KL diagnostic every samples_every steps only
+            logged = bool(cfg.samples_every) and step % cfg.samples_every == 0
+            kl = float(forward_kl(ids, mask[:, 1:])) if logged else None
             stats = weighted_sum({"kl": kl, "completion_len": float(mask.sum(1).mean())}, share, ranks)
             log_samples(step, [rows[r[2]]["prompt"] for r in batch],
                         [tok.decode([t for t, m in zip(r[0], r[1]) if m]) for r in batch])
