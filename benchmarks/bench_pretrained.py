@@ -190,24 +190,11 @@ def bench_generate(setup_path: str, rounds: int, quantized: bool = True) -> dict
             raise SystemExit(f"worker {name} b{b} failed to start")
         procs[(name, b)] = p
         log(f"  {name} batch {b}: ready")
-    times = {k: [] for k in procs}
-    tokens, others = {}, []
+    from machine_load import drive_round_robin
+
     keys = list(procs)
-    for r in range(rounds):
-        order = keys[r % len(keys):] + keys[: r % len(keys)]
-        for k in order:
-            procs[k].stdin.write("go\n")
-            procs[k].stdin.flush()
-            res = json.loads(procs[k].stdout.readline())
-            times[k].append(res["seconds"])
-            tokens[k] = res["tokens"]
-            if res["others"] is not None:
-                others.append(res["others"])
-        log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k[0]} b{k[1]} {tokens[k] / times[k][-1]:.0f} tok/s"
-                                                        for k in keys))
-    for p in procs.values():
-        p.stdin.close()
-        p.wait()
+    times, tokens, others = drive_round_robin(procs, rounds, lambda r, times, tokens: log(
+        f"  round {r + 1}/{rounds}: " + ", ".join(f"{k[0]} b{k[1]} {tokens[k] / times[k][-1]:.0f} tok/s" for k in keys)))
     rows = {}
     for k in keys:
         med = statistics.median(times[k])

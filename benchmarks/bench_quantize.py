@@ -180,22 +180,11 @@ def speed(variants: dict, prompts: list, rounds: int, reps: int) -> dict:
             if not p.stdout.readline():
                 raise SystemExit(f"worker {name} b{b} failed")
             procs[(name, b)] = p
+    from machine_load import drive_round_robin
+
     keys = list(procs)
-    times = {k: [] for k in keys}
-    tokens, others = {}, []
-    for r in range(rounds):
-        for k in keys[r % len(keys):] + keys[: r % len(keys)]:
-            procs[k].stdin.write("go\n")
-            procs[k].stdin.flush()
-            res = json.loads(procs[k].stdout.readline())
-            times[k].append(res["seconds"])
-            tokens[k] = res["tokens"]
-            if res["others"] is not None:
-                others.append(res["others"])
-        log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k[0]} b{k[1]} {tokens[k] / times[k][-1]:.0f}" for k in keys))
-    for p in procs.values():
-        p.stdin.close()
-        p.wait()
+    times, tokens, others = drive_round_robin(procs, rounds, lambda r, times, tokens: log(
+        f"  round {r + 1}/{rounds}: " + ", ".join(f"{k[0]} b{k[1]} {tokens[k] / times[k][-1]:.0f}" for k in keys)))
     return {f"{k[0]} b{k[1]}": {"tok_s_median": tokens[k] / statistics.median(times[k]), "times": times[k],
                                  "tokens": tokens[k]} for k in keys} | {
         "others_share": statistics.median(others) if others else None}

@@ -61,3 +61,30 @@ def serve_timed_calls(fn, reply) -> None:
         t0 = time.perf_counter()
         result = fn()
         reply(time.perf_counter() - t0, result, meter.others_share())
+
+
+def drive_round_robin(procs: dict, rounds: int, log=None) -> tuple[dict, dict, list]:
+    """The parent's side of serve_timed_calls for workers that answer one JSON line
+    {"seconds", "tokens", "others"} per "go": `rounds` rounds over every worker, the order
+    rotating each round; then the workers are told to stop. Returns (times per key, tokens
+    per key (the last call's), the others' shares seen). `log(r, times, tokens)` after each round."""
+    import json
+
+    keys = list(procs)
+    times = {k: [] for k in keys}
+    tokens, others = {}, []
+    for r in range(rounds):
+        for k in keys[r % len(keys):] + keys[: r % len(keys)]:
+            procs[k].stdin.write("go\n")
+            procs[k].stdin.flush()
+            res = json.loads(procs[k].stdout.readline())
+            times[k].append(res["seconds"])
+            tokens[k] = res["tokens"]
+            if res["others"] is not None:
+                others.append(res["others"])
+        if log:
+            log(r, times, tokens)
+    for p in procs.values():
+        p.stdin.close()
+        p.wait()
+    return times, tokens, others

@@ -32,3 +32,21 @@ os.environ["OMP_NUM_THREADS"] = "1"
 
 def seqlab_cmd(*args):
     return [sys.executable, "-m", "seqlab.cli", *map(str, args)]
+
+
+def write_post_data(d: Path, rewards_module: str) -> dict:
+    """The toy post-training data: sums "a+b=" as SFT pairs, preference pairs (the sum over
+    the sum + 1) and RL prompts with answers, and a reward module counting '1's (a reward
+    only a changed policy can raise). Returns {algorithm: data file}."""
+    import json
+
+    sums = [(a, b) for a in range(5) for b in range(5)]
+    sft, pref, rl = d / "sft.jsonl", d / "pref.jsonl", d / "rl.jsonl"
+    sft.write_text("\n".join(json.dumps({"prompt": f"{a}+{b}=", "completion": str(a + b)}) for a, b in sums) + "\n")
+    pref.write_text("\n".join(json.dumps({"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + 1)})
+                              for a, b in sums) + "\n")
+    rl.write_text("\n".join(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) for a, b in sums) + "\n")
+    (d / f"{rewards_module}.py").write_text(
+        "def count_ones(prompts, completions, **kw):\n"
+        "    return [float(c.count('1')) for c in completions]\n")
+    return {"sft": sft, "dpo": pref, "rm": pref, "grpo": rl, "rejection": rl, "ppo": rl}

@@ -151,19 +151,9 @@ def post_bases(tmp_path_factory):
                                           "block_size": 24},
                                 "train": {"steps": 20, "batch_size": 16, "eval_interval": 20}})
     train(cfg, d / "base", progress=False)
-    sft = d / "sft.jsonl"
-    sft.write_text("\n".join(json.dumps({"prompt": f"{a}+{b}=", "completion": str(a + b)})
-                             for a in range(5) for b in range(5)) + "\n")
-    pref = d / "pref.jsonl"
-    pref.write_text("\n".join(json.dumps({"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + 1)})
-                              for a in range(5) for b in range(5)) + "\n")
-    rl = d / "rl.jsonl"
-    rl.write_text("\n".join(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)})
-                            for a in range(5) for b in range(5)) + "\n")
-    (d / "gpurewards.py").write_text(
-        "def count_ones(prompts, completions, **kw):\n"
-        "    return [float(c.count('1')) for c in completions]\n")
-    return d, {"sft": sft, "dpo": pref, "rm": pref, "grpo": rl, "rejection": rl, "ppo": rl}
+    from conftest import write_post_data
+
+    return d, write_post_data(d, "gpurewards")
 
 
 def _post(d, data, algorithm, out, **kw):

@@ -12,7 +12,7 @@ from seqlab.config import run_config_from_dict
 from seqlab.post.config import load_post_config
 from seqlab.train import train
 
-from conftest import seqlab_cmd
+from conftest import seqlab_cmd, write_post_data
 
 
 @pytest.fixture(scope="module")
@@ -28,19 +28,7 @@ def bases(tmp_path_factory):
                                     "train": {"steps": 20, "batch_size": 16, "eval_interval": 20}})
         train(cfg, d / model, progress=False)
         runs[model] = d / model
-    sft = d / "sft.jsonl"
-    sft.write_text("\n".join(json.dumps({"prompt": f"{a}+{b}=", "completion": str(a + b)})
-                             for a in range(5) for b in range(5)) + "\n")
-    pref = d / "pref.jsonl"
-    pref.write_text("\n".join(json.dumps({"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + 1)})
-                              for a in range(5) for b in range(5)) + "\n")
-    rl = d / "rl.jsonl"
-    rl.write_text("\n".join(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)})
-                            for a in range(5) for b in range(5)) + "\n")
-    (d / "toyrewards.py").write_text(
-        "def count_ones(prompts, completions, **kw):\n"
-        "    return [float(c.count('1')) for c in completions]\n")
-    return d, runs, {"sft": sft, "dpo": pref, "grpo": rl, "rejection": rl, "ppo": rl, "rm": pref}
+    return d, runs, write_post_data(d, "toyrewards")
 
 
 def params_before(run):
