@@ -103,8 +103,13 @@ def test_distillation_brings_the_student_to_the_teacher(pair, mode, divergence):
     on = "student" if mode == "onpolicy" else "teacher"
     before, after = kl_to_teacher(pair, pair / "student", on), kl_to_teacher(pair, out, on)
     assert after < 0.6 * before, (before, after)
-    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    lines = (out / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
     assert {"loss", "kl", "completion_len"} <= set(header)
+    if mode == "onpolicy":  # the logged KL is the forward KL on the step's tokens: the loss itself for "forward"
+        row = dict(zip(header, lines[-1].split(",")))
+        same = float(row["kl"]) == pytest.approx(float(row["loss"]), rel=1e-5)
+        assert same if divergence == "forward" else not same
     assert json.loads((out / "samples.jsonl").read_text().splitlines()[0])["completion"] is not None
 
 
