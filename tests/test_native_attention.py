@@ -141,3 +141,40 @@ def test_unsupported_head_size_is_refused_with_a_clear_message():
     x = torch.randn(1, 1, 4, 12)
     with pytest.raises(RuntimeError, match="head size must be a multiple of 8"):
         native.load().causal_attention(x, x, x, 0.5)
+
+
+def random_starts(B, T, g):
+    """(B, T) int32 segment starts of rows cut at random points into sequences of 1..40."""
+    starts = torch.empty(B, T, dtype=torch.int32)
+    for b in range(B):
+        i = 0
+        while i < T:
+            n = int(torch.randint(1, 41, (1,), generator=g))
+            starts[b, i:i + n] = i
+            i += n
+    return starts
+
+
+@pytest.mark.parametrize("B,H,Hkv,T,D", [(2, 4, 4, 130, 16), (3, 4, 2, 67, 8), (2, 2, 1, 45, 24)])
+def test_packed_rows_match_sdpa_with_the_segment_mask(B, H, Hkv, T, D):
+    """With starts, each query sees only its own sequence's keys: equal to SDPA with the
+    block-diagonal causal mask, forward and backward."""
+    g = torch.Generator().manual_seed(T + D)
+    starts = random_starts(B, T, g)
+    assert (starts[:, 1:] > starts[:, :-1]).any()  # more than one sequence in some row
+    q, k, v = (torch.randn(B, h, T, D, generator=g, dtype=torch.float64) * s
+               for h, s in ((H, 1.5), (Hkv, 1.5), (Hkv, 1.0)))
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=native.segment_mask(starts), enable_gqa=H != Hkv)
+    dout = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), dout)
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    out = native.causal_attention(q32, k32, v32, starts)
+    grads = torch.autograd.grad(out, (q32, k32, v32), dout.float())
+    assert rel(out, ref) <= attention_bound(T, D)
+    for got, want in zip(grads, ref_grads):
+        assert rel(got, want) <= attention_bound(T, D, backward=True)
+    # a sequence alone (no packing) gives its own rows' outputs
+    b, s0 = 0, int(starts[0, -1])
+    alone = native.causal_attention(*(t[b:b + 1, :, s0:].detach().float().contiguous() for t in (q, k, v)))
+    assert rel(alone, out[b:b + 1, :, s0:].detach().double()) < 1e-6

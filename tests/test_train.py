@@ -142,8 +142,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(words_file, tmp_path, mon
         calls = {"n": 0}
         real_forward = model.forward
 
-        def forward(idx, targets=None, loss_reduction="mean"):
-            logits, loss = real_forward(idx, targets, loss_reduction)
+        def forward(idx, targets=None, loss_reduction="mean", **packed):
+            logits, loss = real_forward(idx, targets, loss_reduction, **packed)
             calls["n"] += model.training  # count training forwards only (one per step here)
             if model.training and calls["n"] == 15:
                 loss = loss * float("nan")

@@ -82,6 +82,9 @@ class TrainConfig:
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     compile: bool = False
     log_interval: int = 10
+    # Transformers: pack each batch's sequences several to a row (EncodedLines.packed_batch):
+    # the same loss and gradients as the padded batch, without computing on padding
+    pack: bool = True
     # CPU threads for torch; 0 keeps torch's default. Small models on a busy
     # machine often run faster on 1 thread (no waiting for a descheduled peer).
     threads: int = 0

@@ -187,17 +187,26 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
         # global token count needs no communication
         idx = torch.randint(n_train, (global_batch,), generator=batch_gen)
         n_tokens = data.train.target_count(idx)
-        batches = [data.train.batch(m, pad, trim=not tc.compile) for m in idx[mine].split(tc.batch_size)]
         loss_sum = 0.0
-        for x, y in batches:
+        for m in idx[mine].split(tc.batch_size):
+            packed = {}
+            if pack:
+                width = model.packed_width(int(data.train.lengths[m].max()) + 1)
+                x, y, positions, starts = data.train.packed_batch(m, pad, width)
+                packed = {"positions": positions.to(device, non_blocking=True),
+                          "starts": starts.to(device, non_blocking=True)}
+            else:
+                x, y = data.train.batch(m, pad, trim=not tc.compile)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                _, loss = fwd(x, y, loss_reduction="sum")
+                _, loss = fwd(x, y, loss_reduction="sum", **packed)
             (loss / n_tokens).backward()
             loss_sum = loss_sum + loss.detach().float()  # stays on the device: no sync per micro-batch
         return torch.as_tensor(loss_sum) / n_tokens
 
     n_tokens = 0
+    # packed rows (same loss and gradients, no work on padding); torch.compile keeps fixed shapes
+    pack = tc.pack and model.supports_packing and not tc.compile
     model.train()
     try:
         while step < tc.steps:

@@ -81,6 +81,45 @@ class EncodedLines:
         y[y == pad_id] = -1
         return x, y
 
+    def packed_batch(self, idx: torch.Tensor, pad_id: int, width: int = 0) -> tuple[torch.Tensor, ...]:
+        """Rows `idx` packed several to a row: (x, y, positions, starts), each (R, W).
+
+        The same targets as batch(idx) with far less padding when lengths vary (lines of
+        50-200 characters: 36% of a padded batch is padding). Sequences go first-fit,
+        longest first, into rows `width` wide (at least the longest sequence; wider rows
+        fill better, Transformer.packed_width picks it); positions count from 0
+        in each sequence, and starts[r, t] is the column where token t's sequence begins:
+        a Transformer given both attends within sequences only (a block-diagonal causal
+        mask), so its loss and gradients equal the padded batch's up to float rounding.
+        Padding at a row's end is a sequence of its own with targets -1."""
+        seq_len = (self.lengths[idx] + 1).tolist()  # inputs per sequence: <bos> + ids
+        width = max(width, max(seq_len))
+        fill: list[int] = []  # tokens placed in each packed row so far
+        where = [(0, 0)] * len(seq_len)  # (row, column) of each sequence's first token
+        for i in sorted(range(len(seq_len)), key=lambda i: -seq_len[i]):
+            r = next((r for r, f in enumerate(fill) if f + seq_len[i] <= width), len(fill))
+            if r == len(fill):
+                fill.append(0)
+            where[i] = (r, fill[r])
+            fill[r] += seq_len[i]
+        n_rows = len(fill)
+        lens = torch.tensor(seq_len)
+        seq_of = torch.repeat_interleave(torch.arange(len(seq_len)), lens)  # each token's sequence
+        t = torch.arange(len(seq_of)) - torch.repeat_interleave(lens.cumsum(0) - lens, lens)  # index in it
+        rc = torch.tensor(where)
+        flat = rc[seq_of, 0] * width + rc[seq_of, 1] + t  # each token's place in the packed rows
+        src = self.tokens[idx]
+        x = torch.full((n_rows * width,), pad_id, dtype=torch.long)
+        y = torch.full((n_rows * width,), -1, dtype=torch.long)
+        positions = torch.zeros(n_rows * width, dtype=torch.long)
+        # padding's own sequence starts where its row's real tokens end
+        starts = torch.tensor(fill, dtype=torch.int32).repeat_interleave(width)
+        x[flat] = src[seq_of, t]
+        y[flat] = src[seq_of, t + 1]
+        positions[flat] = t
+        starts[flat] = rc[seq_of, 1].to(torch.int32)
+        return tuple(v.view(n_rows, width) for v in (x, y, positions, starts))
+
 
 def encode_lines(
     lines: list[str],

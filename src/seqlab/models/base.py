@@ -49,6 +49,8 @@ class SeqModel(nn.Module):
     """Base class: subclasses implement `logits`, `prefill`, `step`, `select_state`."""
 
     max_len: int | None = None
+    # whether forward takes packed rows (positions=, starts=; EncodedLines.packed_batch)
+    supports_packing: bool = False
 
     def logits(self, idx: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -295,20 +295,20 @@ class _CausalAttention(torch.autograd.Function):
     """native/attention.cpp's forward and backward as one autograd node."""
 
     @staticmethod
-    def forward(ctx, q, k, v, scale):
+    def forward(ctx, q, k, v, scale, starts):
         ops = load()
         if ops is None:
             raise RuntimeError("seqlab: native attention unavailable (no C++ compiler, or SEQLAB_NATIVE=0)")
-        out, lse = ops.causal_attention(q, k, v, scale)
+        out, lse = ops.causal_attention(q, k, v, scale, starts)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.scale = scale
+        ctx.scale, ctx.starts = scale, starts
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = torch.ops.seqlab.causal_attention_backward(dout, q, k, v, out, lse, ctx.scale)
-        return dq, dk, dv, None
+        dq, dk, dv = torch.ops.seqlab.causal_attention_backward(dout, q, k, v, out, lse, ctx.scale, ctx.starts)
+        return dq, dk, dv, None, None
 
 
 # Up to this many floats per head (T x D) the native attention beat SDPA's flash kernel on
@@ -324,8 +324,17 @@ def attention_applies(q: torch.Tensor) -> bool:
             and q.size(-2) * q.size(-1) <= ATTENTION_MAX_TD and load() is not None)
 
 
-def causal_attention(q, k, v):
+def causal_attention(q, k, v, starts: torch.Tensor | None = None):
     """softmax(q k^T / sqrt(D) + causal mask) v for (B, H, T, D) queries and (B, Hkv, T, D)
     keys and values, differentiable; the same as scaled_dot_product_attention(...,
-    is_causal=True, enable_gqa=True) up to float rounding. Check attention_applies first."""
-    return _CausalAttention.apply(q, k, v, q.size(-1) ** -0.5)
+    is_causal=True, enable_gqa=True) up to float rounding. Check attention_applies first.
+    starts (B, T) int32, for rows that pack several sequences: query i sees keys
+    starts[b, i]..i only (the mask of segment_mask(starts))."""
+    return _CausalAttention.apply(q, k, v, q.size(-1) ** -0.5, starts)
+
+
+def segment_mask(starts: torch.Tensor) -> torch.Tensor:
+    """The boolean attention mask (B, 1, T, T) of packed rows: query i sees keys
+    starts[b, i] <= j <= i (what causal_attention does with `starts`)."""
+    j = torch.arange(starts.size(1), device=starts.device)
+    return ((j[None, None, :] >= starts[:, :, None]) & (j[None, None, :] <= j[None, :, None])).unsqueeze(1)

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import native
-from .base import SeqModel
+from .base import SeqModel, token_loss
 from .layers import GeluMLP, SwiGLU, apply_rope, linear, linear_residual, make_norm, norm_fn, rope_tables
 
 
@@ -78,12 +78,16 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k, v
 
-    def mix(self, q, k, v, attn_mask=None, is_causal=False):
-        """Attention of q over k, v, then the output projection: (B, T, C)."""
+    def mix(self, q, k, v, attn_mask=None, is_causal=False, starts=None):
+        """Attention of q over k, v, then the output projection: (B, T, C). starts (B, T):
+        rows that pack several sequences (EncodedLines.packed_batch), attended within each."""
         B, _, T, _ = q.shape
         dropout_p = self.dropout if self.training else 0.0
-        if is_causal and dropout_p == 0.0 and native.attention_applies(q):
-            y = native.causal_attention(q, k, v)  # models/native/attention.cpp says why
+        native_ok = dropout_p == 0.0 and native.attention_applies(q)
+        if starts is not None and not native_ok:
+            attn_mask, is_causal = native.segment_mask(starts), False
+        if (is_causal or starts is not None) and native_ok:
+            y = native.causal_attention(q, k, v, starts)  # models/native/attention.cpp says why
         else:
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p,
@@ -92,9 +96,11 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.resid_dropout(self.proj(y))
 
-    def forward(self, x, rope=None, cache=None, layer=0, attn_mask=None):
+    def forward(self, x, rope=None, cache=None, layer=0, attn_mask=None, starts=None):
         T = x.size(1)
         q, k, v = self.heads(x, rope)
+        if starts is not None:
+            return self.mix(q, k, v, starts=starts)
         is_causal = attn_mask is None and T > 1
         if cache is not None:
             end = cache.pos + T
@@ -153,8 +159,8 @@ class Block(nn.Module):
             self.mlp = GeluMLP(cfg.n_embd, cfg.n_hidden or 4 * cfg.n_embd, cfg.bias, cfg.dropout,
                                "tanh" if cfg.gelu == "tanh" else "none")
 
-    def forward(self, x, rope=None, cache=None, layer=0, attn_mask=None):
-        x = x + self.attn(self.norm1(x), rope, cache, layer, attn_mask)
+    def forward(self, x, rope=None, cache=None, layer=0, attn_mask=None, starts=None):
+        x = x + self.attn(self.norm1(x), rope, cache, layer, attn_mask, starts)
         return x + self.mlp(self.norm2(x))
 
     def decode(self, x, cache, layer, rope=None, key_mask=None):
@@ -163,6 +169,8 @@ class Block(nn.Module):
 
 
 class Transformer(SeqModel):
+    supports_packing = True  # forward(..., positions=, starts=) takes packed rows
+
     def __init__(self, vocab_size: int, cfg):
         super().__init__()
         self.cfg = cfg
@@ -202,10 +210,26 @@ class Transformer(SeqModel):
             rope = (cos, sin)
         return self.drop(x), rope
 
-    def _run(self, x, rope, cache=None, attn_mask=None):
+    def _run(self, x, rope, cache=None, attn_mask=None, starts=None):
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, cache, i, attn_mask)
+            x = block(x, rope, cache, i, attn_mask, starts)
         return self.lm_head(self.norm_f(x))
+
+    def packed_width(self, longest: int) -> int:
+        """The row width for packed batches whose longest sequence has `longest` tokens: two
+        such sequences where the native attention takes rows that wide (rows fill better:
+        on 50-200-character lines, 8% padding instead of 13%; unpacked: 36%), else one."""
+        return 2 * longest if 2 * longest * self.blocks[0].attn.head_dim <= native.ATTENTION_MAX_TD else longest
+
+    def forward(self, idx, targets=None, loss_reduction: str = "mean", positions=None, starts=None):
+        """The model contract's forward; with positions and starts (B, T), rows that pack
+        several sequences (EncodedLines.packed_batch): each token at its own sequence's
+        position, attending within its sequence only."""
+        if starts is None:
+            return super().forward(idx, targets, loss_reduction)
+        x, rope = self._embed(idx, positions)
+        logits = self._run(x, rope, starts=starts)
+        return logits, None if targets is None else token_loss(logits, targets, loss_reduction)
 
     def logits(self, idx):
         B, T = idx.shape

@@ -17,6 +17,10 @@
 //   ds_ij = p_ij (dp_ij - delta_i),    dq_i = scale sum_j ds_ij k_j,    dk_j = scale sum_i ds_ij q_i.
 // Grouped-query attention: query head h reads key/value head h / (H / Hkv); the backward
 // runs per key/value head and sums its G query heads into dk and dv.
+// Packed rows (several sequences per row, for training without padding): `starts` (B, T)
+// gives, for each query i, the first key of its sequence; query i then sees keys
+// starts[i]..i only (a block-diagonal causal mask), and the work per sequence is its own
+// length squared, not the row's.
 //
 // tests/test_native_attention.py checks both directions against scaled_dot_product_attention.
 
@@ -76,8 +80,25 @@ inline void row_times_transposed(const float* x, const float* t, int64_t D, int6
   }
 }
 
+// each query's first visible key: starts[b, i] for packed rows, else 0
+struct Starts {
+  const int32_t* p;
+  int64_t T;
+  int64_t operator()(int64_t b, int64_t i) const { return p ? p[b * T + i] : 0; }
+};
+
+Starts starts_of(const c10::optional<Tensor>& starts, const Tensor& q) {
+  if (!starts.has_value()) return {nullptr, q.size(2)};
+  const Tensor& s = *starts;
+  TORCH_CHECK(s.scalar_type() == at::kInt && s.dim() == 2 && s.size(0) == q.size(0) && s.size(1) == q.size(2) &&
+                  s.is_contiguous(),
+              "causal_attention: starts must be a contiguous (B, T) int32 tensor");
+  return {s.data_ptr<int32_t>(), q.size(2)};
+}
+
 template <int W>
-std::tuple<Tensor, Tensor> forward_impl(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, double scale_d) {
+std::tuple<Tensor, Tensor> forward_impl(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, double scale_d,
+                                        const Starts& start_of) {
   const Tensor q = unit_last_stride(q_in), k = unit_last_stride(k_in), v = unit_last_stride(v_in);
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3), Hkv = k.size(1), G = H / Hkv;
   const int64_t Tp = (T + KW - 1) / KW * KW;
@@ -98,17 +119,20 @@ std::tuple<Tensor, Tensor> forward_impl(const Tensor& q_in, const Tensor& k_in, 
       const float* vrow = Vv(b, g, 0);
       for (int64_t h = g * G; h < (g + 1) * G; ++h) {
         for (int64_t i = 0; i < T; ++i) {
-          const int64_t n = i + 1, np = (n + KW - 1) / KW * KW;
-          row_times_transposed(Q(b, h, i), kt.data(), D, Tp, n, scale, s.data());
+          // keys j0..i are visible; the score blocks cover jb..np (key blocks stay aligned)
+          const int64_t n = i + 1, np = (n + KW - 1) / KW * KW, j0 = start_of(b, i), jb = j0 / KW * KW;
+          row_times_transposed(Q(b, h, i), kt.data() + jb, D, Tp, n - jb, scale, s.data() + jb);
+          std::fill(s.begin() + jb, s.begin() + j0, -INFINITY);
           std::fill(s.begin() + n, s.begin() + np, -INFINITY);
-          VK mx = load<KW>(s.data());
-          for (int64_t j = KW; j < np; j += KW) {
+          VK mx = load<KW>(s.data() + jb);
+          for (int64_t j = jb + KW; j < np; j += KW) {
             const VK x = load<KW>(s.data() + j);
             mx = x > mx ? x : mx;
           }
           const float m = hmax<KW>(mx);
-          const float l = exp_sum<KW>(s.data(), np, m);
-          weighted_row_sum<W>(s.data(), n, vrow, Vv.st, D, 1.0f / l, op + ((b * T + i) * H + h) * D);
+          const float l = exp_sum<KW>(s.data() + jb, np - jb, m);
+          weighted_row_sum<W>(s.data() + j0, n - j0, vrow + j0 * Vv.st, Vv.st, D, 1.0f / l,
+                              op + ((b * T + i) * H + h) * D);
           lp[(b * H + h) * T + i] = m + std::log(l);
         }
       }
@@ -120,13 +144,15 @@ std::tuple<Tensor, Tensor> forward_impl(const Tensor& q_in, const Tensor& k_in, 
 // dk_j += sum_{i >= j} ds[i, j] q_i and dv_j += sum_{i >= j} p[i, j] do_i for the NJ
 // columns j0..j0+NJ-1 (rows of p and ds are Tp apart), accumulated in registers: one
 // vector per column and output, so each q_i and do_i row is loaded once per NJ columns.
+// Rows stop at i_end (exclusive): the end of the last column's sequence in packed rows.
 template <int W, int NJ>
 inline void key_value_grads(const float* p, const float* ds, int64_t Tp, const float* q, int64_t q_st,
-                            const float* dout, int64_t do_st, int64_t j0, int64_t T, int64_t D, float* dk, float* dv) {
+                            const float* dout, int64_t do_st, int64_t j0, int64_t i_end, int64_t D, float* dk,
+                            float* dv) {
   using V = typename Vec<W>::type;
   for (int64_t d = 0; d < D; d += W) {
     V ak[NJ] = {}, av[NJ] = {};
-    for (int64_t i = j0; i < T; ++i) {
+    for (int64_t i = j0; i < i_end; ++i) {
       // columns j > i of row i are 0: exp of a masked score (a row is written up to a
       // multiple of 16 columns, which covers j0 + NJ - 1 for NJ <= 4 and j0 a multiple of NJ)
       const V qv = load<W>(q + i * q_st + d), dov = load<W>(dout + i * do_st + d);
@@ -149,7 +175,7 @@ inline void key_value_grads(const float* p, const float* ds, int64_t Tp, const f
 template <int W>
 std::tuple<Tensor, Tensor, Tensor> backward_impl(const Tensor& dout_in, const Tensor& q_in, const Tensor& k_in,
                                                  const Tensor& v_in, const Tensor& o_in, const Tensor& lse,
-                                                 double scale_d) {
+                                                 double scale_d, const Starts& start_of) {
   using V = typename Vec<W>::type;
   const Tensor q = unit_last_stride(q_in), k = unit_last_stride(k_in), v = unit_last_stride(v_in);
   const Tensor dout = unit_last_stride(dout_in), o = unit_last_stride(o_in);
@@ -170,8 +196,13 @@ std::tuple<Tensor, Tensor, Tensor> backward_impl(const Tensor& dout_in, const Te
   at::parallel_for(0, B * Hkv, grain, [&](int64_t begin, int64_t end) {
     // p and ds for one head, row i holding columns 0..i (rounded up to a key block)
     std::vector<float> kt(D * Tp), vt(D * Tp), p(T * Tp), ds(T * Tp), dk_acc(T * D), dv_acc(T * D);
+    std::vector<int64_t> seq_end(T);  // one past the last query of key j's sequence
     for (int64_t bg = begin; bg < end; ++bg) {
       const int64_t b = bg / Hkv, g = bg % Hkv;
+      for (int64_t j = T - 1, e = T; j >= 0; --j) {
+        seq_end[j] = e;
+        if (start_of(b, j) == j) e = j;
+      }
       const float* krow = K(b, g, 0);
       transpose_rows(krow, K.st, T, D, Tp, kt.data());
       transpose_rows(Vv(b, g, 0), Vv.st, T, D, Tp, vt.data());
@@ -180,7 +211,7 @@ std::tuple<Tensor, Tensor, Tensor> backward_impl(const Tensor& dout_in, const Te
       for (int64_t h = g * G; h < (g + 1) * G; ++h) {
         // rows of p and ds, and dq_i = sum_j ds_ij k_j
         for (int64_t i = 0; i < T; ++i) {
-          const int64_t n = i + 1, np = (n + KW - 1) / KW * KW;
+          const int64_t n = i + 1, np = (n + KW - 1) / KW * KW, j0 = start_of(b, i), jb = j0 / KW * KW;
           const float* qi = Q(b, h, i);
           const float* doi = dO(b, h, i);
           const float* oi = O(b, h, i);
@@ -189,25 +220,30 @@ std::tuple<Tensor, Tensor, Tensor> backward_impl(const Tensor& dout_in, const Te
           V dacc = {};
           for (int64_t d = 0; d < D; d += W) dacc += load<W>(doi + d) * load<W>(oi + d);
           const float delta = hsum<W>(dacc), l = lp[(b * H + h) * T + i];
-          row_times_transposed(qi, kt.data(), D, Tp, n, scale, pi);  // scores
+          // p and ds are 0 outside keys j0..i: the key-side loop below reads whole columns
+          std::fill(pi, pi + jb, 0.f);
+          std::fill(dsi, dsi + jb, 0.f);
+          row_times_transposed(qi, kt.data() + jb, D, Tp, n - jb, scale, pi + jb);  // scores
+          std::fill(pi + jb, pi + j0, -INFINITY);
           std::fill(pi + n, pi + np, -INFINITY);
-          row_times_transposed(doi, vt.data(), D, Tp, n, 1.0f, dsi);  // dp
-          for (int64_t j = 0; j < np; j += KW) {
-            const VK pj = exp_nonpos<KW>(load<KW>(pi + j) - l);  // 0 beyond i
+          row_times_transposed(doi, vt.data() + jb, D, Tp, n - jb, 1.0f, dsi + jb);  // dp
+          for (int64_t j = jb; j < np; j += KW) {
+            const VK pj = exp_nonpos<KW>(load<KW>(pi + j) - l);  // 0 outside j0..i
             store<KW>(pi + j, pj);
             store<KW>(dsi + j, pj * (load<KW>(dsi + j) - delta) * scale);  // ds with the scale folded in
           }
-          weighted_row_sum<W>(dsi, n, krow, K.st, D, 1.0f, dqp + ((b * T + i) * H + h) * D);  // dq_i
+          weighted_row_sum<W>(dsi + j0, n - j0, krow + j0 * K.st, K.st, D, 1.0f,
+                              dqp + ((b * T + i) * H + h) * D);  // dq_i
         }
         // dk and dv, four key columns at a time
         const float* qh = Q(b, h, 0);
         const float* doh = dO(b, h, 0);
         int64_t j0 = 0;
         for (; j0 + 4 <= T; j0 += 4)
-          key_value_grads<W, 4>(p.data(), ds.data(), Tp, qh, Q.st, doh, dO.st, j0, T, D, dk_acc.data(),
-                                dv_acc.data());
+          key_value_grads<W, 4>(p.data(), ds.data(), Tp, qh, Q.st, doh, dO.st, j0, seq_end[j0 + 3], D,
+                                dk_acc.data(), dv_acc.data());
         for (; j0 < T; ++j0)
-          key_value_grads<W, 1>(p.data(), ds.data(), Tp, qh, Q.st, doh, dO.st, j0, T, D, dk_acc.data(),
+          key_value_grads<W, 1>(p.data(), ds.data(), Tp, qh, Q.st, doh, dO.st, j0, seq_end[j0], D, dk_acc.data(),
                                 dv_acc.data());
       }
       for (int64_t j = 0; j < T; ++j) {
@@ -219,27 +255,30 @@ std::tuple<Tensor, Tensor, Tensor> backward_impl(const Tensor& dout_in, const Te
   return {dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)};
 }
 
-std::tuple<Tensor, Tensor> causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale) {
+std::tuple<Tensor, Tensor> causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
+                                            const c10::optional<Tensor>& starts) {
   check(q, k, v);
-  return q.size(3) % 16 == 0 ? forward_impl<16>(q, k, v, scale) : forward_impl<8>(q, k, v, scale);
+  const Starts st = starts_of(starts, q);
+  return q.size(3) % 16 == 0 ? forward_impl<16>(q, k, v, scale, st) : forward_impl<8>(q, k, v, scale, st);
 }
 
 std::tuple<Tensor, Tensor, Tensor> causal_attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                                                              const Tensor& v, const Tensor& o, const Tensor& lse,
-                                                             double scale) {
+                                                             double scale, const c10::optional<Tensor>& starts) {
   check(q, k, v);
   TORCH_CHECK(dout.sizes() == q.sizes() && o.sizes() == q.sizes(), "causal_attention_backward: shapes differ");
-  return q.size(3) % 16 == 0 ? backward_impl<16>(dout, q, k, v, o, lse, scale)
-                             : backward_impl<8>(dout, q, k, v, o, lse, scale);
+  const Starts st = starts_of(starts, q);
+  return q.size(3) % 16 == 0 ? backward_impl<16>(dout, q, k, v, o, lse, scale, st)
+                             : backward_impl<8>(dout, q, k, v, o, lse, scale, st);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(seqlab, m) {
-  m.def("causal_attention(Tensor q, Tensor k, Tensor v, float scale) -> (Tensor, Tensor)");
+  m.def("causal_attention(Tensor q, Tensor k, Tensor v, float scale, Tensor? starts=None) -> (Tensor, Tensor)");
   m.def(
-      "causal_attention_backward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, float scale) "
-      "-> (Tensor, Tensor, Tensor)");
+      "causal_attention_backward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, float scale, "
+      "Tensor? starts=None) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(seqlab, CPU, m) {

@@ -1,0 +1,109 @@
+"""The lecture's long runs (issue 21), in resumable chunks.
+
+    python examples/lecture/long_runs.py OUT [--only TASK ...] [--threads 1] [--max-hours H]
+
+Each stage trains one task's run to a step count (continuing it with `seqlab train
+--resume --steps N` when it exists: exact resume), then scores 1,000 samples of its last
+checkpoint with `seqlab eval --seed 0` and appends a row to OUT/long.jsonl. A finished stage
+is skipped, so the script can be stopped at any time (kill its process group; at most one
+checkpoint interval is lost) and started again to go on. --max-hours stops starting new
+training chunks after that long (the chunk in flight is cut at the deadline and resumed
+next time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+MAKEMORE_LIKE = HERE / "makemore_like.toml"
+FIB = HERE / "fibonacci_400k.toml"
+
+# (task, lines in the data file, config, steps): stages in the order they run
+STAGES = [
+    ("rule-18-47", 100_000, MAKEMORE_LIKE, 15_000),
+    ("rule-18-n20", 100_000, MAKEMORE_LIKE, 15_000),
+    ("rule-last2", 100_000, MAKEMORE_LIKE, 15_000),
+    ("rule-three", 100_000, MAKEMORE_LIKE, 15_000),
+    ("rule-three-neg", 100_000, MAKEMORE_LIKE, 15_000),
+    ("fibonacci-2", 100_000, FIB, 100_000),
+    ("fibonacci", 100_000, FIB, 100_000),
+    ("rule-18-n20", 100_000, MAKEMORE_LIKE, 50_000),
+    ("rule-three-neg", 100_000, MAKEMORE_LIKE, 50_000),
+    ("rule-last2", 100_000, MAKEMORE_LIKE, 50_000),
+    ("rule-18-n20", 100_000, MAKEMORE_LIKE, 150_000),
+    ("rule-three-neg", 100_000, MAKEMORE_LIKE, 150_000),
+]
+
+
+def seqlab(*args, timeout=None) -> str:
+    cmd = [sys.executable, "-m", "seqlab", *map(str, args)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        sys.exit(f"failed: seqlab {' '.join(map(str, args))}\n{r.stderr[-2000:]}")
+    return r.stdout
+
+
+def done_rows(path: Path) -> set:
+    if not path.exists():
+        return set()
+    return {(r["task"], r["steps"]) for r in map(json.loads, path.read_text().splitlines())}
+
+
+def last_step(run: Path) -> int:
+    metrics = run / "metrics.csv"
+    if not metrics.exists():
+        return 0
+    rows = [line.split(",") for line in metrics.read_text().splitlines()]
+    return int(rows[-1][rows[0].index("step")]) if len(rows) > 1 else 0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--only", nargs="*")
+    ap.add_argument("--threads", default="1")
+    ap.add_argument("--max-hours", type=float)
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "long.jsonl"
+    deadline = time.time() + args.max_hours * 3600 if args.max_hours else float("inf")
+    for task, n, config, steps in STAGES:
+        if args.only and task not in args.only or (task, steps) in done_rows(results):
+            continue
+        if time.time() >= deadline:
+            break
+        data = out / f"{task}.txt"
+        if not data.exists():
+            seqlab("data", "make", task, "--out", data, "--n", n, "--seed", 0)
+        run = out / task
+        flags = ["--threads", args.threads, "--quiet", "--json", "--steps", steps]
+        if (run / "config.toml").exists():
+            flags += ["--out", run, "--resume"]
+        else:
+            flags += ["--data", data, "--out", run, "--config", config, "--eval-task", task]
+        t0 = time.time()
+        try:
+            seqlab("train", *flags, timeout=max(1.0, deadline - time.time()) if args.max_hours else None)
+        except subprocess.TimeoutExpired:
+            print(f"{task}: stopped at the deadline, step {last_step(run)}", flush=True)
+            break
+        ev = json.loads(seqlab("eval", run, "--task", task, "--n", 1000, "--checkpoint", "last", "--seed", 0,
+                               "--json").strip().splitlines()[-1])
+        row = {"task": task, "steps": steps, "config": config.name, "chunk_wall_s": round(time.time() - t0, 1),
+               "threads": int(args.threads), "eval_last": ev}
+        with open(results, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    main()
