@@ -10,6 +10,11 @@ Every contender runs in a process of its own; the timed calls interleave round-r
         (4 layers, 4 heads, 64 dims, block 16 on names.txt, batch 32), on the
         same rows of names.txt; seqlab also with the batch trimmed to its
         longest row (what seqlab's trainer does)
+    a3  the lecture's long strings (issue 21): 4 layers, 4 heads, 64 dims, batch 32 of
+        seqlab's rule-18-47 lines (50-200 digits, block 201), seqlab packed (its trainer's
+        default: several sequences per row, attention within each), seqlab padded to the
+        batch's longest row (the trainer before packing), and makemore's Transformer on
+        the same rows (its batches padded to the block)
 (b) sampling throughput, batch 64 x 128 new tokens from a 1-token prompt,
     untrained model (no row stops early), 4 layers, 4 heads, 64 dims, context 256:
     seqlab with its KV cache, seqlab recomputing the whole prefix every token
@@ -340,6 +345,62 @@ def build_train_makemore(args, name: str):
     return step_runner(sl, seqlab_optimizer(sl), batches, args.steps, seqlab_loss), meta
 
 
+LONG_PACKED, LONG_PADDED, LONG_MM = ("seqlab (packed rows: the trainer's default)",
+                                    "seqlab (padded to the batch's longest row)", "makemore Transformer")
+
+
+def build_train_long(args, name: str):
+    """(a3) batch 32 of 50-200-digit lines (the lecture's 100,000-line tasks), block 201."""
+    from seqlab.data.lines import encode_lines
+    from seqlab.data.tasks import get_task, make_lines
+    from seqlab.data.tokenizer import CharTokenizer
+
+    lines = make_lines(get_task("rule-18-47"), 5000, seed=0)
+    dev = device_of(args)
+    B = 32
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(0, len(lines), (B,), generator=g) for _ in range(args.n_batches)]
+    if name == LONG_MM:
+        mm = load_makemore(Path(args.makemore))
+        chars = sorted(set("".join(lines)))
+        ds = mm.CharDataset(lines, chars, max(len(w) for w in lines))
+        batches = []
+        for r in rows:
+            xs, ys = zip(*(ds[int(i)] for i in r))
+            batches.append((torch.stack(xs).to(dev), torch.stack(ys).to(dev)))
+        torch.manual_seed(1)
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = mm.Transformer(mm.ModelConfig(vocab_size=ds.get_vocab_size(), block_size=ds.get_output_length(),
+                                                  n_layer=4, n_head=4, n_embd=64, n_embd2=64))
+        model.to(dev).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01, betas=(0.9, 0.99), eps=1e-8)
+        return step_runner(model, opt, batches, args.steps, lambda m, x, y: m(x, y)[1]), {
+            "params": n_params(model), "block": ds.get_output_length(), "tokens_per_step": B * ds.get_output_length()}
+    tok = CharTokenizer.train(lines)
+    enc = encode_lines(lines, tok, block_size=max(len(w) for w in lines) + 1)
+    sl = seqlab_transformer(tok.vocab_size, enc.tokens.size(1) - 1, seed=1).to(dev).train()
+    if name == LONG_PACKED:
+        packed = [enc.packed_batch(r, tok.pad_id, sl.packed_width(int(enc.lengths[r].max()) + 1)) for r in rows]
+        batches = [(x.to(dev), y.to(dev), {"positions": p.to(dev), "starts": st.to(dev)}) for x, y, p, st in packed]
+    else:
+        batches = [tuple(t.to(dev) for t in enc.batch(r, tok.pad_id)) + ({},) for r in rows]
+    meta = {"params": n_params(sl), "tokens_per_step": statistics.mean(x.numel() for x, _, _ in batches)}
+    state = {"i": 0}
+    opt = seqlab_optimizer(sl)
+
+    def run():
+        # the trainer's step: summed token losses over the batch's target count
+        for _ in range(args.steps):
+            x, y, packing = batches[state["i"] % len(batches)]
+            state["i"] += 1
+            _, loss = sl(x, y, loss_reduction="sum", **packing)
+            opt.zero_grad(set_to_none=True)
+            (loss / int((y != -1).sum())).backward()
+            opt.step()
+
+    return run, meta
+
+
 GEN_SEQLAB, GEN_NO_NATIVE, GEN_UNCACHED, GEN_HF = (
     "seqlab generate (KV cache)", "seqlab generate (SEQLAB_NATIVE=0: no C++ compiler)", "seqlab uncached loop",
     "transformers generate (cache)")
@@ -413,6 +474,8 @@ SECTIONS = {
                  "budget": 0.3},
     "train_makemore": {"names": [MM_SEQLAB_FULL, MM_PEER, MM_SEQLAB_TRIM], "build": build_train_makemore,
                        "unit": "step", "budget": 0.2},
+    "train_long": {"names": [LONG_PACKED, LONG_PADDED, LONG_MM], "build": build_train_long, "unit": "step",
+                   "budget": 0.3},
     "generate": {"names": [GEN_SEQLAB, GEN_NO_NATIVE, GEN_UNCACHED, GEN_HF], "build": build_generate,
                  "unit": "token", "budget": 0.4, "env": {GEN_NO_NATIVE: {"SEQLAB_NATIVE": "0"}},
                  "cap": {GEN_UNCACHED: "uncached_repeats"}, "no_warmup": (GEN_UNCACHED,)},
@@ -501,7 +564,7 @@ def run_section(name: str, args) -> dict:
 
 def bench_section(name: str, args, results: dict) -> None:
     if name == "train_makemore" and not Path(args.makemore).is_file():
-        log(f"SKIP train_makemore: {args.makemore} not found. Get it with (see benchmarks/README.md):\n"
+        log(f"SKIP {name}: {args.makemore} not found. Get it with (see benchmarks/README.md):\n"
             f"  git clone https://github.com/karpathy/makemore /tmp/makemore && "
             f"cp /tmp/makemore/makemore.py {DEFAULT_MAKEMORE}\n  or pass --makemore PATH")
         results[name] = {"skipped": f"{args.makemore} not found"}
@@ -564,6 +627,7 @@ def report(results: dict) -> tuple[str, dict]:
 
     train_rows("train_hf", "train B32 T64", "seqlab")
     train_rows("train_makemore", "train B32 block16 names", "seqlab (full block, trim=False)")
+    train_rows("train_long", "train B32 lines of 50-200 (block 201)", LONG_PACKED)
     train_rows("train_large", "train 6x6x384 B32 T256", LG_SEQLAB)
     sec = results.get("generate")
     if sec:

@@ -6,7 +6,9 @@ Each stage trains one task's run to a step count (continuing it with `seqlab tra
 --resume --steps N` when it exists: exact resume), then scores 1,000 samples of its last
 checkpoint with `seqlab eval --seed 0` and appends a row to OUT/long.jsonl. A finished stage
 is skipped, so the script can be stopped at any time (kill its process group; at most one
-checkpoint interval is lost) and started again to go on. --max-hours stops starting new
+checkpoint interval is lost) and started again to go on. Several copies can run at once
+(one per core): a run being trained holds a lock (OUT/TASK.lock) and the others pass it
+by. --max-hours stops starting new
 training chunks after that long (the chunk in flight is cut at the deadline and resumed
 next time).
 """
@@ -14,7 +16,9 @@ next time).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -80,12 +84,21 @@ def main():
             continue
         if time.time() >= deadline:
             break
+        lock = open(out / f"{task}.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another copy is training this run
+            continue
+        if (task, steps) in done_rows(results):  # finished while we waited for the lock
+            continue
         data = out / f"{task}.txt"
         if not data.exists():
             seqlab("data", "make", task, "--out", data, "--n", n, "--seed", 0)
         run = out / task
         flags = ["--threads", args.threads, "--quiet", "--json", "--steps", steps]
-        if (run / "config.toml").exists():
+        if run.exists() and not any((run / "checkpoints").glob("step-*")):
+            shutil.rmtree(run)  # stopped before its first checkpoint: start it again
+        if run.exists():
             flags += ["--out", run, "--resume"]
         else:
             flags += ["--data", data, "--out", run, "--config", config, "--eval-task", task]
