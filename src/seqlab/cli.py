@@ -47,7 +47,8 @@ def _train_overrides(args) -> dict:
         ("model", "n_layer", args.n_layer), ("model", "n_head", args.n_head),
         ("model", "n_kv_head", args.n_kv_head), ("model", "n_embd", args.n_embd),
         ("model", "dropout", args.dropout), ("model", "norm", args.norm), ("model", "pos", args.pos),
-        ("model", "mlp", args.mlp),
+        ("model", "mlp", args.mlp), ("model", "moe_experts", args.moe_experts),
+        ("model", "moe_top_k", args.moe_top_k), ("model", "attention_window", args.attention_window),
         ("train", "steps", args.steps), ("train", "batch_size", args.batch_size),
         ("train", "seed", args.seed), ("train", "device", args.device), ("train", "lr", args.lr),
         ("train", "grad_accum", args.grad_accum), ("train", "eval_interval", args.eval_interval),
@@ -648,6 +649,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--norm", choices=["layernorm", "rmsnorm"])
     t.add_argument("--pos", choices=["learned", "rope"])
     t.add_argument("--mlp", choices=["gelu", "swiglu"])
+    t.add_argument("--moe-experts", type=int, help="mixture of experts: expert MLPs per block (0: dense)")
+    t.add_argument("--moe-top-k", type=int, help="experts per token (default 1)")
+    t.add_argument("--attention-window", type=int,
+                   help="sliding-window attention: keys each token sees, itself included (0: all)")
     t.add_argument("--tokenizer", choices=["char", "bpe"])
     t.add_argument("--truncate", action="store_true", help="cut lines longer than the context instead of failing")
     t.add_argument("--eval-interval", type=int)

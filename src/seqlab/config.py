@@ -50,6 +50,14 @@ class ModelConfig:
     qk_norm: bool = False  # RMSNorm over each head's q and k before RoPE (Qwen3)
     gelu: Literal["exact", "tanh"] = "exact"  # tanh: GPT-2's approximation ("gelu_new")
     dropout: float = 0.1  # small data overfits fast (see docs/experiments.md)
+    # Mixture of experts (models/moe.py): 0 = a dense MLP; else this many expert MLPs per
+    # block, each token routed to its top moe_top_k, a load-balancing loss times moe_aux_coef
+    moe_experts: int = 0
+    moe_top_k: int = 1
+    moe_aux_coef: float = 0.01
+    # Sliding-window attention: each token sees itself and the attention_window - 1 tokens
+    # before it (0 = the whole context); the KV cache then keeps the window only
+    attention_window: int = 0
 
 
 @dataclass
@@ -257,6 +265,12 @@ def _validate(cfg: RunConfig) -> None:
             raise SeqlabError(f"config key 'model.n_kv_head': n_head={m.n_head} is not divisible by n_kv_head={kv}")
         if m.pos == "rope" and (m.n_embd // m.n_head) % 2:
             raise SeqlabError("config key 'model.pos': rope needs an even head size (n_embd / n_head)")
+        if m.moe_experts < 0 or m.attention_window < 0 or m.moe_aux_coef < 0:
+            key = next(k for k in ("moe_experts", "attention_window", "moe_aux_coef") if getattr(m, k) < 0)
+            raise SeqlabError(f"config key 'model.{key}': must be >= 0, got {getattr(m, key)}")
+        if m.moe_experts and not 1 <= m.moe_top_k <= m.moe_experts:
+            raise SeqlabError(f"config key 'model.moe_top_k': must be between 1 and moe_experts "
+                              f"({m.moe_experts}), got {m.moe_top_k}")
     if not 0.0 <= m.dropout < 1.0:
         raise SeqlabError(f"config key 'model.dropout': must be in [0, 1), got {m.dropout}")
     if not 0.0 <= cfg.data_opts.val_fraction < 1.0:

@@ -27,6 +27,9 @@ from .plots import loss_curve
 
 COLUMNS = ["step", "train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s", "elapsed_s"]
 EVAL_COLUMNS = ["success_rate", "wellformed_rate", "novelty"]  # with train.eval_task only
+# with model.moe_experts only: the load-balancing loss over the training steps since the last
+# evaluation, and each layer's share of tokens per expert on the validation split
+MOE_COLUMNS = ["moe_aux", "expert_usage"]
 
 
 @torch.no_grad()
@@ -150,7 +153,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
 
     amp = autocast_dtype(tc.dtype, device)
     fwd = torch.compile(model) if tc.compile else model
-    log = MetricsLog(out / "metrics.csv" if ranks.main else None, COLUMNS + (EVAL_COLUMNS if verifier else []),
+    log = MetricsLog(out / "metrics.csv" if ranks.main else None, COLUMNS + (EVAL_COLUMNS if verifier else [])
+                     + (MOE_COLUMNS if getattr(model, "moe_layers", None) else []),
                      keep_until_step=step)
     known_lines = set(data.train_lines) | set(data.val_lines) if verifier else set()
     success = None
@@ -226,7 +230,10 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                            elapsed_s=round(elapsed_before + now - t_start, 3))
                 t_window, tok_window = now, 0
             if ranks.main and (step % tc.eval_interval == 0 or final):
+                moe_train = model.moe_stats() if getattr(model, "moe_layers", None) else None
                 val_loss = evaluate(model, data.val, pad, device, amp=amp)
+                if moe_train is not None:
+                    row.update(moe_aux=moe_train.get("moe_aux"), expert_usage=model.moe_stats()["expert_usage"])
                 row.update(val_loss=round(val_loss, 6), val_ppl=round(math.exp(min(val_loss, 50)), 4))
                 if verifier is not None:
                     row.update(success_rates())

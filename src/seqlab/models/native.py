@@ -206,6 +206,8 @@ def pack(model) -> NativeWeights | None:
     # the float32 kernel does not serve them
     if wte.device.type != "cpu" or model.training or torch.is_autocast_enabled("cpu"):
         return None
+    if getattr(model, "moe_layers", None):  # decode.cpp runs dense MLPs only
+        return None
     params = list(model.parameters())
     if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in params):
         return None

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from . import native
 from .base import SeqModel, token_loss
 from .layers import GeluMLP, SwiGLU, apply_rope, linear, linear_residual, make_norm, norm_fn, rope_tables
+from .moe import MoE, load_balancing_loss
 
 
 @dataclass
@@ -41,6 +42,16 @@ class KVCache:
     zero: torch.Tensor = field(init=False, repr=False)
     # the native (C++) step's weights when it applies (models/native.py), else None
     native: object = field(default=None, repr=False)
+    # sliding-window attention: the cache is a ring of `window` slots, cache index i in slot
+    # i % window (attention does not care about the order of its keys); 0 = linear
+    window: int = 0
+
+    def slot(self, pos: int) -> int:
+        return pos % self.window if self.window else pos
+
+    def filled(self, pos: int) -> int:
+        """How many slots hold keys once index `pos` is written."""
+        return min(pos + 1, self.window) if self.window else pos + 1
 
     def __post_init__(self):
         self.kT_flat = [t.flatten(0, 1).transpose(1, 2) for t in self.k]
@@ -99,7 +110,10 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, rope=None, cache=None, layer=0, attn_mask=None, starts=None):
         T = x.size(1)
         q, k, v = self.heads(x, rope)
-        if starts is not None:
+        if starts is not None:  # packed rows or a sliding window: a whole-sequence call
+            if cache is not None:  # (a prefill: the keys and values go to the cache as well)
+                cache.k[layer][:, :, :T] = k
+                cache.v[layer][:, :, :T] = v
             return self.mix(q, k, v, starts=starts)
         is_causal = attn_mask is None and T > 1
         if cache is not None:
@@ -132,10 +146,9 @@ class CausalSelfAttention(nn.Module):
             q, k = norm_fn(self.q_norm, q), norm_fn(self.k_norm, k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        pos = cache.pos
-        cache.k[layer][:, :, pos] = k
-        cache.v[layer][:, :, pos] = v
-        t = pos + 1
+        slot, t = cache.slot(cache.pos), cache.filled(cache.pos)
+        cache.k[layer][:, :, slot] = k
+        cache.v[layer][:, :, slot] = v
         # baddbmm with beta=0 ignores its input and applies the 1/sqrt(D) scale in the same op
         scores = torch.baddbmm(cache.zero, q.reshape(B * Hkv, G, D), cache.kT_flat[layer][:, :, :t],
                                beta=0.0, alpha=D ** -0.5)  # (B*Hkv, G, t)
@@ -154,10 +167,15 @@ class Block(nn.Module):
         if cfg.mlp == "swiglu":
             # 8/3 * C keeps the parameter count of a 4 * C GELU MLP
             hidden = cfg.n_hidden or int(math.ceil(8 * cfg.n_embd / 3 / 8) * 8)
-            self.mlp = SwiGLU(cfg.n_embd, hidden, cfg.bias, cfg.dropout)
+
+            def make_mlp():
+                return SwiGLU(cfg.n_embd, hidden, cfg.bias, cfg.dropout)
         else:
-            self.mlp = GeluMLP(cfg.n_embd, cfg.n_hidden or 4 * cfg.n_embd, cfg.bias, cfg.dropout,
+            def make_mlp():
+                return GeluMLP(cfg.n_embd, cfg.n_hidden or 4 * cfg.n_embd, cfg.bias, cfg.dropout,
                                "tanh" if cfg.gelu == "tanh" else "none")
+        experts = getattr(cfg, "moe_experts", 0)
+        self.mlp = MoE(make_mlp, cfg.n_embd, experts, cfg.moe_top_k) if experts else make_mlp()
 
     def forward(self, x, rope=None, cache=None, layer=0, attn_mask=None, starts=None):
         x = x + self.attn(self.norm1(x), rope, cache, layer, attn_mask, starts)
@@ -183,6 +201,10 @@ class Transformer(SeqModel):
         self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
         if cfg.tie_weights:
             self.lm_head.weight = self.wte.weight
+        self.window = getattr(cfg, "attention_window", 0)
+        self.moe_layers = [b.mlp for b in self.blocks if isinstance(b.mlp, MoE)]
+        self.moe_aux_coef = getattr(cfg, "moe_aux_coef", 0.0)
+        self._moe_seen = None  # load-balancing loss and expert usage since moe_stats() last ran
         if cfg.pos == "rope":
             cos, sin = rope_tables(self.blocks[0].attn.head_dim, cfg.block_size, cfg.rope_base)
             self.register_buffer("rope_cos", cos, persistent=False)
@@ -226,17 +248,68 @@ class Transformer(SeqModel):
         several sequences (EncodedLines.packed_batch): each token at its own sequence's
         position, attending within its sequence only."""
         if starts is None:
-            return super().forward(idx, targets, loss_reduction)
-        x, rope = self._embed(idx, positions)
-        logits = self._run(x, rope, starts=starts)
-        return logits, None if targets is None else token_loss(logits, targets, loss_reduction)
+            logits = self.logits(idx)
+        else:
+            x, rope = self._embed(idx, positions)
+            logits = self._run(x, rope, starts=self.window_starts(*idx.shape, idx.device, starts))
+        if targets is None:
+            return logits, None
+        loss = token_loss(logits, targets, loss_reduction)
+        if self.moe_layers:
+            loss = self._load_balancing(loss, targets, loss_reduction)
+        return logits, loss
+
+    def _load_balancing(self, loss, targets, loss_reduction):
+        """The training loss plus moe_aux_coef times the mean over layers of the
+        load-balancing loss on real tokens (models/moe.py); counts kept for moe_stats().
+        Per-token losses ("none": post-training's log-probs) are left as they are."""
+        real = (targets != -1).reshape(-1)
+        parts = [load_balancing_loss(probs[real], chosen[real]) for probs, chosen in
+                 (m.routing for m in self.moe_layers)]
+        aux = torch.stack([a for a, _ in parts]).mean()
+        counts = torch.stack([c for _, c in parts]).detach()
+        seen = self._moe_seen or {"aux": 0.0, "calls": 0, "counts": torch.zeros_like(counts)}
+        seen["aux"] += aux.detach()
+        seen["calls"] += 1
+        seen["counts"] += counts
+        self._moe_seen = seen
+        if not self.training or not self.moe_aux_coef or loss_reduction == "none":
+            return loss
+        scale = 1.0 if loss_reduction == "mean" else real.sum()
+        return loss + self.moe_aux_coef * aux * scale
+
+    def moe_stats(self) -> dict:
+        """Since the last call: the mean load-balancing loss ("moe_aux", 1.0 = uniform
+        routing) and each layer's share of assignments per expert ("expert_usage":
+        "0.26 0.24 ..." per layer, layers separated by " / "). Empty without experts."""
+        seen, self._moe_seen = self._moe_seen, None
+        if not seen:
+            return {}
+        usage = seen["counts"] / seen["counts"].sum(-1, keepdim=True).clamp(min=1)
+        return {"moe_aux": round(float(seen["aux"]) / seen["calls"], 6),
+                "expert_usage": " / ".join(" ".join(f"{u:.3f}" for u in layer.tolist()) for layer in usage)}
+
+    def window_starts(self, B: int, T: int, device, starts=None):
+        """Each query's first visible key (B, T) int32 under the sliding window (combined
+        with packed rows' starts), or `starts` as given when there is no window."""
+        if not self.window:
+            return starts
+        first = (torch.arange(T, device=device, dtype=torch.int32) - (self.window - 1)).clamp(min=0)
+        return first.expand(B, T).contiguous() if starts is None else torch.maximum(starts, first)
+
+    def window_band(self, T: int, device) -> torch.Tensor | None:
+        """(T, T) True where key j is within query i's window (j > i - window), or None."""
+        if not self.window:
+            return None
+        i = torch.arange(T, device=device)
+        return i[None, :] > i[:, None] - self.window
 
     def logits(self, idx):
         B, T = idx.shape
         if T > self.max_len:
             raise ValueError(f"sequence of length {T} exceeds block_size {self.max_len}")
         x, rope = self._embed(idx, torch.arange(T, device=idx.device))
-        return self._run(x, rope)
+        return self._run(x, rope, starts=self.window_starts(B, T, idx.device))
 
     def continuation_logits(self, prefix, prefix_len, rows, suffix):
         """Logits for `suffix` tokens that continue shared prefixes, each prefix run once.
@@ -258,13 +331,19 @@ class Transformer(SeqModel):
         # suffix token t sits at position plen + t; the last suffix token predicts nothing
         xs, rope_s = self._embed(suffix[:, :-1], plen[:, None] + torch.arange(S - 1, device=device))
         # a suffix query sees its own prefix's real tokens, then the suffix causally
-        sees_prefix = (torch.arange(Tp, device=device) < plen[:, None])[:, None, :].expand(B, S - 1, Tp)
+        j = torch.arange(Tp, device=device)
+        sees_prefix = (j < plen[:, None])[:, None, :].expand(B, S - 1, Tp)
         causal = torch.ones(S - 1, S - 1, dtype=torch.bool, device=device).tril().expand(B, S - 1, S - 1)
+        if self.window:  # suffix token t (position plen + t) sees positions after plen + t - window
+            t = torch.arange(S - 1, device=device)
+            sees_prefix = sees_prefix & (j[None, None, :] > (plen[:, None] + t[None, :])[:, :, None] - self.window)
+            causal = causal & self.window_band(S - 1, device)
         mask = torch.cat([sees_prefix, causal], -1).unsqueeze(1)  # (B, 1, S - 1, Tp + S - 1)
+        prefix_starts = self.window_starts(P, Tp, device)
         for block in self.blocks:
             a = block.attn
             qp, kp, vp = a.heads(block.norm1(xp), rope_p)
-            xp = xp + a.mix(qp, kp, vp, is_causal=Tp > 1)
+            xp = xp + a.mix(qp, kp, vp, is_causal=Tp > 1, starts=prefix_starts)
             xp = xp + block.mlp(block.norm2(xp))
             if S > 1:
                 qs, ks, vs = a.heads(block.norm1(xs), rope_s)
@@ -283,6 +362,9 @@ class Transformer(SeqModel):
         B, T = idx.shape
         x, rope = self._embed(idx, torch.arange(T, device=idx.device))
         causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+        if self.window:
+            causal = causal & self.window_band(T, idx.device)
+        starts = self.window_starts(B, T, idx.device)
         for block in self.blocks:
             a = block.attn
             h = block.norm1(x)
@@ -296,7 +378,7 @@ class Transformer(SeqModel):
             k = k.repeat_interleave(a.n_head // a.n_kv_head, dim=1)
             att = (q @ k.transpose(-2, -1)) / math.sqrt(a.head_dim)
             maps.append(att.masked_fill(~causal, float("-inf")).softmax(-1))
-            x = block(x, rope)
+            x = block(x, rope, starts=starts)
         return maps
 
     def _new_cache(self, B, device, dtype, length):
@@ -315,8 +397,8 @@ class Transformer(SeqModel):
             raise ValueError(f"prompt of length {T} exceeds block_size {self.max_len}")
         device = idx.device
         length = self.max_len if total_len is None else max(T, min(total_len, self.max_len))
-        cache = self._new_cache(B, device, self.wte.weight.dtype, length)
         ar = torch.arange(T, device=device)
+        key_mask = offset = None
         if bool((lengths == T).all()):
             positions, mask = ar, None
         else:
@@ -326,26 +408,56 @@ class Transformer(SeqModel):
             idx = idx.gather(1, src)
             positions = src  # 0 on padding, which is masked anyway
             real = ar.view(1, T) >= offset.view(B, 1)  # (B, T)
-            cache.key_mask = torch.zeros(B, length, dtype=torch.bool, device=device)
-            cache.key_mask[:, :T] = real
-            cache.key_mask[:, T:] = True
-            cache.offset = offset
+            key_mask = torch.ones(B, length, dtype=torch.bool, device=device)
+            key_mask[:, :T] = real
             causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
             eye = torch.eye(T, dtype=torch.bool, device=device)
             # pad queries attend to themselves only, so no row is fully masked (no NaN)
             mask = (causal & real.view(B, 1, T)) | eye
             mask = mask.unsqueeze(1)  # (B, 1, T, T)
         x, rope = self._embed(idx, positions)
-        logits = self._run(x, rope, cache, mask)
+        if self.window and length > self.window:  # a ring of `window` slots (KVCache.window)
+            return self._prefill_ring(x, rope, mask, key_mask, offset)
+        cache = self._new_cache(B, device, self.wte.weight.dtype, length)
+        cache.key_mask, cache.offset = key_mask, offset
+        starts = self.window_starts(B, T, device) if mask is None else None
+        logits = self._run(x, rope, cache, mask, starts)
         cache.pos = T
         if not torch.is_grad_enabled():
             cache.native = native.pack(self)
         return logits[:, -1], cache
 
+    def _prefill_ring(self, x, rope, mask, key_mask, offset):
+        """Prefill for sliding-window attention: the prompt's forward with the window's mask
+        into a cache of its own length, then its last `window` keys and values into a ring
+        cache of `window` slots, which is all that decoding will read: the sampling memory
+        stops growing with the length."""
+        B, T, _ = x.shape
+        W, device = self.window, x.device
+        full = self._new_cache(B, device, self.wte.weight.dtype, T)
+        if mask is None:
+            logits = self._run(x, rope, full, starts=self.window_starts(B, T, device))
+        else:
+            logits = self._run(x, rope, full, mask & self.window_band(T, device))
+        ring = self._new_cache(B, device, self.wte.weight.dtype, W)
+        ring.window = W
+        kept = torch.arange(max(0, T - W), T, device=device)  # cache index i goes to slot i % W
+        for layer in range(len(self.blocks)):
+            ring.k[layer][:, :, kept % W] = full.k[layer][:, :, kept]
+            ring.v[layer][:, :, kept % W] = full.v[layer][:, :, kept]
+        if key_mask is not None:  # slots not written yet are written before they are read
+            ring.key_mask = torch.ones(B, W, dtype=torch.bool, device=device)
+            ring.key_mask[:, kept % W] = key_mask[:, kept]
+            ring.offset = offset
+        ring.pos = T
+        return logits[:, -1], ring
+
     def step(self, tokens, cache):
-        if cache.pos >= cache.k[0].size(2):
-            raise ValueError(f"KV cache full: {cache.k[0].size(2)} positions used")
+        if cache.pos >= (self.max_len if cache.window else cache.k[0].size(2)):
+            raise ValueError(f"KV cache full: {cache.pos} positions used")
         pos = cache.pos
+        if cache.window and cache.key_mask is not None:
+            cache.key_mask[:, cache.slot(pos)] = True  # the slot's old key may have been padding
         if cache.native is not None and not torch.is_grad_enabled():
             logits = native.step(cache.native, tokens, cache)
             cache.pos = pos + 1
@@ -368,4 +480,5 @@ class Transformer(SeqModel):
             k=[t[index] for t in cache.k], v=[t[index] for t in cache.v], pos=cache.pos,
             key_mask=None if cache.key_mask is None else cache.key_mask[index],
             offset=None if cache.offset is None else cache.offset[index], native=cache.native,
+            window=cache.window,
         )
