@@ -268,7 +268,7 @@ def step(nw: NativeWeights, tokens, cache):
     row_pos = None if cache.offset is None else cache.pos - cache.offset
     return nw.op(tokens, row_pos, cache.pos, nw.wte, nw.wpe, nw.rope_cos, nw.rope_sin, nw.layers, nw.final,
                  cache.k, cache.v, cache.key_mask, nw.n_head, nw.n_kv_head, nw.head_dim, nw.norm_kind, nw.eps,
-                 nw.mlp_kind)
+                 nw.mlp_kind, cache.window)
 
 
 def loop(nw: NativeWeights, logits, uniforms, temperature: float, eos_id: int, eos_check: int, cache):
@@ -279,7 +279,7 @@ def loop(nw: NativeWeights, logits, uniforms, temperature: float, eos_id: int, e
     tokens, model_lp, sample_lp = ops.decode_loop(
         logits, uniforms, temperature, eos_id, eos_check, cache.offset, cache.pos, nw.wte, nw.wpe, nw.rope_cos,
         nw.rope_sin, nw.layers, nw.final, cache.k, cache.v, cache.key_mask, nw.n_head, nw.n_kv_head,
-        nw.head_dim, nw.norm_kind, nw.eps, nw.mlp_kind)
+        nw.head_dim, nw.norm_kind, nw.eps, nw.mlp_kind, cache.window)
     cache.pos += tokens.size(1) - 1
     return tokens, model_lp, sample_lp
 

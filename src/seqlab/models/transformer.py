@@ -450,6 +450,8 @@ class Transformer(SeqModel):
             ring.key_mask[:, kept % W] = key_mask[:, kept]
             ring.offset = offset
         ring.pos = T
+        if not torch.is_grad_enabled():
+            ring.native = native.pack(self)  # decode.cpp reads and writes the ring too
         return logits[:, -1], ring
 
     def step(self, tokens, cache):

@@ -241,14 +241,18 @@ Tensor attend(const Tensor& qkv, const Tensor& kc, const Tensor& vc, const Tenso
 // norm_f.bias, lm_head.weight, its aux. row_pos (B,) per-row positions for left-padded prompts, else position =
 // pos. head_dim may differ from C / n_head (Qwen3's wide heads). mlp_kind 0: GELU (exact),
 // 1: SwiGLU, 2: GELU (tanh approximation, GPT-2). norm_kind 0: LayerNorm, 1: RMSNorm;
-// eps serves every norm, QK-norm included.
+// eps serves every norm, QK-norm included. window > 0: the cache is a ring of `window` slots
+// (sliding-window attention): position pos is written to slot pos % window, attention reads
+// the slots written so far, and a left-padded prompt's key_mask is set True at the new slot.
 Tensor decode_step(const Tensor& tokens, const std::optional<Tensor>& row_pos, int64_t pos,
                    const Tensor& wte, const std::optional<Tensor>& wpe,
                    const std::optional<Tensor>& rope_cos, const std::optional<Tensor>& rope_sin,
                    at::TensorList layers, at::TensorList final_weights, at::TensorList k_cache,
                    at::TensorList v_cache, const std::optional<Tensor>& key_mask, int64_t n_head,
-                   int64_t n_kv_head, int64_t head_dim, int64_t norm_kind, double eps, int64_t mlp_kind) {
+                   int64_t n_kv_head, int64_t head_dim, int64_t norm_kind, double eps, int64_t mlp_kind,
+                   int64_t window) {
   TORCH_CHECK(layers.size() == 26 * k_cache.size(), "decode_step: 26 weights per layer expected");
+  const int64_t slot = window > 0 ? pos % window : pos, keys = window > 0 ? std::min(pos + 1, window) : pos + 1;
   const int64_t D = head_dim, L = static_cast<int64_t>(k_cache.size());
   const bool per_row = row_pos.has_value();
   Tensor x = at::embedding(wte, tokens);  // (B, C), a fresh tensor
@@ -260,14 +264,18 @@ Tensor decode_step(const Tensor& tokens, const std::optional<Tensor>& row_pos, i
     sin = per_row ? at::index_select(*rope_sin, 0, *row_pos) : rope_sin->select(0, pos);
   }
   Tensor mask = key_mask.has_value() ? key_mask->contiguous() : Tensor();
+  if (window > 0 && mask.defined()) {
+    TORCH_CHECK(mask.is_same(*key_mask), "decode_step: a ring cache's key_mask must be contiguous");
+    mask.select(1, slot).fill_(true);  // the slot's old key may have been padding
+  }
   for (int64_t l = 0; l < L; ++l) {
     const Tensor* w = &layers[26 * l];
     Tensor kc = k_cache[l], vc = v_cache[l];
     TORCH_CHECK(kc.is_contiguous() && vc.is_contiguous() && kc.scalar_type() == at::kFloat,
                 "decode_step: the KV cache must be contiguous float32 (B, Hkv, T, D)");
     Tensor qkv = linear(norm(x, w[0], w[1], norm_kind, eps), w[2], w[3], nullptr, w[14], w[15], w[22]).contiguous();
-    rope_and_store(qkv, cos, sin, kc, vc, n_head, n_kv_head, D, pos, w[12], w[13], static_cast<float>(eps));
-    Tensor y = attend(qkv, kc, vc, mask, n_head, n_kv_head, D, pos + 1);
+    rope_and_store(qkv, cos, sin, kc, vc, n_head, n_kv_head, D, slot, w[12], w[13], static_cast<float>(eps));
+    Tensor y = attend(qkv, kc, vc, mask, n_head, n_kv_head, D, keys);
     x = linear(y, w[4], w[5], &x, w[16], w[17], w[23]);
     Tensor h = norm(x, w[6], w[7], norm_kind, eps);
     Tensor a;
@@ -362,7 +370,7 @@ std::tuple<Tensor, Tensor, Tensor> decode_loop(
     const std::optional<Tensor>& rope_cos, const std::optional<Tensor>& rope_sin, at::TensorList layers,
     at::TensorList final_weights, at::TensorList k_cache, at::TensorList v_cache,
     const std::optional<Tensor>& key_mask, int64_t n_head, int64_t n_kv_head, int64_t head_dim, int64_t norm_kind,
-    double eps, int64_t mlp_kind) {
+    double eps, int64_t mlp_kind, int64_t window) {
   const int64_t steps = uniforms.size(0), B = first_logits.size(0);
   TORCH_CHECK(uniforms.size(1) == B, "decode_loop: one uniform per row and step expected");
   Tensor tokens = at::empty({B, steps}, first_logits.options().dtype(at::kLong));
@@ -405,7 +413,8 @@ std::tuple<Tensor, Tensor, Tensor> decode_loop(
       const std::optional<Tensor> row_pos =
           off.has_value() ? std::optional<Tensor>(at::sub(at::scalar_tensor(p, off->options()), *off)) : std::nullopt;
       logits = decode_step(tokens.narrow(0, b0, nb).select(1, n - 1), row_pos, p, wte, wpe, rope_cos, rope_sin,
-                           layers, final_weights, kc, vc, mask, n_head, n_kv_head, head_dim, norm_kind, eps, mlp_kind);
+                           layers, final_weights, kc, vc, mask, n_head, n_kv_head, head_dim, norm_kind, eps, mlp_kind,
+                           window);
       ++p;
     }
     return n;
@@ -435,13 +444,14 @@ TORCH_LIBRARY(seqlab, m) {
   m.def(
       "decode_step(Tensor tokens, Tensor? row_pos, int pos, Tensor wte, Tensor? wpe, Tensor? rope_cos, "
       "Tensor? rope_sin, Tensor[] layers, Tensor[] final_weights, Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, "
-      "Tensor? key_mask, int n_head, int n_kv_head, int head_dim, int norm_kind, float eps, int mlp_kind) -> Tensor");
+      "Tensor? key_mask, int n_head, int n_kv_head, int head_dim, int norm_kind, float eps, int mlp_kind, "
+      "int window=0) -> Tensor");
   m.def("sample_rows(Tensor logits, Tensor uniform, float temperature) -> (Tensor, Tensor, Tensor)");
   m.def(
       "decode_loop(Tensor logits, Tensor uniforms, float temperature, int eos_id, int eos_check, Tensor? offset, "
       "int pos, Tensor wte, Tensor? wpe, Tensor? rope_cos, Tensor? rope_sin, Tensor[] layers, "
       "Tensor[] final_weights, Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, Tensor? key_mask, int n_head, "
-      "int n_kv_head, int head_dim, int norm_kind, float eps, int mlp_kind) -> (Tensor, Tensor, Tensor)");
+      "int n_kv_head, int head_dim, int norm_kind, float eps, int mlp_kind, int window=0) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(seqlab, CPU, m) {
