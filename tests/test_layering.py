@@ -11,7 +11,7 @@ ROOT = Path(seqlab.__file__).parent
 # lowest first; a module belongs to the first layer with a matching prefix
 LAYERS = [
     ("base", ["errors", "atomic", "config", "plugins", "metrics", "plots", "data", "models"]),
-    ("run state", ["checkpoint", "engine", "sampling", "generate_text", "interop", "bench"]),
+    ("run state", ["checkpoint", "engine", "sampling", "generate_text", "interop", "bench", "supervised", "mlm"]),
     ("pretraining loop", ["train"]),
     ("post-training, inspection, discovery", ["post", "inspect", "discover"]),
     ("recipes", ["recipes"]),

@@ -32,7 +32,7 @@ from . import atomic
 from .config import RunConfig, run_config_from_dict, run_config_to_dict
 from .data.tokenizer import Tokenizer, tokenizer_from_dict
 from .errors import SeqlabError
-from .models import SeqModel, build_model
+from .models import SeqModel, build_for_run
 
 
 def save_run_files(run_dir: Path, cfg: RunConfig, tokenizer: Tokenizer, vocab_size: int) -> None:
@@ -156,7 +156,7 @@ def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu"):
     """
     run_dir = Path(run_dir)
     cfg, tokenizer, vocab_size = load_run_files(run_dir)
-    model = build_model(cfg.model, vocab_size)
+    model = build_for_run(cfg, vocab_size)
     quantization = load_quantization(run_dir)
     if quantization is not None:  # `seqlab quantize`: its layers, empty, for the weights file to fill
         from .models.quant import empty_quantized

@@ -41,7 +41,7 @@ def _require(args, *names: str) -> None:
 
 # ---------------------------------------------------------------- train
 def _train_overrides(args) -> dict:
-    over: dict = {"model": {}, "train": {}, "data": {}}
+    over: dict = {"model": {}, "train": {}, "data": {}, "task": {}}
     pairs = [
         ("model", "type", args.model), ("model", "block_size", args.block_size),
         ("model", "n_layer", args.n_layer), ("model", "n_head", args.n_head),
@@ -49,6 +49,7 @@ def _train_overrides(args) -> dict:
         ("model", "dropout", args.dropout), ("model", "norm", args.norm), ("model", "pos", args.pos),
         ("model", "mlp", args.mlp), ("model", "moe_experts", args.moe_experts),
         ("model", "moe_top_k", args.moe_top_k), ("model", "attention_window", args.attention_window),
+        ("model", "bidirectional", args.bidirectional), ("task", "pooling", args.pooling), ("task", "type", args.task),
         ("train", "steps", args.steps), ("train", "batch_size", args.batch_size),
         ("train", "seed", args.seed), ("train", "device", args.device), ("train", "lr", args.lr),
         ("train", "grad_accum", args.grad_accum), ("train", "eval_interval", args.eval_interval),
@@ -113,17 +114,33 @@ def cmd_train(args) -> None:
         from .checkpoint import load_run_files
 
         cfg.train.steps = load_run_files(Path(args.out))[0].train.steps  # keep the run's own target
-    result = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    init_model = init_tokenizer = None
+    if args.init_from and not args.resume:
+        from .checkpoint import load_model
+
+        init_model, init_tokenizer, init_cfg = load_model(args.init_from)
+        if getattr(init_model, "backbone", None) is not None:
+            init_model = init_model.backbone
+        cfg.model = init_cfg.model  # the pretrained architecture, context and input width
+        cfg.data_opts.specials = init_cfg.data_opts.specials
+        if "dropout" in flags.get("model", {}):
+            cfg.model.dropout = flags["model"]["dropout"]
+    result = train(cfg, args.out, resume=args.resume, progress=not args.quiet, tokenizer=init_tokenizer,
+                   init_from=init_model)
     payload = {k: result[k] for k in ("step", "train_loss", "val_loss", "seconds")}
     payload.update(best_val_loss=result["best_val_loss"], params=result["params"], run=str(args.out))
+    task_metrics = {k: result[k] for k in ("accuracy", "macro_f1", "mse", "mae", "r2", "mlm_accuracy") if k in result}
+    payload.update(task_metrics)
 
     def loss(x):  # None: no training step was logged in this run
         return "-" if x is None else f"{x:.4f}"
 
+    extra = "".join(f", {k} {'-' if v is None else f'{v:.4f}'}" for k, v in task_metrics.items())
     _emit(args, payload,
           f"trained {result['params']:,} parameters for {result['step']} steps in {result['seconds']:.1f}s: "
           f"train loss {loss(result['train_loss'])}, val loss {loss(result['val_loss'])} "
-          f"(best {loss(result['best_val_loss'])}); run saved in {args.out}")
+          f"(best {loss(result['best_val_loss'])}){extra and ' (validation split:' + extra[1:] + ')'}; "
+          f"run saved in {args.out}")
 
 
 # ---------------------------------------------------------------- sample
@@ -283,16 +300,36 @@ def cmd_data_tasks(args) -> None:
 
     from .data.tasks import POSITIONS_HELP
 
-    rows = [{"name": t.name, "description": t.description, "default_n": t.default_n} for t in BUILTIN.values()]
-    rows.append({"name": "positions", "description": POSITIONS_HELP, "default_n": 1000})
+    from .data.example_tasks import TASKS
+
+    rows = [{"name": t.name, "type": "lm", "description": t.description, "default_n": t.default_n}
+            for t in BUILTIN.values()]
+    rows.append({"name": "positions", "type": "lm", "description": POSITIONS_HELP, "default_n": 1000})
+    rows += [{"name": t.name, "type": t.type, "description": t.description, "default_n": t.default_n}
+             for t in TASKS.values()]
     ready(args, "list the tasks")
-    _emit(args, {"tasks": rows}, "\n".join(f"{r['name']:<16} {r['description']}" for r in rows))
+    _emit(args, {"tasks": rows}, "\n".join(f"{r['name']:<16} {r['type']:<9} {r['description']}" for r in rows))
 
 
 def cmd_data_make(args) -> None:
     from . import atomic
     from .data.tasks import get_task, make_lines
 
+    from .data.example_tasks import TASKS
+
+    if args.task in TASKS:  # classify / regress / seq2seq examples: JSONL
+        import json
+
+        example_task = TASKS[args.task]
+        n = args.n if args.n is not None else example_task.default_n
+        if n <= 0:
+            raise SeqlabError(f"--n must be positive, got {n}")
+        ready(args, f"write {n} examples to {args.out}")
+        rows = example_task.make(n, args.seed)
+        atomic.write_text(args.out, "".join(json.dumps(r) + "\n" for r in rows))
+        _emit(args, {"task": example_task.name, "type": example_task.type, "lines": n, "out": str(args.out)},
+              f"wrote {n} {example_task.type} examples of {example_task.name} to {args.out}")
+        return
     task = get_task(args.task, args.equal, args.length)
     n = args.n if args.n is not None else task.default_n
     if n <= 0:
@@ -330,6 +367,23 @@ def cmd_eval(args) -> None:
     from .engine import resolve_device
     from .train import evaluate, prepare_data
 
+    if args.data:  # classify / regress: the run's metrics on a JSONL file
+        from .supervised import evaluate_file
+
+        if args.task:
+            raise SeqlabError("--data and --task: give one (--data FILE.jsonl for classify/regress runs, "
+                              "--task for language models)")
+        device = resolve_device(args.device)
+        ready(args, f"load {args.run} and evaluate it on {args.data}")
+        model, tokenizer, cfg = load_model(args.run, args.checkpoint, device=str(device))
+        result = evaluate_file(model, cfg, tokenizer, args.data, device, plot_dir=args.run)
+        confusion = result.pop("confusion", None)
+        if args.json:
+            _emit(args, {**result, **({"confusion": confusion} if confusion is not None else {})})
+            return
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
+        print(f"{args.data}: {result['examples']} examples, {shown}; plot {result['plot']}")
+        return
     _require(args, "task")
     verifier = get_verifier(args.task, args.equal, args.length)
     device = resolve_device(args.device)
@@ -651,6 +705,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mlp", choices=["gelu", "swiglu"])
     t.add_argument("--moe-experts", type=int, help="mixture of experts: expert MLPs per block (0: dense)")
     t.add_argument("--moe-top-k", type=int, help="experts per token (default 1)")
+    t.add_argument("--bidirectional", action="store_true", default=None,
+                   help="classify/regress: a bidirectional encoder (no causal mask; RNNs read both ways)")
+    t.add_argument("--pooling", choices=["auto", "last", "mean", "cls"],
+                   help="classify/regress: how the hidden states become one vector (default: auto)")
+    t.add_argument("--init-from", help="start from this run's weights: e.g. a masked-LM (mlm) encoder under a "
+                   "classifier (its model settings and tokenizer are kept)")
+    t.add_argument("--task", choices=["auto", "lm", "classify", "regress", "mlm"],
+                   help="what to learn (default: auto, from the data: JSONL with label -> classify, "
+                        "numeric target -> regress; text lines -> lm; mlm: BERT-style masked LM on lines)")
     t.add_argument("--attention-window", type=int,
                    help="sliding-window attention: keys each token sees, itself included (0: all)")
     t.add_argument("--tokenizer", choices=["char", "bpe"])
@@ -788,7 +851,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="sample from a run and score the samples with a task's verifier")
     e.add_argument("run")
-    e.add_argument("--task", help="built-in task, 'positions', or module:function (required)")
+    e.add_argument("--task", help="built-in task, 'positions', or module:function (language models)")
+    e.add_argument("--data", help="classify/regress runs: a JSONL file of examples to report the metrics on")
     e.add_argument("--equal", action="append")
     e.add_argument("--length")
     e.add_argument("--n", type=int, default=1000, help="samples to draw (default 1000)")

@@ -58,6 +58,12 @@ class ModelConfig:
     # Sliding-window attention: each token sees itself and the attention_window - 1 tokens
     # before it (0 = the whole context); the KV cache then keeps the window only
     attention_window: int = 0
+    # Encoders (task types other than lm): attention without the causal mask (Transformer),
+    # a backward direction next to the forward one (RNN, LSTM, GRU)
+    bidirectional: bool = False
+    # numeric inputs (regression on sequences of numbers): this many numbers per step through
+    # a linear input projection instead of a token embedding; 0 = tokens
+    input_dim: int = 0
 
 
 @dataclass
@@ -106,11 +112,31 @@ class TrainConfig:
 
 
 @dataclass
+class TaskConfig:
+    """What a run learns (the [task] table). lm: next-token prediction on lines; classify,
+    regress: one label or numbers per JSONL example from the pooled hidden states; mlm: masked
+    language modelling on lines (BERT; mlm.py); the type is inferred from the data when not
+    given (JSONL: classify or regress; lines: lm). labels, target_mean and target_std are filled from
+    the training data and saved with the run."""
+
+    type: Literal["auto", "lm", "classify", "regress", "mlm"] = "auto"
+    # how a sequence becomes one vector: last (the last real position: causal models), mean
+    # (over real positions), cls (the <bos> position: bidirectional encoders); auto: last
+    # for causal models, mean for bidirectional ones
+    pooling: Literal["auto", "last", "mean", "cls"] = "auto"
+    loss: Literal["mse", "huber"] = "mse"  # regress: on targets standardised with the training data
+    labels: list[str] = field(default_factory=list)
+    target_mean: list[float] = field(default_factory=list)
+    target_std: list[float] = field(default_factory=list)
+
+
+@dataclass
 class RunConfig:
     data: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     data_opts: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
 
 
 def _type_name(tp) -> str:

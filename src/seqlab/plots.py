@@ -87,3 +87,46 @@ def dashboard(rows: list[dict], columns: list[str], path: Path, title: str = "")
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path, title: str = "") -> None:
+    """A confusion matrix (rows: true label, columns: predicted) with the counts written in."""
+    plt = _plt()
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(2.5 + 0.45 * n, 2 + 0.45 * n))
+    im = ax.imshow(matrix, cmap="Blues")
+    top = max(max(row) for row in matrix) or 1
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(matrix[i][j]), ha="center", va="center", fontsize=8,
+                    color="white" if matrix[i][j] > top / 2 else "black")
+    ax.set_xticks(range(n), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), labels, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def predictions_vs_truth(pred, truth, path: Path, title: str = "") -> None:
+    """Regression: predicted against true values (every target number), with the diagonal."""
+    plt = _plt()
+    p, t = pred.reshape(-1).tolist(), truth.reshape(-1).tolist()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(t, p, s=6, alpha=0.5)
+    lo, hi = min(t + p), max(t + p)
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="prediction = truth")
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

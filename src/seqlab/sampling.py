@@ -196,7 +196,9 @@ def generate(
     # the last token needs no cache slot: prompt + steps - 1 positions are written
     total_len = idx.size(1) + steps - 1
     distinct, row_of = distinct_prompts(prompts)
-    if len(distinct) < B:  # e.g. GRPO's G samples per prompt: prefill each prompt once, then copy its state
+    # e.g. GRPO's G samples per prompt: prefill each prompt once, then copy its state (not for
+    # a decoder bound to one source per row: equal prompts, different sources)
+    if len(distinct) < B and not getattr(model, "conditioned", False):
         logits, state = model.prefill(*_prompt_batch(distinct, pad_id, device), total_len=total_len)
         rows = torch.tensor(row_of, device=device)
         logits, state = logits[rows], model.select_state(state, rows)

@@ -1,4 +1,5 @@
-"""The pretraining loop on line files.
+"""The one training loop: next-token prediction on line files, and classification or
+regression on JSONL examples (supervised.py holds their data, loss and metrics).
 
 Gradient accumulation over the global batch (normalised by its token count), data-parallel
 slices under torchrun, bf16 autocast where the device supports it, opt-in torch.compile,
@@ -22,7 +23,7 @@ from .data.lines import EncodedLines, encode_lines, read_lines, split_lines
 from .data.tokenizer import BPETokenizer, CharTokenizer, Tokenizer
 from .errors import SeqlabError
 from .metrics import MetricsLog, read_metrics
-from .models import SeqModel, build_model
+from .models import SeqModel, build_for_run
 from .plots import loss_curve
 
 COLUMNS = ["step", "train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s", "elapsed_s"]
@@ -61,10 +62,33 @@ class PreparedData:
     block_size: int
 
 
-def prepare_data(cfg: RunConfig, tokenizer: Tokenizer | None = None) -> PreparedData:
-    """Read, split, tokenize and encode the data file named by the config."""
+def is_supervised(cfg: RunConfig) -> bool:
+    """A classify / regress run: named by [task] type, or a JSONL data file with type auto."""
+    from .data.examples import is_jsonl
+
+    return cfg.task.type in ("classify", "regress") or (cfg.task.type == "auto" and is_jsonl(cfg.data))
+
+
+def prepare_data(cfg: RunConfig, tokenizer: Tokenizer | None = None):
+    """Read, split, tokenize and encode the data file named by the config: PreparedData for
+    language modelling, supervised.SupervisedData for classify / regress."""
     if not cfg.data:
         raise SeqlabError("no data file given (use --data FILE or [data] path = ... in the config)")
+    if is_supervised(cfg):
+        from . import supervised
+
+        return supervised.prepare(cfg, tokenizer)
+    if cfg.task.type == "mlm":  # BERT: a bidirectional encoder, and a <mask> token to predict at
+        from .mlm import MASK
+
+        cfg.model.bidirectional = True
+        if MASK not in cfg.data_opts.specials:
+            cfg.data_opts.specials = [*cfg.data_opts.specials, MASK]
+    else:
+        cfg.task.type = "lm"
+    if cfg.model.bidirectional and cfg.task.type == "lm":
+        raise SeqlabError("config key 'model.bidirectional': a language model cannot read ahead; "
+                          "bidirectional models are for classify and regress (JSONL data)")
     lines = read_lines(cfg.data)
     opts = cfg.data_opts
     if tokenizer is None:
@@ -76,7 +100,7 @@ def prepare_data(cfg: RunConfig, tokenizer: Tokenizer | None = None) -> Prepared
     block_size = cfg.model.block_size
     if block_size <= 0:
         longest = max(len(tokenizer.encode(s)) for s in lines)
-        block_size = longest + 1
+        block_size = longest + (2 if cfg.task.type == "mlm" else 1)  # mlm reads <bos> ids <eos> whole
     train = encode_lines(train_lines, tokenizer, block_size, opts.truncate, source=cfg.data)
     val = encode_lines(val_lines or train_lines[:1], tokenizer, block_size, opts.truncate, source=cfg.data)
     return PreparedData(tokenizer, train, val, train_lines, val_lines, block_size)
@@ -119,7 +143,16 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             raise SeqlabError(f"{cfg.data}: lines need block_size {data.block_size}, the initial model has "
                               f"{cfg.model.block_size}")
     tokenizer = data.tokenizer
+    task = cfg.task.type
+    lm = task == "lm"
+    if not lm and cfg.model.type not in (("transformer",) if task == "mlm" else ("transformer", "rnn", "lstm", "gru")):
+        raise SeqlabError(f"config key 'model.type': {task} needs a "
+                          f"{'transformer' if task == 'mlm' else 'transformer, rnn, lstm or gru'} backbone, "
+                          f"not {cfg.model.type}")
     verifier = None
+    if tc.eval_task and not lm:
+        raise SeqlabError(f"config key 'train.eval_task': sampling-based evaluation is for language models; "
+                          f"a {task} run reports its metrics at every evaluation")
     if tc.eval_task:  # a task the verifier cannot build fails now, before anything is written
         from .data.verify import get_verifier
 
@@ -129,9 +162,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
 
     set_threads(tc.threads)
     torch.manual_seed(tc.seed)
-    model = build_model(cfg.model, tokenizer.vocab_size).to(device)
-    if init_from is not None and not resume:
-        model.load_state_dict(init_from.state_dict())
+    model = build_for_run(cfg, tokenizer.vocab_size).to(device)
+    if init_from is not None and not resume:  # a classifier / regressor starts from a pretrained backbone
+        (model.backbone if task in ("classify", "regress") else model).load_state_dict(init_from.state_dict())
     batch_gen = torch.Generator().manual_seed(tc.seed + 1)
     engine = Engine(model, OptimSettings.of(tc), device=device, run_dir=out, generators={"batch": batch_gen},
                     keep=tc.keep_checkpoints, hint="lower train.lr")
@@ -151,10 +184,13 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     global_batch = tc.batch_size * tc.grad_accum
     mine = ranks.shard(global_batch, "train.batch_size x train.grad_accum")
 
+    from .supervised import METRIC_COLUMNS
+
+    task_columns = METRIC_COLUMNS.get(task, [])
     amp = autocast_dtype(tc.dtype, device)
     fwd = torch.compile(model) if tc.compile else model
     log = MetricsLog(out / "metrics.csv" if ranks.main else None, COLUMNS + (EVAL_COLUMNS if verifier else [])
-                     + (MOE_COLUMNS if getattr(model, "moe_layers", None) else []),
+                     + (MOE_COLUMNS if getattr(model, "moe_layers", None) else []) + task_columns,
                      keep_until_step=step)
     known_lines = set(data.train_lines) | set(data.val_lines) if verifier else set()
     success = None
@@ -190,6 +226,10 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
         # every rank draws the same global batch (same generator) and takes its slice; the
         # global token count needs no communication
         idx = torch.randint(n_train, (global_batch,), generator=batch_gen)
+        if task == "mlm":
+            return mlm_batch_loss(idx)
+        if not lm:  # classify / regress: one target per example
+            return supervised_batch_loss(idx)
         n_tokens = data.train.target_count(idx)
         loss_sum = 0.0
         for m in idx[mine].split(tc.batch_size):
@@ -208,9 +248,56 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             loss_sum = loss_sum + loss.detach().float()  # stays on the device: no sync per micro-batch
         return torch.as_tensor(loss_sum) / n_tokens
 
+    def supervised_batch_loss(idx):
+        """batch_loss for classify / regress: per-example losses over the global batch's size."""
+        from .supervised import loss_sum as example_loss_sum
+
+        nonlocal n_tokens
+        n_tokens = len(idx)  # examples (logged as tokens_per_s: examples per second here)
+        total = 0.0
+        for m in idx[mine].split(tc.batch_size):
+            batch = tuple(t.to(device, non_blocking=True) for t in data.train.batch(m))
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                loss = example_loss_sum(fwd, batch, cfg.task)
+            (loss / n_tokens).backward()
+            total = total + loss.detach().float()
+        return torch.as_tensor(total) / n_tokens
+
+    def mlm_batch_loss(idx):
+        """batch_loss for mlm: the global batch masked at once (its count of chosen tokens is
+        the normaliser), with the batch generator (saved in checkpoints: exact resume)."""
+        from .mlm import MASK, mask_tokens, mlm_loss_sum, ordinary_range
+
+        nonlocal n_tokens
+        lengths = data.train.lengths[idx] + 2
+        x = data.train.tokens[idx, : int(lengths.max())]
+        inputs, targets = mask_tokens(x, lengths, tokenizer.encode(MASK)[0], ordinary_range(tokenizer), batch_gen)
+        n_tokens = max(int((targets != -1).sum()), 1)
+        total = 0.0
+        for m in torch.arange(len(idx))[mine].split(tc.batch_size):
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                loss, _ = mlm_loss_sum(model, inputs[m].to(device), lengths[m].to(device), targets[m].to(device))
+            (loss / n_tokens).backward()
+            total = total + loss.detach().float()
+        return torch.as_tensor(total) / n_tokens
+
+    def validate() -> tuple[float, dict]:
+        """(validation loss, the task's metrics for metrics.csv)."""
+        if lm:
+            return evaluate(model, data.val, pad, device, amp=amp), {}
+        if task == "mlm":
+            from .mlm import evaluate as evaluate_mlm
+
+            res = evaluate_mlm(model, data.val, tokenizer, device, seed=tc.seed)
+            return res["val_loss"], {"mlm_accuracy": round(res["mlm_accuracy"], 6)}
+        from .supervised import evaluate as evaluate_task
+
+        res = evaluate_task(model, data.val, cfg.task, device)
+        return res["val_loss"], {k: None if res[k] is None else round(res[k], 6) for k in task_columns}
+
     n_tokens = 0
     # packed rows (same loss and gradients, no work on padding); torch.compile keeps fixed shapes
-    pack = tc.pack and model.supports_packing and not tc.compile
+    pack = tc.pack and getattr(model, "supports_packing", False) and not tc.compile
     model.train()
     try:
         while step < tc.steps:
@@ -231,7 +318,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                 t_window, tok_window = now, 0
             if ranks.main and (step % tc.eval_interval == 0 or final):
                 moe_train = model.moe_stats() if getattr(model, "moe_layers", None) else None
-                val_loss = evaluate(model, data.val, pad, device, amp=amp)
+                val_loss, task_metrics = validate()
+                row.update(task_metrics)
                 if moe_train is not None:
                     row.update(moe_aux=moe_train.get("moe_aux"), expert_usage=model.moe_stats()["expert_usage"])
                 row.update(val_loss=round(val_loss, 6), val_ppl=round(math.exp(min(val_loss, 50)), 4))
@@ -257,11 +345,24 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
         return {"step": step, "train_loss": train_loss, "val_loss": None, "best_val_loss": None,
                 "seconds": time.perf_counter() - t_start, "params": model.num_params()}
     if step == 0 or val_loss is None:
-        val_loss = evaluate(model, data.val, pad, device, amp=amp)
+        val_loss, _ = validate()
+    final = {}
+    if task == "mlm":
+        final = validate()[1]
+    elif not lm:  # the last weights' metrics on the validation split, and their confusion matrix
+        from .supervised import evaluate as evaluate_task
+
+        res = evaluate_task(model, data.val, cfg.task, device)
+        final = {k: res[k] for k in task_columns}
+        if task == "classify":
+            from .plots import confusion_matrix
+
+            confusion_matrix(res["confusion"], cfg.task.labels, out / "confusion.png",
+                             title=f"{cfg.model.type} on {Path(cfg.data).name}: validation split")
     rows = read_metrics(out / "metrics.csv")
     if train_loss is None:  # no step ran now (a finished run resumed): the last one logged
         train_loss = next((float(r["train_loss"]) for r in reversed(rows) if r.get("train_loss")), None)
     loss_curve(rows, out / "loss.png", title=f"{cfg.model.type} on {Path(cfg.data).name}")
     seconds = rows[-1]["elapsed_s"] if rows and rows[-1].get("elapsed_s") else elapsed_before
     return {"step": step, "train_loss": train_loss, "val_loss": val_loss, "best_val_loss": best_val,
-            "seconds": float(seconds or 0.0), "params": model.num_params()}
+            "seconds": float(seconds or 0.0), "params": model.num_params(), **final}

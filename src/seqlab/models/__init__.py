@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .base import SeqModel, token_loss
 from .bigram import Bigram
+from .heads import SequenceModel, default_pooling
 from .mlp import MLP
 from .rnn import Recurrent
 from .transformer import Transformer
@@ -27,4 +28,16 @@ def build_model(cfg, vocab_size: int) -> SeqModel:
     return model
 
 
-__all__ = ["REGISTRY", "SeqModel", "build_model", "token_loss"]
+def build_for_run(cfg, vocab_size: int):
+    """The model a run config (RunConfig) trains: a language model (SeqModel), or for
+    classify / regress its backbone under a pooled linear head (heads.SequenceModel) with one
+    output per label or per target number."""
+    model = build_model(cfg.model, vocab_size)
+    task = cfg.task
+    if task.type in ("classify", "regress"):
+        out = len(task.labels) if task.type == "classify" else len(task.target_mean)
+        model = SequenceModel(model, out, default_pooling(task.pooling, cfg.model.bidirectional))
+    return model
+
+
+__all__ = ["REGISTRY", "SeqModel", "SequenceModel", "build_for_run", "build_model", "token_loss"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .base import SeqModel
 
@@ -21,14 +21,19 @@ class Recurrent(SeqModel):
         super().__init__()
         self.kind = cfg.type
         hidden = cfg.n_hidden or cfg.n_embd
+        # encoders (classification, regression) may read both ways: encode() returns the
+        # forward and backward states side by side
+        self.directions = 2 if getattr(cfg, "bidirectional", False) else 1
+        self.hidden_size = hidden * self.directions
         self.wte = nn.Embedding(vocab_size, cfg.n_embd)
+        self.win = nn.Linear(cfg.input_dim, cfg.n_embd) if getattr(cfg, "input_dim", 0) else None
         self.rnn = CELLS[cfg.type](
             cfg.n_embd, hidden, num_layers=cfg.n_layer, batch_first=True,
-            dropout=cfg.dropout if cfg.n_layer > 1 else 0.0,
+            dropout=cfg.dropout if cfg.n_layer > 1 else 0.0, bidirectional=self.directions == 2,
         )
-        self.h0 = nn.Parameter(torch.zeros(cfg.n_layer, 1, hidden))
+        self.h0 = nn.Parameter(torch.zeros(cfg.n_layer * self.directions, 1, hidden))
         if self.kind == "lstm":
-            self.c0 = nn.Parameter(torch.zeros(cfg.n_layer, 1, hidden))
+            self.c0 = nn.Parameter(torch.zeros(cfg.n_layer * self.directions, 1, hidden))
         self.lm_head = nn.Linear(hidden, vocab_size)
 
     def _initial_state(self, batch_size: int):
@@ -36,6 +41,15 @@ class Recurrent(SeqModel):
         if self.kind == "lstm":
             return (h, self.c0.expand(-1, batch_size, -1).contiguous())
         return h
+
+    def encode(self, x, lengths):
+        """States (B, T, H * directions) for x (B, T) token ids or (B, T, input_dim) numbers,
+        row b real up to lengths[b]: packed, so the backward direction starts at each row's
+        last real step and padding changes nothing (zeros at padded steps)."""
+        emb = self.win(x) if x.is_floating_point() else self.wte(x)
+        packed = pack_padded_sequence(emb, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.rnn(packed, self._initial_state(x.size(0)))
+        return pad_packed_sequence(out, batch_first=True, total_length=x.size(1))[0]
 
     def logits(self, idx):
         out, _ = self.rnn(self.wte(idx), self._initial_state(idx.size(0)))  # (B, T, H)

@@ -45,6 +45,10 @@ class KVCache:
     # sliding-window attention: the cache is a ring of `window` slots, cache index i in slot
     # i % window (attention does not care about the order of its keys); 0 = linear
     window: int = 0
+    # a decoder with cross-attention (seq2seq): each layer's keys and values of the encoder's
+    # output, computed once at prefill, and the mask (B, 1, 1, S) of its real positions
+    cross_kv: list | None = None
+    memory_mask: torch.Tensor | None = None
 
     def slot(self, pos: int) -> int:
         return pos % self.window if self.window else pos
@@ -158,11 +162,50 @@ class CausalSelfAttention(nn.Module):
         return linear_residual(self.proj, y.view(B, H * D), resid)
 
 
-class Block(nn.Module):
+class CrossAttention(nn.Module):
+    """A decoder position's attention over the encoder's output (the memory; seq2seq):
+    queries from the decoder, keys and values from the memory, its padding masked. The
+    weights are torch.nn.MultiheadAttention's (bias-free) split in two: its in_proj rows
+    [0, C) are q, rows [C, 3C) are kv (tested against it)."""
+
     def __init__(self, cfg):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.n_embd // cfg.n_head
+        C = cfg.n_embd
+        self.q = nn.Linear(C, C, bias=cfg.bias)
+        self.kv = nn.Linear(C, 2 * C, bias=cfg.bias)
+        self.proj = nn.Linear(C, C, bias=cfg.bias)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def memory_kv(self, memory):
+        """Keys and values (B, H, S, D) of the memory (B, S, C)."""
+        B, S, _ = memory.shape
+        k, v = self.kv(memory).view(B, S, 2, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(self, x, k, v, mask):
+        """x (B, T, C) over keys and values (B, H, S, D), mask (B, 1, 1, S) -> (B, T, C)."""
+        B, T, C = x.shape
+        q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)))
+
+    def weights(self, x, k, mask):
+        """Attention probabilities (B, H, T, S) of x over the memory: cross-attention heatmaps."""
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        att = (q @ k.transpose(-2, -1)) * self.head_dim ** -0.5
+        return att.masked_fill(~mask, float("-inf")).softmax(-1)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg, cross: bool = False):
         super().__init__()
         self.norm1 = make_norm(cfg.norm, cfg.n_embd, cfg.bias, cfg.norm_eps)
         self.attn = CausalSelfAttention(cfg)
+        # seq2seq decoders: attention over the encoder's output between self-attention and MLP
+        self.norm_x = make_norm(cfg.norm, cfg.n_embd, cfg.bias, cfg.norm_eps) if cross else None
+        self.cross = CrossAttention(cfg) if cross else None
         self.norm2 = make_norm(cfg.norm, cfg.n_embd, cfg.bias, cfg.norm_eps)
         if cfg.mlp == "swiglu":
             # 8/3 * C keeps the parameter count of a 4 * C GELU MLP
@@ -177,26 +220,37 @@ class Block(nn.Module):
         experts = getattr(cfg, "moe_experts", 0)
         self.mlp = MoE(make_mlp, cfg.n_embd, experts, cfg.moe_top_k) if experts else make_mlp()
 
-    def forward(self, x, rope=None, cache=None, layer=0, attn_mask=None, starts=None):
+    def forward(self, x, rope=None, cache=None, layer=0, attn_mask=None, starts=None, memory=None):
         x = x + self.attn(self.norm1(x), rope, cache, layer, attn_mask, starts)
+        if self.cross is not None:  # memory: (states (B, S, C), mask (B, 1, 1, S)), or the cache's
+            k, v = cache.cross_kv[layer] if cache is not None else self.cross.memory_kv(memory[0])
+            x = x + self.cross(self.norm_x(x), k, v, cache.memory_mask if cache is not None else memory[1])
         return x + self.mlp(self.norm2(x))
 
     def decode(self, x, cache, layer, rope=None, key_mask=None):
         x = self.attn.decode(norm_fn(self.norm1, x), cache, layer, x, rope, key_mask)
+        if self.cross is not None:
+            k, v = cache.cross_kv[layer]
+            x = x + self.cross(norm_fn(self.norm_x, x)[:, None], k, v, cache.memory_mask)[:, 0]
         return self.mlp.decode(norm_fn(self.norm2, x), x)
 
 
 class Transformer(SeqModel):
     supports_packing = True  # forward(..., positions=, starts=) takes packed rows
 
-    def __init__(self, vocab_size: int, cfg):
+    def __init__(self, vocab_size: int, cfg, cross: bool = False):
         super().__init__()
         self.cfg = cfg
+        self.cross = cross  # a seq2seq decoder: blocks attend to an encoder's output
         self.max_len = cfg.block_size
         self.wte = nn.Embedding(vocab_size, cfg.n_embd)
+        # numeric inputs (regression): a linear projection of each step's numbers
+        self.win = nn.Linear(cfg.input_dim, cfg.n_embd) if getattr(cfg, "input_dim", 0) else None
+        self.bidirectional = getattr(cfg, "bidirectional", False)  # encode(): no causal mask
+        self.hidden_size = cfg.n_embd
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, cross) for _ in range(cfg.n_layer))
         self.norm_f = make_norm(cfg.norm, cfg.n_embd, cfg.bias, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
         if cfg.tie_weights:
@@ -221,7 +275,7 @@ class Transformer(SeqModel):
                 nn.init.zeros_(p)
 
     def _embed(self, idx, positions):
-        x = self.wte(idx)
+        x = self.win(idx) if idx.is_floating_point() else self.wte(idx)
         rope = None
         if self.wpe is not None:
             x = x + self.wpe(positions)
@@ -232,10 +286,17 @@ class Transformer(SeqModel):
             rope = (cos, sin)
         return self.drop(x), rope
 
-    def _run(self, x, rope, cache=None, attn_mask=None, starts=None):
+    def _run(self, x, rope, cache=None, attn_mask=None, starts=None, memory=None):
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, cache, i, attn_mask, starts)
+            x = block(x, rope, cache, i, attn_mask, starts, memory)
         return self.lm_head(self.norm_f(x))
+
+    def logits_given(self, idx, memory, memory_mask):
+        """A decoder's logits (B, T, V) for idx (B, T) attending to an encoder's output
+        memory (B, S, C) with its real positions memory_mask (B, 1, 1, S): teacher forcing."""
+        B, T = idx.shape
+        x, rope = self._embed(idx, torch.arange(T, device=idx.device))
+        return self._run(x, rope, starts=self.window_starts(B, T, idx.device), memory=(memory, memory_mask))
 
     def packed_width(self, longest: int) -> int:
         """The row width for packed batches whose longest sequence has `longest` tokens: two
@@ -288,6 +349,24 @@ class Transformer(SeqModel):
         usage = seen["counts"] / seen["counts"].sum(-1, keepdim=True).clamp(min=1)
         return {"moe_aux": round(float(seen["aux"]) / seen["calls"], 6),
                 "expert_usage": " / ".join(" ".join(f"{u:.3f}" for u in layer.tolist()) for layer in usage)}
+
+    def encode(self, x, lengths):
+        """Hidden states (B, T, C) after the final norm, for classification and regression
+        heads: x (B, T) token ids or (B, T, input_dim) numbers, row b real up to lengths[b]
+        (right padding). Causal: a real position never sees the padding after it.
+        Bidirectional: every position sees every real position (the padding is masked)."""
+        B, T = x.shape[:2]
+        h, rope = self._embed(x, torch.arange(T, device=x.device))
+        if self.bidirectional:
+            real = torch.arange(T, device=x.device)[None, :] < lengths[:, None]
+            mask = real[:, None, None, :]  # (B, 1, 1, T): keys
+            for i, block in enumerate(self.blocks):
+                h = block(h, rope, None, i, mask)
+        else:
+            starts = self.window_starts(B, T, x.device)
+            for i, block in enumerate(self.blocks):
+                h = block(h, rope, None, i, None, starts)
+        return self.norm_f(h)
 
     def window_starts(self, B: int, T: int, device, starts=None):
         """Each query's first visible key (B, T) int32 under the sliding window (combined
@@ -391,7 +470,8 @@ class Transformer(SeqModel):
             pos=0, key_mask=None, offset=None,
         )
 
-    def prefill(self, idx, lengths, total_len=None):
+    def prefill(self, idx, lengths, total_len=None, memory=None):
+        """memory: (encoder states (B, S, C), mask (B, 1, 1, S)) for a seq2seq decoder."""
         B, T = idx.shape
         if T > self.max_len:
             raise ValueError(f"prompt of length {T} exceeds block_size {self.max_len}")
@@ -420,10 +500,13 @@ class Transformer(SeqModel):
             return self._prefill_ring(x, rope, mask, key_mask, offset)
         cache = self._new_cache(B, device, self.wte.weight.dtype, length)
         cache.key_mask, cache.offset = key_mask, offset
+        if memory is not None:
+            cache.cross_kv = [b.cross.memory_kv(memory[0]) for b in self.blocks]
+            cache.memory_mask = memory[1]
         starts = self.window_starts(B, T, device) if mask is None else None
         logits = self._run(x, rope, cache, mask, starts)
         cache.pos = T
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and not self.cross:  # decode.cpp has no cross-attention
             cache.native = native.pack(self)
         return logits[:, -1], cache
 
@@ -483,4 +566,6 @@ class Transformer(SeqModel):
             key_mask=None if cache.key_mask is None else cache.key_mask[index],
             offset=None if cache.offset is None else cache.offset[index], native=cache.native,
             window=cache.window,
+            cross_kv=None if cache.cross_kv is None else [(k[index], v[index]) for k, v in cache.cross_kv],
+            memory_mask=None if cache.memory_mask is None else cache.memory_mask[index],
         )
