@@ -129,7 +129,8 @@ def cmd_train(args) -> None:
                    init_from=init_model)
     payload = {k: result[k] for k in ("step", "train_loss", "val_loss", "seconds")}
     payload.update(best_val_loss=result["best_val_loss"], params=result["params"], run=str(args.out))
-    task_metrics = {k: result[k] for k in ("accuracy", "macro_f1", "mse", "mae", "r2", "mlm_accuracy") if k in result}
+    task_metrics = {k: result[k] for k in ("accuracy", "macro_f1", "mse", "mae", "r2", "mlm_accuracy",
+                                           "exact_match", "cer") if k in result}
     payload.update(task_metrics)
 
     def loss(x):  # None: no training step was logged in this run
@@ -160,6 +161,53 @@ def _novelty_split(texts: list[str], cfg) -> dict | None:
     return split
 
 
+def _sample_input(args, sc, model, tokenizer, cfg, rule, device) -> None:
+    """--input S on a seq2seq run: decode targets for S (--n of them: greedy or beam gives
+    one); on a classify / regress run: the prediction for S."""
+    import json as json_mod
+
+    import torch
+
+    from .data.examples import encode_examples, encode_pairs, numeric_input
+
+    task = cfg.task.type
+    if task not in ("classify", "regress", "seq2seq"):
+        raise SeqlabError(f"--input is for seq2seq, classify and regress runs; this is a {task} run (use --prompt)")
+    if args.input is None:
+        raise SeqlabError(f"seqlab sample: a {task} run needs --input S (the sequence to decode from or predict for)")
+    if task == "seq2seq":
+        from .supervised import translate
+
+        n = 1 if rule.greedy or sc.beam else sc.n
+        pairs = encode_pairs([{"input": args.input, "target": "", "_line": 1}] * n, tokenizer, cfg.model.block_size,
+                             "--input")
+        if sc.seed is not None:
+            torch.manual_seed(sc.seed)
+        max_new = sc.max_new_tokens or cfg.model.block_size - 1
+        outs = translate(model, pairs.src, pairs.src_lengths, tokenizer, max_new, rule, device, beam=sc.beam or 0)
+        _emit(args, {"input": args.input, "samples": outs}, "\n".join(outs))
+        return
+    from .supervised import predict
+
+    try:
+        value = json_mod.loads(args.input) if cfg.model.input_dim else args.input
+        numeric_input(value)
+    except ValueError:
+        raise SeqlabError(f"--input: this run takes {cfg.model.input_dim} number(s) per step, as a JSON list "
+                          f"(e.g. '[0.5, 1.0]')") from None
+    row = {"input": value, "label": str(cfg.task.labels[0]) if task == "classify" else None,
+           "target": [0.0] * len(cfg.task.target_mean), "_line": 1}
+    data = encode_examples([row], task, tokenizer, cfg.model.block_size, cfg.task.labels, "--input")
+    out = predict(model, data, cfg.task, device)[0]
+    if task == "classify":
+        probs = out.softmax(-1).tolist()
+        ranked = sorted(zip(cfg.task.labels, probs), key=lambda t: -t[1])
+        _emit(args, {"input": args.input, "label": ranked[0][0], "probs": dict(ranked)},
+              "\n".join(f"{lab}\t{p:.4f}" for lab, p in ranked))
+    else:
+        _emit(args, {"input": args.input, "prediction": out.tolist()}, " ".join(f"{v:.6g}" for v in out.tolist()))
+
+
 def cmd_sample(args) -> None:
     import torch
 
@@ -186,6 +234,8 @@ def cmd_sample(args) -> None:
     model, tokenizer, cfg = load_model(args.run, sc.checkpoint, device=str(device))
     if args.chat is not None:  # one reply unless --n (or the config's n) asks for more
         return _sample_chat(args, sc, model, tokenizer, rule, device, n=flags.get("n", base.get("n", 1)))
+    if args.input is not None or cfg.task.type in ("classify", "regress", "seq2seq"):
+        return _sample_input(args, sc, model, tokenizer, cfg, rule, device)
     with torch.inference_mode():
         out = sample_text(model, tokenizer, sc.n, sc.prompt, sc.max_new_tokens, rule, sc.beam, sc.seed, device)
     split = _novelty_split(out.texts, cfg)
@@ -711,7 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classify/regress: how the hidden states become one vector (default: auto)")
     t.add_argument("--init-from", help="start from this run's weights: e.g. a masked-LM (mlm) encoder under a "
                    "classifier (its model settings and tokenizer are kept)")
-    t.add_argument("--task", choices=["auto", "lm", "classify", "regress", "mlm"],
+    t.add_argument("--task", choices=["auto", "lm", "classify", "regress", "seq2seq", "mlm"],
                    help="what to learn (default: auto, from the data: JSONL with label -> classify, "
                         "numeric target -> regress; text lines -> lm; mlm: BERT-style masked LM on lines)")
     t.add_argument("--attention-window", type=int,
@@ -748,6 +798,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "--beam), best first; temperature/top-k/top-p do not apply")
     s.add_argument("--device")
     s.add_argument("--checkpoint", choices=["best", "last"], help="which weights (default best)")
+    s.add_argument("--input", help="seq2seq runs: decode a target for this string (greedy with --temperature 0, "
+                   "--beam W); classify/regress runs: the prediction for it")
     s.add_argument("--chat", help="a question for a chat model: put through its chat template, only the reply "
                                   "is printed")
     s.add_argument("--system", help="with --chat: a system prompt")

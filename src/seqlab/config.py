@@ -114,12 +114,13 @@ class TrainConfig:
 @dataclass
 class TaskConfig:
     """What a run learns (the [task] table). lm: next-token prediction on lines; classify,
-    regress: one label or numbers per JSONL example from the pooled hidden states; mlm: masked
+    regress: one label or numbers per JSONL example from the pooled hidden states; seq2seq: an
+    encoder-decoder from JSONL input/target strings (models/seq2seq.py); mlm: masked
     language modelling on lines (BERT; mlm.py); the type is inferred from the data when not
-    given (JSONL: classify or regress; lines: lm). labels, target_mean and target_std are filled from
+    given (JSONL: classify, regress or seq2seq; lines: lm). labels, target_mean and target_std are filled from
     the training data and saved with the run."""
 
-    type: Literal["auto", "lm", "classify", "regress", "mlm"] = "auto"
+    type: Literal["auto", "lm", "classify", "regress", "seq2seq", "mlm"] = "auto"
     # how a sequence becomes one vector: last (the last real position: causal models), mean
     # (over real positions), cls (the <bos> position: bidirectional encoders); auto: last
     # for causal models, mean for bidirectional ones

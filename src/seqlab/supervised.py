@@ -17,12 +17,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .data.examples import (EncodedExamples, check_rows, encode_examples, infer_task_type, numeric_input,
-                            read_jsonl)
+from .data.examples import (EncodedExamples, EncodedPairs, check_rows, encode_examples, encode_pairs,
+                            infer_task_type, numeric_input, read_jsonl)
 from .data.tokenizer import BPETokenizer, CharTokenizer, Tokenizer
 from .errors import SeqlabError
 
-METRIC_COLUMNS = {"classify": ["accuracy", "macro_f1"], "regress": ["mse", "mae", "r2"], "mlm": ["mlm_accuracy"]}
+METRIC_COLUMNS = {"classify": ["accuracy", "macro_f1"], "regress": ["mse", "mae", "r2"], "mlm": ["mlm_accuracy"],
+                  "seq2seq": ["exact_match", "cer"]}
 
 
 @dataclass
@@ -47,9 +48,9 @@ def prepare(cfg, tokenizer: Tokenizer | None = None) -> SupervisedData:
     (a resumed run keeps its own)."""
     rows = read_jsonl(cfg.data)
     task = infer_task_type(rows, cfg.data) if cfg.task.type == "auto" else cfg.task.type
-    if task not in ("classify", "regress"):
-        raise SeqlabError(f"{cfg.data}: task type {task!r} is not supported for JSONL data yet "
-                          f"(classify and regress are)")
+    if task not in ("classify", "regress", "seq2seq"):
+        raise SeqlabError(f"{cfg.data}: task type {task!r} does not take JSONL examples "
+                          f"(classify, regress and seq2seq do)")
     check_rows(rows, task, cfg.data)
     cfg.task.type = task
     g = torch.Generator().manual_seed(cfg.train.seed)
@@ -65,12 +66,17 @@ def prepare(cfg, tokenizer: Tokenizer | None = None) -> SupervisedData:
         tokenizer = tokenizer or CharTokenizer.train(["0"])  # unused: the run directory keeps one
         longest = max(len(r["input"]) for r in rows)
     else:
-        texts = [r["input"] for r in rows]
+        texts = [r["input"] for r in rows] + ([r["target"] for r in rows] if task == "seq2seq" else [])
         if tokenizer is None:
             tokenizer = (BPETokenizer.train(texts, opts.bpe_vocab_size, opts.specials) if opts.tokenizer == "bpe"
                          else CharTokenizer.train(texts, opts.specials))
         longest = max(len(tokenizer.encode(t)) for t in texts) + 2  # <bos> ... <eos>
     block_size = cfg.model.block_size or longest
+    if task == "seq2seq":
+        cfg.model.bidirectional = False  # the Seq2Seq model makes its encoder bidirectional itself
+        train = encode_pairs(train_rows or val_rows, tokenizer, block_size, cfg.data)
+        val = encode_pairs(val_rows or train_rows, tokenizer, block_size, cfg.data)
+        return SupervisedData(task, tokenizer, train, val, block_size)
     if task == "classify" and not cfg.task.labels:
         cfg.task.labels = _label_order({str(r["label"]) for r in rows})
     train = encode_examples(train_rows or val_rows, task, tokenizer, block_size, cfg.task.labels, cfg.data)
@@ -88,7 +94,10 @@ def _scale(task_cfg, device):
 
 def loss_sum(model, batch, task_cfg) -> torch.Tensor:
     """The summed per-example loss of a batch (x, lengths, targets) already on the model's
-    device; per example: cross-entropy, or the regression loss averaged over its numbers."""
+    device; per example: cross-entropy, or the regression loss averaged over its numbers.
+    seq2seq (src, src_lengths, decoder inputs, targets): the summed per-token cross-entropy."""
+    if task_cfg.type == "seq2seq":
+        return model(*batch, loss_reduction="sum")[1]
     x, lengths, y = batch
     out = model(x, lengths)
     if task_cfg.type == "classify":
@@ -139,8 +148,66 @@ def regression_metrics(pred: torch.Tensor, truth: torch.Tensor) -> dict:
             "r2": float(1 - (err ** 2).sum() / sst) if sst > 0 else None}
 
 
-def evaluate(model, data: EncodedExamples, task_cfg, device) -> dict:
-    """val_loss (the training loss's per-example mean) and the task's metrics."""
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions of one character each)."""
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+@torch.no_grad()
+def translate(model, src: torch.Tensor, src_lengths: torch.Tensor, tokenizer: Tokenizer, max_new_tokens: int,
+              rule=None, device="cpu", beam: int = 0) -> list[str]:
+    """Decoded targets for sources (B, S) through the one sampler (greedy by default)."""
+    from .sampling import DecodeRule, beam_search, generate
+
+    was = model.training
+    model.eval()
+    bound = model.bind(src.to(device), src_lengths.to(device))
+    prompts = [[tokenizer.bos_id]] * src.size(0)
+    if beam:
+        rows = beam_search(bound, prompts, max_new_tokens, beam, eos_id=tokenizer.eos_id,
+                           pad_id=tokenizer.pad_id).rows()
+    else:
+        rows = generate(bound, prompts, max_new_tokens, rule or DecodeRule(temperature=0.0), eos_id=tokenizer.eos_id,
+                        pad_id=tokenizer.pad_id).rows()
+    model.train(was)
+    return [tokenizer.decode(r) for r in rows]
+
+
+def evaluate_seq2seq(model, data: EncodedPairs, tokenizer: Tokenizer, device, batch_size: int = 256) -> dict:
+    """val_loss (per target token), exact_match and cer (character error rate: total edit
+    distance over total target length) of greedy decoding."""
+    total, count, exact, errors, chars = 0.0, 0, 0, 0, 0
+    max_new = int(data.tgt_lengths.max())  # the longest target + <eos>, at least
+    for i in range(0, len(data), batch_size):
+        idx = torch.arange(i, min(i + batch_size, len(data)))
+        src, sl, tgt_in, targets = (t.to(device) for t in data.batch(idx))
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            total += float(model(src, sl, tgt_in, targets, loss_reduction="sum")[1])
+            model.train(was)
+        count += int((targets != -1).sum())
+        got = translate(model, src, sl, tokenizer, max_new, device=device)
+        for g, row, n in zip(got, data.tgt[idx], data.tgt_lengths[idx].tolist()):
+            want = tokenizer.decode(row[1: n - 1].tolist())
+            exact += g == want
+            errors += edit_distance(g, want)
+            chars += len(want)
+    return {"val_loss": total / max(count, 1), "exact_match": exact / max(len(data), 1),
+            "cer": errors / max(chars, 1)}
+
+
+def evaluate(model, data: EncodedExamples, task_cfg, device, tokenizer: Tokenizer | None = None) -> dict:
+    """val_loss (the training loss's per-example mean; per token for seq2seq) and the task's
+    metrics."""
+    if task_cfg.type == "seq2seq":
+        return evaluate_seq2seq(model, data, tokenizer, device)
     out = predict(model, data, task_cfg, device)
     if task_cfg.type == "classify":
         res = classification_metrics(out.argmax(-1), data.targets, len(task_cfg.labels))
@@ -160,11 +227,16 @@ def evaluate_file(model, cfg, tokenizer: Tokenizer, path, device, plot_dir=None)
     against the truth (regress) as PNG."""
     from pathlib import Path
 
-    if cfg.task.type not in ("classify", "regress"):
-        raise SeqlabError(f"--data: {path} is for classify/regress runs; this run is a {cfg.task.type} run "
+    if cfg.task.type not in ("classify", "regress", "seq2seq"):
+        raise SeqlabError(f"--data: {path} is for classify/regress/seq2seq runs; this run is a {cfg.task.type} run "
                           f"(use --task)")
     rows = read_jsonl(path)
     check_rows(rows, cfg.task.type, str(path))
+    if cfg.task.type == "seq2seq":
+        res = {"examples": len(rows), **evaluate_seq2seq(
+            model, encode_pairs(rows, tokenizer, cfg.model.block_size, str(path)), tokenizer, device)}
+        res["loss"] = res.pop("val_loss")
+        return res
     first = numeric_input(rows[0]["input"])
     if (first is None) != (cfg.model.input_dim == 0) or (first is not None and len(first[0]) != cfg.model.input_dim):
         raise SeqlabError(f"{path}:{rows[0]['_line']}: key 'input': the run takes "

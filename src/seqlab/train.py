@@ -66,7 +66,7 @@ def is_supervised(cfg: RunConfig) -> bool:
     """A classify / regress run: named by [task] type, or a JSONL data file with type auto."""
     from .data.examples import is_jsonl
 
-    return cfg.task.type in ("classify", "regress") or (cfg.task.type == "auto" and is_jsonl(cfg.data))
+    return cfg.task.type in ("classify", "regress", "seq2seq") or (cfg.task.type == "auto" and is_jsonl(cfg.data))
 
 
 def prepare_data(cfg: RunConfig, tokenizer: Tokenizer | None = None):
@@ -145,9 +145,10 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     tokenizer = data.tokenizer
     task = cfg.task.type
     lm = task == "lm"
-    if not lm and cfg.model.type not in (("transformer",) if task == "mlm" else ("transformer", "rnn", "lstm", "gru")):
+    only_transformer = task in ("mlm", "seq2seq")
+    if not lm and cfg.model.type not in (("transformer",) if only_transformer else ("transformer", "rnn", "lstm", "gru")):
         raise SeqlabError(f"config key 'model.type': {task} needs a "
-                          f"{'transformer' if task == 'mlm' else 'transformer, rnn, lstm or gru'} backbone, "
+                          f"{'transformer' if only_transformer else 'transformer, rnn, lstm or gru'} backbone, "
                           f"not {cfg.model.type}")
     verifier = None
     if tc.eval_task and not lm:
@@ -253,7 +254,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
         from .supervised import loss_sum as example_loss_sum
 
         nonlocal n_tokens
-        n_tokens = len(idx)  # examples (logged as tokens_per_s: examples per second here)
+        # examples (logged as tokens_per_s: examples per second here); seq2seq: target tokens
+        n_tokens = int(data.train.tgt_lengths[idx].sum()) - len(idx) if task == "seq2seq" else len(idx)
         total = 0.0
         for m in idx[mine].split(tc.batch_size):
             batch = tuple(t.to(device, non_blocking=True) for t in data.train.batch(m))
@@ -292,7 +294,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             return res["val_loss"], {"mlm_accuracy": round(res["mlm_accuracy"], 6)}
         from .supervised import evaluate as evaluate_task
 
-        res = evaluate_task(model, data.val, cfg.task, device)
+        res = evaluate_task(model, data.val, cfg.task, device, tokenizer)
         return res["val_loss"], {k: None if res[k] is None else round(res[k], 6) for k in task_columns}
 
     n_tokens = 0
@@ -352,7 +354,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     elif not lm:  # the last weights' metrics on the validation split, and their confusion matrix
         from .supervised import evaluate as evaluate_task
 
-        res = evaluate_task(model, data.val, cfg.task, device)
+        res = evaluate_task(model, data.val, cfg.task, device, tokenizer)
         final = {k: res[k] for k in task_columns}
         if task == "classify":
             from .plots import confusion_matrix

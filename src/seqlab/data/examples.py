@@ -153,6 +153,54 @@ class EncodedExamples:
         return self.inputs[idx, :width], lengths, self.targets[idx]
 
 
+@dataclass
+class EncodedPairs:
+    """seq2seq examples: sources `<bos> ids <eos>` right-padded with their lengths, and
+    targets `<bos> ids <eos>` right-padded (pad_id) with theirs."""
+
+    src: torch.Tensor  # (N, S) long
+    src_lengths: torch.Tensor  # (N,)
+    tgt: torch.Tensor  # (N, L) long
+    tgt_lengths: torch.Tensor  # (N,) <bos> and <eos> included
+    pad_id: int
+
+    def __len__(self) -> int:
+        return self.src.size(0)
+
+    @property
+    def lengths(self) -> torch.Tensor:  # for length-sorted evaluation batches
+        return self.src_lengths
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(src, src_lengths, decoder inputs <bos> + target, targets target + <eos> with -1
+        on padding), trimmed to the batch's longest."""
+        sl, tl = self.src_lengths[idx], self.tgt_lengths[idx]
+        src = self.src[idx, : int(sl.max())]
+        tgt = self.tgt[idx, : int(tl.max())]
+        targets = tgt[:, 1:].clone()
+        targets[torch.arange(targets.size(1))[None, :] >= (tl - 1)[:, None]] = -1
+        return src, sl, tgt[:, :-1], targets
+
+
+def encode_pairs(rows: list[dict], tokenizer: Tokenizer, block_size: int, source: str) -> EncodedPairs:
+    """Encode checked seq2seq rows; a source or target longer than block_size (with <bos> and
+    <eos>) fails with the example's line."""
+    def enc(key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = [tokenizer.encode(r[key]) for r in rows]
+        for r, e in zip(rows, ids):
+            if len(e) + 2 > block_size:
+                raise SeqlabError(f"{source}:{r['_line']}: key '{key}' has {len(e)} tokens; the model's block_size "
+                                  f"{block_size} fits {block_size - 2} (with <bos> and <eos>)")
+        out = torch.full((len(rows), max(len(e) for e in ids) + 2), tokenizer.pad_id, dtype=torch.long)
+        for i, e in enumerate(ids):
+            out[i, : len(e) + 2] = torch.tensor([tokenizer.bos_id, *e, tokenizer.eos_id])
+        return out, torch.tensor([len(e) + 2 for e in ids])
+
+    src, sl = enc("input")
+    tgt, tl = enc("target")
+    return EncodedPairs(src, sl, tgt, tl, tokenizer.pad_id)
+
+
 def encode_examples(rows: list[dict], task: str, tokenizer: Tokenizer | None, block_size: int,
                     labels: list[str] | None, source: str) -> EncodedExamples:
     """Encode checked rows; token inputs longer than block_size fail with the example's line."""

@@ -7,6 +7,7 @@ from .bigram import Bigram
 from .heads import SequenceModel, default_pooling
 from .mlp import MLP
 from .rnn import Recurrent
+from .seq2seq import Seq2Seq
 from .transformer import Transformer
 
 REGISTRY = {
@@ -29,11 +30,13 @@ def build_model(cfg, vocab_size: int) -> SeqModel:
 
 
 def build_for_run(cfg, vocab_size: int):
-    """The model a run config (RunConfig) trains: a language model (SeqModel), or for
-    classify / regress its backbone under a pooled linear head (heads.SequenceModel) with one
-    output per label or per target number."""
+    """The model a run config (RunConfig) trains: a language model (SeqModel); for classify /
+    regress its backbone under a pooled linear head (heads.SequenceModel) with one output per
+    label or per target number; for seq2seq an encoder-decoder (seq2seq.Seq2Seq)."""
     model = build_model(cfg.model, vocab_size)
     task = cfg.task
+    if task.type == "seq2seq":
+        return Seq2Seq(vocab_size, cfg.model)
     if task.type in ("classify", "regress"):
         out = len(task.labels) if task.type == "classify" else len(task.target_mean)
         model = SequenceModel(model, out, default_pooling(task.pooling, cfg.model.bidirectional))
