@@ -114,3 +114,25 @@ def test_seq2seq_cli_smoke(tmp_path):
     assert cfg["task"]["type"] == "seq2seq"
     out = run("sample", tmp_path / "run", "--input", "abc", "--beam", 2, "--json")
     assert out["input"] == "abc" and len(out["samples"]) == 1 and isinstance(out["samples"][0], str)
+
+
+def test_cross_attention_maps_are_distributions_over_real_source_tokens(tmp_path):
+    m = model()
+    src = torch.randint(3, 12, (2, 7))
+    sl = torch.tensor([7, 3])
+    tgt = torch.randint(3, 12, (2, 4))
+    with torch.no_grad():
+        maps = m.cross_attention_maps(src, sl, tgt)
+    assert len(maps) == 2 and maps[0].shape == (2, 2, 4, 7)
+    for att in maps:
+        assert torch.allclose(att.sum(-1), torch.ones(2, 2, 4), atol=1e-6)
+        assert (att[1, :, :, 3:] == 0).all()  # the second source's padding gets no weight
+
+
+def test_heatmap_of_a_seq2seq_run(tmp_path):
+    rows = [{"input": s, "target": s[::-1]} for s in ["ab", "abc", "ba", "cab"] * 8]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run("train", "--data", tmp_path / "r.jsonl", "--out", tmp_path / "run", "--steps", 2, "--n-layer", 1,
+        "--n-embd", 16, "--threads", 1, "--quiet", "--json")
+    res = run("heatmap", tmp_path / "run", "--input", "abc", "--out", tmp_path / "h.png", "--json")
+    assert res["layers"] == 1 and res["tokens"] == 5 and (tmp_path / "h.png").stat().st_size > 5000

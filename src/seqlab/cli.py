@@ -490,8 +490,13 @@ def cmd_heatmap(args) -> None:
     _require(args, "input", "out")
     device = resolve_device(args.device)
     ready(args, f"load {args.run} and draw {args.out}")
-    model, tokenizer, _ = load_model(args.run, args.checkpoint, device=str(device))
+    model, tokenizer, cfg = load_model(args.run, args.checkpoint, device=str(device))
     out = Path(args.out)
+    if cfg.task.type == "seq2seq":  # the decoder's attention over the source
+        from .inspect.heatmap import cross_heatmap
+
+        _emit(args, {"out": str(out), **cross_heatmap(model, tokenizer, args.input, out)}, f"wrote {out}")
+        return
     info = input_heatmap(model, tokenizer, args.input, out)
     payload = {"out": str(out), **info}
     if args.avg_samples > 0:

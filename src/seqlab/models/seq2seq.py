@@ -42,6 +42,22 @@ class Seq2Seq(nn.Module):
         logits = self.decoder.logits_given(tgt_in, *self.memory(src, src_lengths))
         return logits, None if targets is None else token_loss(logits, targets, loss_reduction)
 
+    def cross_attention_maps(self, src, src_lengths, tgt_in) -> list[torch.Tensor]:
+        """Each decoder layer's cross-attention probabilities (B, H, T, S) for decoder inputs
+        tgt_in (B, T) over the encoded sources: the heatmap's numbers."""
+        memory, mask = self.memory(src, src_lengths)
+        dec = self.decoder
+        x, rope = dec._embed(tgt_in, torch.arange(tgt_in.size(1), device=tgt_in.device))
+        maps = []
+        for block in dec.blocks:
+            x = x + block.attn(block.norm1(x), rope)
+            k, v = block.cross.memory_kv(memory)
+            h = block.norm_x(x)
+            maps.append(block.cross.weights(h, k, mask))
+            x = x + block.cross(h, k, v, mask)
+            x = x + block.mlp(block.norm2(x))
+        return maps
+
     def bind(self, src: torch.Tensor, src_lengths: torch.Tensor) -> "BoundDecoder":
         return BoundDecoder(self, *self.memory(src, src_lengths))
 
