@@ -136,3 +136,70 @@ def test_heatmap_of_a_seq2seq_run(tmp_path):
         "--n-embd", 16, "--threads", 1, "--quiet", "--json")
     res = run("heatmap", tmp_path / "run", "--input", "abc", "--out", tmp_path / "h.png", "--json")
     assert res["layers"] == 1 and res["tokens"] == 5 and (tmp_path / "h.png").stat().st_size > 5000
+
+
+# ------------------------------------------------------------------ recurrent encoder-decoder
+
+
+def rnn_model(kind, attention):
+    from seqlab.models.rnn_seq2seq import RNNSeq2Seq
+
+    torch.manual_seed(0)
+    return RNNSeq2Seq(12, ModelConfig(type=kind, n_layer=2, n_embd=8, n_hidden=6, dropout=0.0), attention).eval()
+
+
+@pytest.mark.parametrize("kind,attention", [("gru", "dot"), ("lstm", "additive"), ("rnn", "dot")])
+def test_rnn_seq2seq_cached_decoding_padding_and_rows(kind, attention):
+    m = rnn_model(kind, attention)
+    src = torch.randint(3, 12, (3, 9))
+    sl = torch.tensor([9, 4, 6])
+    src[1, 4:] = 0
+    src[2, 6:] = 0
+    tgt = torch.randint(3, 12, (3, 7))
+    tgt[:, 0] = 1
+    with torch.no_grad():
+        full, _ = m(src, sl, tgt)
+        for b, n in enumerate(sl.tolist()):  # padding changes nothing
+            alone, _ = m(src[b: b + 1, :n], torch.tensor([n]), tgt[b: b + 1])
+            assert torch.allclose(full[b], alone[0], atol=1e-5)
+        bound = m.bind(src, sl)
+        logits, state = bound.prefill(tgt[:, :2], torch.tensor([2, 2, 2]))
+        got = [logits]
+        for t in range(2, 7):
+            logits, state = bound.step(tgt[:, t], state)
+            got.append(logits)
+        assert torch.allclose(torch.stack(got, 1), full[:, 1:], atol=1e-5)
+        batch = generate(m.bind(src, sl), [[1]] * 3, 6, DecodeRule(temperature=0.0), eos_id=2).rows()
+        for b, n in enumerate(sl.tolist()):
+            alone = generate(m.bind(src[b: b + 1, :n], torch.tensor([n])), [[1]], 6, DecodeRule(temperature=0.0),
+                             eos_id=2).rows()
+            assert alone[0] == batch[b]
+
+
+@pytest.mark.parametrize("attention", ["dot", "additive"])
+def test_rnn_attention_scores_by_formula(attention):
+    m = rnn_model("gru", attention)
+    h, memory = torch.randn(1, 2, 6), torch.randn(1, 3, 12)
+    mask = torch.tensor([[True, True, False]])
+    with torch.no_grad():
+        s = m.scores(h, memory, mask)
+        for t in range(2):
+            for j in range(2):
+                k = m.key.weight @ memory[0, j]
+                want = (h[0, t] @ k if attention == "dot"
+                        else m.v.weight[0] @ torch.tanh(m.query.weight @ h[0, t] + k))
+                assert s[0, t, j].item() == pytest.approx(want.item(), abs=1e-5)
+        assert torch.isinf(s[0, :, 2]).all()
+
+
+def test_rnn_seq2seq_cli(tmp_path):
+    rows = [{"input": s, "target": s[::-1]} for s in ["ab", "abc", "ba", "cab", "bca", "a", "cc", "acb"] * 8]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = run("train", "--data", tmp_path / "r.jsonl", "--out", tmp_path / "run", "--model", "lstm",
+              "--seq2seq-attention", "additive", "--steps", 5, "--n-layer", 1, "--n-embd", 16, "--threads", 1,
+              "--quiet", "--json")
+    assert {"exact_match", "cer"} <= set(res)
+    out = run("sample", tmp_path / "run", "--input", "abc", "--temperature", 0, "--json")
+    assert isinstance(out["samples"][0], str)
+    res = run("heatmap", tmp_path / "run", "--input", "abc", "--out", tmp_path / "h.png", "--json")
+    assert res["layers"] == 1 and res["heads"] == 1

@@ -61,6 +61,8 @@ class ModelConfig:
     # Encoders (task types other than lm): attention without the causal mask (Transformer),
     # a backward direction next to the forward one (RNN, LSTM, GRU)
     bidirectional: bool = False
+    # seq2seq with an RNN/LSTM/GRU: the decoder's attention score over the encoder's states
+    seq2seq_attention: Literal["dot", "additive"] = "dot"
     # numeric inputs (regression on sequences of numbers): this many numbers per step through
     # a linear input projection instead of a token embedding; 0 = tokens
     input_dim: int = 0

@@ -145,7 +145,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     tokenizer = data.tokenizer
     task = cfg.task.type
     lm = task == "lm"
-    only_transformer = task in ("mlm", "seq2seq")
+    only_transformer = task == "mlm"
     if not lm and cfg.model.type not in (("transformer",) if only_transformer else ("transformer", "rnn", "lstm", "gru")):
         raise SeqlabError(f"config key 'model.type': {task} needs a "
                           f"{'transformer' if only_transformer else 'transformer, rnn, lstm or gru'} backbone, "

@@ -60,11 +60,12 @@ def cross_heatmap(model, tokenizer, text: str, path: Path) -> dict:
 
     tokenizer.check_encodable(text, "input")
     ids = [tokenizer.bos_id, *tokenizer.encode(text), tokenizer.eos_id]
-    if len(ids) > model.max_len:
+    if model.max_len is not None and len(ids) > model.max_len:
         raise SeqlabError(f"input has {len(ids)} tokens with <bos> and <eos>; the model's context is {model.max_len}")
     device = next(model.parameters()).device
     src, sl = torch.tensor([ids], device=device), torch.tensor([len(ids)], device=device)
-    output = translate(model.eval(), src, sl, tokenizer, model.max_len - 1, device=device)[0]
+    budget = model.max_len - 1 if model.max_len is not None else 4 * len(ids) + 16  # recurrent: no context limit
+    output = translate(model.eval(), src, sl, tokenizer, budget, device=device)[0]
     tgt_in = torch.tensor([[tokenizer.bos_id, *tokenizer.encode(output)]], device=device)
     maps = [m[0].float().cpu() for m in model.cross_attention_maps(src, sl, tgt_in)]
     src_labels = ["<bos>"] + [tokenizer.decode([i]) or "?" for i in ids[1:-1]] + ["<eos>"]

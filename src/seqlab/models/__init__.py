@@ -7,6 +7,7 @@ from .bigram import Bigram
 from .heads import SequenceModel, default_pooling
 from .mlp import MLP
 from .rnn import Recurrent
+from .rnn_seq2seq import RNNSeq2Seq
 from .seq2seq import Seq2Seq
 from .transformer import Transformer
 
@@ -32,10 +33,13 @@ def build_model(cfg, vocab_size: int) -> SeqModel:
 def build_for_run(cfg, vocab_size: int):
     """The model a run config (RunConfig) trains: a language model (SeqModel); for classify /
     regress its backbone under a pooled linear head (heads.SequenceModel) with one output per
-    label or per target number; for seq2seq an encoder-decoder (seq2seq.Seq2Seq)."""
+    label or per target number; for seq2seq an encoder-decoder (seq2seq.Seq2Seq, or
+    rnn_seq2seq.RNNSeq2Seq for recurrent models)."""
     model = build_model(cfg.model, vocab_size)
     task = cfg.task
     if task.type == "seq2seq":
+        if cfg.model.type in ("rnn", "lstm", "gru"):
+            return RNNSeq2Seq(vocab_size, cfg.model, cfg.model.seq2seq_attention)
         return Seq2Seq(vocab_size, cfg.model)
     if task.type in ("classify", "regress"):
         out = len(task.labels) if task.type == "classify" else len(task.target_mean)
