@@ -224,3 +224,20 @@ def test_disable_dropout_makes_training_mode_deterministic(typ, extra):
     assert torch.equal(a, b)
     assert torch.allclose(a, model.eval()(x)[0], atol=1e-6)
     assert disable_dropout(model) == 0  # nothing left to switch off
+
+
+def test_torch_init_keeps_pytorch_defaults_like_makemore():
+    """init = "torch": embeddings N(0, 1) and linears within +-1/sqrt(fan_in) (makemore's);
+    the default gpt2 init draws N(0, 0.02)."""
+    from seqlab.config import ModelConfig
+    from seqlab.models import build_model
+
+    torch.manual_seed(0)
+    cfg = dict(type="transformer", n_layer=2, n_head=2, n_embd=64, block_size=200, dropout=0.0)
+    mm = build_model(ModelConfig(**cfg, init="torch"), 50)
+    gpt = build_model(ModelConfig(**cfg), 50)
+    assert abs(mm.wpe.weight.std().item() - 1.0) < 0.05 and abs(mm.wte.weight.std().item() - 1.0) < 0.05
+    bound = 64 ** -0.5
+    w = mm.blocks[0].mlp.fc.weight
+    assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
+    assert abs(gpt.wpe.weight.std().item() - 0.02) < 0.002

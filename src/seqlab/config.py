@@ -50,6 +50,10 @@ class ModelConfig:
     qk_norm: bool = False  # RMSNorm over each head's q and k before RoPE (Qwen3)
     gelu: Literal["exact", "tanh"] = "exact"  # tanh: GPT-2's approximation ("gelu_new")
     dropout: float = 0.1  # small data overfits fast (see docs/experiments.md)
+    # transformer weights at the start: gpt2 = N(0, 0.02), residual projections scaled by
+    # 1/sqrt(2 n_layer) (nanoGPT); torch = PyTorch's layer defaults, as makemore leaves them
+    # (embeddings N(0, 1), linears uniform(+-1/sqrt(fan_in)))
+    init: Literal["gpt2", "torch"] = "gpt2"
     # Mixture of experts (models/moe.py): 0 = a dense MLP; else this many expert MLPs per
     # block, each token routed to its top moe_top_k, a load-balancing loss times moe_aux_coef
     moe_experts: int = 0

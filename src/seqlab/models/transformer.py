@@ -266,7 +266,11 @@ class Transformer(SeqModel):
         self._init_weights(cfg)
 
     def _init_weights(self, cfg):
-        # GPT-2: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer)
+        # GPT-2: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer); "torch" keeps
+        # PyTorch's defaults (makemore): position embeddings of norm ~sqrt(C) instead of ~0.02
+        # sqrt(C) make absolute positions easy to tell apart from the first step
+        if getattr(cfg, "init", "gpt2") == "torch":
+            return
         for name, p in self.named_parameters():
             if p.dim() >= 2:
                 std = 0.02 / math.sqrt(2 * cfg.n_layer) if name.endswith("proj.weight") else 0.02
