@@ -7,7 +7,7 @@ Each stage trains one task's run to a step count (continuing it with `seqlab tra
 checkpoint with `seqlab eval --seed 0` and appends a row to OUT/long.jsonl. A finished stage
 is skipped, so the script can be stopped at any time (kill its process group; at most one
 checkpoint interval is lost) and started again to go on. Several copies can run at once
-(one per core): a run being trained holds a lock (OUT/TASK.lock) and the others pass it
+(one per core): a run being trained holds a lock (OUT/RUN.lock) and the others pass it
 by. --max-hours stops starting new
 training chunks after that long (the chunk in flight is cut at the deadline and resumed
 next time).
@@ -26,23 +26,26 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
-MAKEMORE_LIKE = HERE / "makemore_like.toml"
+MAKEMORE = HERE / "makemore_like.toml"  # makemore's model and settings: the lecture's
+SEQLAB_INIT = HERE / "seqlab_init.toml"  # the same settings on seqlab's default model and init
 FIB = HERE / "fibonacci_400k.toml"
 
-# (task, lines in the data file, config, steps): stages in the order they run
+# (run folder, task, lines in the data file, config, steps): stages in the order they run
 STAGES = [
-    ("rule-18-47", 100_000, MAKEMORE_LIKE, 15_000),
-    ("rule-18-n20", 100_000, MAKEMORE_LIKE, 15_000),
-    ("rule-last2", 100_000, MAKEMORE_LIKE, 15_000),
-    ("rule-three", 100_000, MAKEMORE_LIKE, 15_000),
-    ("rule-three-neg", 100_000, MAKEMORE_LIKE, 15_000),
-    ("fibonacci-2", 100_000, FIB, 100_000),
-    ("fibonacci", 100_000, FIB, 100_000),
-    ("rule-18-n20", 100_000, MAKEMORE_LIKE, 50_000),
-    ("rule-three-neg", 100_000, MAKEMORE_LIKE, 50_000),
-    ("rule-last2", 100_000, MAKEMORE_LIKE, 50_000),
-    ("rule-18-n20", 100_000, MAKEMORE_LIKE, 150_000),
-    ("rule-three-neg", 100_000, MAKEMORE_LIKE, 150_000),
+    ("rule-18-47-gpt2init", "rule-18-47", 100_000, SEQLAB_INIT, 15_000),
+    ("rule-18-n20-gpt2init", "rule-18-n20", 100_000, SEQLAB_INIT, 15_000),
+    ("rule-18-47-mm", "rule-18-47", 100_000, MAKEMORE, 15_000),
+    ("rule-18-n20-mm", "rule-18-n20", 100_000, MAKEMORE, 15_000),
+    ("rule-last2-mm", "rule-last2", 100_000, MAKEMORE, 15_000),
+    ("rule-three-mm", "rule-three", 100_000, MAKEMORE, 15_000),
+    ("rule-three-neg-mm", "rule-three-neg", 100_000, MAKEMORE, 15_000),
+    ("fibonacci-2-400k", "fibonacci-2", 100_000, FIB, 100_000),
+    ("fibonacci-400k", "fibonacci", 100_000, FIB, 100_000),
+    ("rule-18-n20-mm", "rule-18-n20", 100_000, MAKEMORE, 50_000),
+    ("rule-three-neg-mm", "rule-three-neg", 100_000, MAKEMORE, 50_000),
+    ("rule-last2-mm", "rule-last2", 100_000, MAKEMORE, 50_000),
+    ("rule-18-n20-mm", "rule-18-n20", 100_000, MAKEMORE, 150_000),
+    ("rule-three-neg-mm", "rule-three-neg", 100_000, MAKEMORE, 150_000),
 ]
 
 
@@ -57,7 +60,7 @@ def seqlab(*args, timeout=None) -> str:
 def done_rows(path: Path) -> set:
     if not path.exists():
         return set()
-    return {(r["task"], r["steps"]) for r in map(json.loads, path.read_text().splitlines())}
+    return {(r["run"], r["steps"]) for r in map(json.loads, path.read_text().splitlines())}
 
 
 def last_step(run: Path) -> int:
@@ -79,22 +82,22 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     results = out / "long.jsonl"
     deadline = time.time() + args.max_hours * 3600 if args.max_hours else float("inf")
-    for task, n, config, steps in STAGES:
-        if args.only and task not in args.only or (task, steps) in done_rows(results):
+    for name, task, n, config, steps in STAGES:
+        if args.only and task not in args.only and name not in args.only or (name, steps) in done_rows(results):
             continue
         if time.time() >= deadline:
             break
-        lock = open(out / f"{task}.lock", "w")
+        lock = open(out / f"{name}.lock", "w")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # another copy is training this run
             continue
-        if (task, steps) in done_rows(results):  # finished while we waited for the lock
+        if (name, steps) in done_rows(results):  # finished while we waited for the lock
             continue
         data = out / f"{task}.txt"
         if not data.exists():
             seqlab("data", "make", task, "--out", data, "--n", n, "--seed", 0)
-        run = out / task
+        run = out / name
         flags = ["--threads", args.threads, "--quiet", "--json", "--steps", steps]
         if run.exists() and not any((run / "checkpoints").glob("step-*")):
             shutil.rmtree(run)  # stopped before its first checkpoint: start it again
@@ -110,7 +113,7 @@ def main():
             break
         ev = json.loads(seqlab("eval", run, "--task", task, "--n", 1000, "--checkpoint", "last", "--seed", 0,
                                "--json").strip().splitlines()[-1])
-        row = {"task": task, "steps": steps, "config": config.name, "chunk_wall_s": round(time.time() - t0, 1),
+        row = {"run": name, "task": task, "steps": steps, "config": config.name, "chunk_wall_s": round(time.time() - t0, 1),
                "threads": int(args.threads), "eval_last": ev}
         with open(results, "a") as f:
             f.write(json.dumps(row) + "\n")
