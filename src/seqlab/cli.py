@@ -125,8 +125,13 @@ def cmd_train(args) -> None:
         cfg.data_opts.specials = init_cfg.data_opts.specials
         if "dropout" in flags.get("model", {}):
             cfg.model.dropout = flags["model"]["dropout"]
+    if args.minutes is not None and args.minutes <= 0:
+        raise SeqlabError(f"--minutes must be > 0, got {args.minutes}")
+    import time
+
+    deadline = None if args.minutes is None else time.perf_counter() + 60 * args.minutes
     result = train(cfg, args.out, resume=args.resume, progress=not args.quiet, tokenizer=init_tokenizer,
-                   init_from=init_model)
+                   init_from=init_model, deadline=deadline)
     payload = {k: result[k] for k in ("step", "train_loss", "val_loss", "seconds")}
     payload.update(best_val_loss=result["best_val_loss"], params=result["params"], run=str(args.out))
     task_metrics = {k: result[k] for k in ("accuracy", "macro_f1", "mse", "mae", "r2", "mlm_accuracy",
@@ -766,6 +771,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classify/regress: how the hidden states become one vector (default: auto)")
     t.add_argument("--seq2seq-attention", choices=["dot", "additive"],
                    help="seq2seq with --model rnn/lstm/gru: the decoder's attention score (default dot)")
+    t.add_argument("--minutes", type=float,
+                   help="stop after this much wall-clock time (evaluated and saved like a last step; --resume goes on)")
     t.add_argument("--init-from", help="start from this run's weights: e.g. a masked-LM (mlm) encoder under a "
                    "classifier (its model settings and tokenizer are kept)")
     t.add_argument("--task", choices=["auto", "lm", "classify", "regress", "seq2seq", "mlm"],
