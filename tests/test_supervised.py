@@ -235,3 +235,21 @@ def test_data_make_writes_jsonl_that_trains(tmp_path):
     assert json.loads(out.strip().splitlines()[-1])["type"] == "classify"
     rows = read_jsonl(tmp_path / "m.jsonl")
     assert len(rows) == 50 and infer_task_type(rows, "m") == "classify"
+
+
+def test_rollout_feeds_predictions_back():
+    """A model that predicts 'the last value + 1' forecasts last+1, last+2, ... when its own
+    outputs are fed back; horizon errors against a truth of last+1, last+3, ... grow."""
+    from seqlab.data.examples import EncodedExamples
+    from seqlab.supervised import horizon_errors, rollout
+
+    class LastPlusOne(torch.nn.Module):
+        def forward(self, x, lengths):
+            return x[:, -1, :1] + 1.0
+
+    task = TaskConfig(type="regress", target_mean=[0.0], target_std=[1.0])
+    inputs = torch.tensor([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]])[..., None]
+    data = EncodedExamples(inputs, torch.tensor([3, 3]), torch.tensor([[4.0, 6.0, 8.0], [6.0, 8.0, 10.0]]))
+    assert rollout(LastPlusOne(), data, task, "cpu", 3).tolist() == [[4.0, 5.0, 6.0], [6.0, 7.0, 8.0]]
+    errs = horizon_errors(LastPlusOne(), data, task, "cpu", 3)
+    assert errs["rollout_mse"] == [0.0, 1.0, 4.0] and "direct_mse" not in errs  # one output: no direct curve

@@ -431,12 +431,16 @@ def cmd_eval(args) -> None:
         device = resolve_device(args.device)
         ready(args, f"load {args.run} and evaluate it on {args.data}")
         model, tokenizer, cfg = load_model(args.run, args.checkpoint, device=str(device))
-        result = evaluate_file(model, cfg, tokenizer, args.data, device, plot_dir=args.run)
+        result = evaluate_file(model, cfg, tokenizer, args.data, device, plot_dir=args.run,
+                               rollout_steps=args.rollout or 0)
         confusion = result.pop("confusion", None)
         if args.json:
             _emit(args, {**result, **({"confusion": confusion} if confusion is not None else {})})
             return
         shown = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
+        for key in ("rollout_mse", "direct_mse"):
+            if key in result:
+                shown += f"; {key} by horizon " + " ".join(f"{v:.4f}" for v in result[key])
         print(f"{args.data}: {result['examples']} examples, {shown}; plot {result['plot']}")
         return
     _require(args, "task")
@@ -918,7 +922,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="sample from a run and score the samples with a task's verifier")
     e.add_argument("run")
     e.add_argument("--task", help="built-in task, 'positions', or module:function (language models)")
-    e.add_argument("--data", help="classify/regress runs: a JSONL file of examples to report the metrics on")
+    e.add_argument("--data", help="classify/regress/seq2seq runs: a JSONL file of examples to report the metrics on")
+    e.add_argument("--rollout", type=int, help="regress runs on series: forecast this many steps by feeding "
+                   "predictions back, MSE per horizon (eval-rollout.png)")
     e.add_argument("--equal", action="append")
     e.add_argument("--length")
     e.add_argument("--n", type=int, default=1000, help="samples to draw (default 1000)")

@@ -130,3 +130,23 @@ def predictions_vs_truth(pred, truth, path: Path, title: str = "") -> None:
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def horizon_curve(errors: dict, path: Path, title: str = "") -> None:
+    """MSE against the forecast horizon: predictions fed back (errors accumulate) and, when the
+    model predicts several values at once, read directly."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for key, label in (("rollout_mse", "fed back (rollout)"), ("direct_mse", "predicted at once")):
+        if key in errors:
+            ys = errors[key]
+            ax.plot(range(1, len(ys) + 1), ys, "o-", label=label)
+    ax.set_xlabel("steps ahead")
+    ax.set_ylabel("mean squared error")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

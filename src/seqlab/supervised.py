@@ -221,7 +221,7 @@ def evaluate(model, data: EncodedExamples, task_cfg, device, tokenizer: Tokenize
     return res
 
 
-def evaluate_file(model, cfg, tokenizer: Tokenizer, path, device, plot_dir=None) -> dict:
+def evaluate_file(model, cfg, tokenizer: Tokenizer, path, device, plot_dir=None, rollout_steps: int = 0) -> dict:
     """`seqlab eval RUN --data FILE.jsonl`: the run's metrics on another file's examples
     (same task, its labels); with plot_dir, the confusion matrix (classify) or predictions
     against the truth (regress) as PNG."""
@@ -242,8 +242,24 @@ def evaluate_file(model, cfg, tokenizer: Tokenizer, path, device, plot_dir=None)
         raise SeqlabError(f"{path}:{rows[0]['_line']}: key 'input': the run takes "
                           f"{'text' if cfg.model.input_dim == 0 else f'{cfg.model.input_dim} number(s) per step'}")
     data = encode_examples(rows, cfg.task.type, tokenizer, cfg.model.block_size, cfg.task.labels, str(path))
-    res = {"examples": len(data), **evaluate(model, data, cfg.task, device)}
+    scored = data
+    if cfg.task.type == "regress" and data.targets.size(1) != len(cfg.task.target_mean):
+        k = len(cfg.task.target_mean)
+        if not rollout_steps or data.targets.size(1) < k:
+            raise SeqlabError(f"{path}:{rows[0]['_line']}: key 'target' has {data.targets.size(1)} numbers, the run "
+                              f"predicts {k} (more are allowed with --rollout: the horizon's truth)")
+        scored = EncodedExamples(data.inputs, data.lengths, data.targets[:, :k])  # metrics on the first k
+    res = {"examples": len(data), **evaluate(model, scored, cfg.task, device)}
     res["loss"] = res.pop("val_loss")
+    if rollout_steps:
+        if cfg.task.type != "regress":
+            raise SeqlabError("--rollout is for regress runs on numeric series")
+        res.update(horizon_errors(model, data, cfg.task, device, rollout_steps))
+        if plot_dir is not None:
+            from .plots import horizon_curve
+
+            res["rollout_plot"] = str(Path(plot_dir) / "eval-rollout.png")
+            horizon_curve(res, Path(res["rollout_plot"]), title=f"{Path(path).name}: error by horizon")
     if plot_dir is not None:
         from .plots import confusion_matrix, predictions_vs_truth
 
@@ -252,6 +268,36 @@ def evaluate_file(model, cfg, tokenizer: Tokenizer, path, device, plot_dir=None)
             confusion_matrix(res["confusion"], cfg.task.labels, Path(res["plot"]), title=f"{Path(path).name}")
         else:
             res["plot"] = str(Path(plot_dir) / "eval-predictions.png")
-            predictions_vs_truth(predict(model, data, cfg.task, device), data.targets, Path(res["plot"]),
+            predictions_vs_truth(predict(model, scored, cfg.task, device), scored.targets, Path(res["plot"]),
                                  title=f"{Path(path).name}: R^2 {res['r2'] if res['r2'] is not None else float('nan'):.3f}")
+    return res
+
+
+@torch.no_grad()
+def rollout(model, data: EncodedExamples, task_cfg, device, steps: int) -> torch.Tensor:
+    """Forecast `steps` values ahead by feeding predictions back: the model's first output is
+    taken as the next value, appended to the input window (whose oldest value drops out), and
+    the model runs again. data: numeric inputs of one number per step, all the same length.
+    Returns (N, steps) on the original scale."""
+    x, lengths = data.inputs.clone(), data.lengths
+    if x.dim() != 3 or x.size(-1) != 1 or bool((lengths != lengths[0]).any()):
+        raise SeqlabError("--rollout needs inputs of one number per step, all of the same length")
+    preds = []
+    for _ in range(steps):
+        nxt = predict(model, EncodedExamples(x, lengths, data.targets), task_cfg, device)[:, :1]  # (N, 1)
+        preds.append(nxt)
+        x = torch.cat([x[:, 1:], nxt[:, :, None]], 1)
+    return torch.cat(preds, 1)
+
+
+def horizon_errors(model, data: EncodedExamples, task_cfg, device, steps: int) -> dict:
+    """Mean squared error at each horizon 1..steps: fed back (rollout), and read directly from
+    the model's outputs where it predicts that many values at once."""
+    k = min(steps, data.targets.size(1))
+    truth = data.targets[:, :k]
+    fed = rollout(model, data, task_cfg, device, k)
+    res = {"rollout_mse": ((fed - truth) ** 2).mean(0).tolist()}
+    out = predict(model, data, task_cfg, device)
+    if out.size(1) >= k:
+        res["direct_mse"] = ((out[:, :k] - truth) ** 2).mean(0).tolist()
     return res
