@@ -56,15 +56,21 @@ class MoE(nn.Module):
         return probs, weights.to(x.dtype), chosen
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
-        """sum over each token's chosen experts of gate weight * expert(token), x (N, C)."""
+        """sum over each token's chosen experts of gate weight * expert(token), x (N, C).
+
+        The N * k assignments are sorted by expert once: one gather of the tokens, each
+        expert on its contiguous slice, one scatter-add back (a per-expert gather and scatter
+        cost 1.3x more per training step on a CPU, their backward allocating a full-size
+        gradient per expert)."""
         probs, weights, chosen = self.gate(x)
         self.routing = (probs, chosen)
-        out = torch.zeros_like(x)
-        for e, expert in enumerate(self.experts):
-            token, slot = (chosen == e).nonzero(as_tuple=True)
-            if token.numel():
-                out.index_add_(0, token, expert(x[token]) * weights[token, slot, None])
-        return out
+        flat = chosen.reshape(-1)  # (N k,) assignment i belongs to token i // k
+        order = torch.argsort(flat, stable=True)
+        token = order // self.top_k
+        counts = torch.bincount(flat, minlength=len(self.experts)).tolist()
+        ys = torch.cat([expert(part) for expert, part in zip(self.experts, x[token].split(counts))])
+        ys = ys * weights.reshape(-1)[order, None]
+        return torch.zeros_like(x).index_add_(0, token, ys)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mix(x.reshape(-1, x.size(-1))).view_as(x)
