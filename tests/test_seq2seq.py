@@ -18,6 +18,26 @@ def model(**kw):
     return Seq2Seq(12, ModelConfig(**{**dict(n_layer=2, n_head=2, n_embd=16, block_size=24, dropout=0.0), **kw})).eval()
 
 
+def cached_logits(m, src, sl, tgt, prefix: int) -> torch.Tensor:
+    """Logits for tgt[:, prefix - 1:] from bind + prefill(tgt[:, :prefix]) + one step per token."""
+    bound = m.bind(src, sl)
+    logits, state = bound.prefill(tgt[:, :prefix], torch.full((tgt.size(0),), prefix))
+    got = [logits]
+    for t in range(prefix, tgt.size(1)):
+        logits, state = bound.step(tgt[:, t], state)
+        got.append(logits)
+    return torch.stack(got, 1)
+
+
+def assert_rows_decode_alone(m, src, sl):
+    """Greedy decoding of the batch gives each row what decoding its source alone gives."""
+    batch = generate(m.bind(src, sl), [[1]] * src.size(0), 6, DecodeRule(temperature=0.0), eos_id=2).rows()
+    for b, n in enumerate(sl.tolist()):
+        alone = generate(m.bind(src[b: b + 1, :n], torch.tensor([n])), [[1]], 6, DecodeRule(temperature=0.0),
+                         eos_id=2).rows()
+        assert alone[0] == batch[b]
+
+
 def test_cross_attention_equals_multihead_attention():
     torch.manual_seed(0)
     C, H = 16, 4
@@ -43,13 +63,7 @@ def test_cached_decoding_equals_the_full_forward():
     tgt[:, 0] = 1
     with torch.no_grad():
         full, _ = m(src, sl, tgt)
-        bound = m.bind(src, sl)
-        logits, state = bound.prefill(tgt[:, :3], torch.tensor([3, 3, 3]))
-        got = [logits]
-        for t in range(3, 8):
-            logits, state = bound.step(tgt[:, t], state)
-            got.append(logits)
-    assert torch.allclose(torch.stack(got, 1), full[:, 2:], atol=1e-5)
+        assert torch.allclose(cached_logits(m, src, sl, tgt, 3), full[:, 2:], atol=1e-5)
 
 
 def test_source_padding_changes_nothing_and_rows_stay_with_their_sources():
@@ -64,12 +78,7 @@ def test_source_padding_changes_nothing_and_rows_stay_with_their_sources():
         for b, n in enumerate(sl.tolist()):
             alone, _ = m(src[b: b + 1, :n], torch.tensor([n]), tgt[b: b + 1])
             assert torch.allclose(full[b], alone[0], atol=1e-5)
-        # greedy decoding of the batch: each row as decoded alone (equal prompts are not merged)
-        batch = generate(m.bind(src, sl), [[1]] * 3, 6, DecodeRule(temperature=0.0), eos_id=2).rows()
-        for b, n in enumerate(sl.tolist()):
-            alone = generate(m.bind(src[b: b + 1, :n], torch.tensor([n])), [[1]], 6, DecodeRule(temperature=0.0),
-                             eos_id=2).rows()
-            assert alone[0] == batch[b]
+        assert_rows_decode_alone(m, src, sl)  # equal prompts, different sources: never merged
 
 
 def test_decoder_is_causal_and_the_encoder_is_not():
@@ -162,18 +171,8 @@ def test_rnn_seq2seq_cached_decoding_padding_and_rows(kind, attention):
         for b, n in enumerate(sl.tolist()):  # padding changes nothing
             alone, _ = m(src[b: b + 1, :n], torch.tensor([n]), tgt[b: b + 1])
             assert torch.allclose(full[b], alone[0], atol=1e-5)
-        bound = m.bind(src, sl)
-        logits, state = bound.prefill(tgt[:, :2], torch.tensor([2, 2, 2]))
-        got = [logits]
-        for t in range(2, 7):
-            logits, state = bound.step(tgt[:, t], state)
-            got.append(logits)
-        assert torch.allclose(torch.stack(got, 1), full[:, 1:], atol=1e-5)
-        batch = generate(m.bind(src, sl), [[1]] * 3, 6, DecodeRule(temperature=0.0), eos_id=2).rows()
-        for b, n in enumerate(sl.tolist()):
-            alone = generate(m.bind(src[b: b + 1, :n], torch.tensor([n])), [[1]], 6, DecodeRule(temperature=0.0),
-                             eos_id=2).rows()
-            assert alone[0] == batch[b]
+        assert torch.allclose(cached_logits(m, src, sl, tgt, 2), full[:, 1:], atol=1e-5)
+        assert_rows_decode_alone(m, src, sl)
 
 
 @pytest.mark.parametrize("attention", ["dot", "additive"])

@@ -16,6 +16,23 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path, dpi: int = 110) -> None:
+    """Lay out, write atomically as PNG, close."""
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+
+
+def _finish_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Labels, title, a light grid and the legend."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+
 def loss_curve(rows: list[dict], path: Path, title: str = "", floor: float | None = None) -> None:
     """Train loss (raw and smoothed) and validation loss against step; with `floor`,
     the data's entropy (the best loss any model can reach) as a dashed line; a second panel
@@ -55,10 +72,7 @@ def loss_curve(rows: list[dict], path: Path, title: str = "", floor: float | Non
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, dpi=110)
 
 
 def dashboard(rows: list[dict], columns: list[str], path: Path, title: str = "") -> None:
@@ -83,10 +97,7 @@ def dashboard(rows: list[dict], columns: list[str], path: Path, title: str = "")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path, dpi=100)
 
 
 def confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path, title: str = "") -> None:
@@ -107,10 +118,7 @@ def confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path, tit
     if title:
         ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, dpi=110)
 
 
 def predictions_vs_truth(pred, truth, path: Path, title: str = "") -> None:
@@ -121,15 +129,8 @@ def predictions_vs_truth(pred, truth, path: Path, title: str = "") -> None:
     ax.scatter(t, p, s=6, alpha=0.5)
     lo, hi = min(t + p), max(t + p)
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="prediction = truth")
-    ax.set_xlabel("true")
-    ax.set_ylabel("predicted")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    _finish_axes(ax, "true", "predicted", title)
+    _save(plt, fig, path, dpi=110)
 
 
 def horizon_curve(errors: dict, path: Path, title: str = "") -> None:
@@ -141,12 +142,5 @@ def horizon_curve(errors: dict, path: Path, title: str = "") -> None:
         if key in errors:
             ys = errors[key]
             ax.plot(range(1, len(ys) + 1), ys, "o-", label=label)
-    ax.set_xlabel("steps ahead")
-    ax.set_ylabel("mean squared error")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    _finish_axes(ax, "steps ahead", "mean squared error", title)
+    _save(plt, fig, path, dpi=110)

@@ -19,35 +19,38 @@ from pathlib import Path
 import torch
 
 from ..errors import SeqlabError
+from .lines import read_data_bytes
 from .tokenizer import Tokenizer
 
 TASK_KEYS = {"classify": "label", "regress": "target", "seq2seq": "target"}
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The objects of a JSONL file (blank lines skipped); a bad line is named."""
+def iter_jsonl(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file; a file that is missing,
+    not UTF-8, or has a line that is not a JSON object fails naming the file and line."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise SeqlabError(f"data file not found: {path}") from None
-    except UnicodeDecodeError as e:
-        raise SeqlabError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    raw = read_data_bytes(path)
     rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise SeqlabError(f"{path}:{lineno}: not valid UTF-8") from None
         except json.JSONDecodeError as e:
             raise SeqlabError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
         if not isinstance(obj, dict):
             raise SeqlabError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        obj["_line"] = lineno
-        rows.append(obj)
+        rows.append((lineno, obj))
     if not rows:
         raise SeqlabError(f"{path}: no examples (the file is empty)")
     return rows
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The objects of a JSONL file, each with its line number under "_line" (for errors)."""
+    return [{**obj, "_line": lineno} for lineno, obj in iter_jsonl(path)]
 
 
 def is_jsonl(path: str | Path) -> bool:

@@ -16,18 +16,24 @@ from ..errors import SeqlabError
 from .tokenizer import Tokenizer
 
 
+def read_data_bytes(path: Path) -> bytes:
+    """A data file's bytes without an editor's UTF-8 byte-order mark; a missing file or a
+    folder is one error line naming it."""
+    try:
+        return path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    except FileNotFoundError:
+        raise SeqlabError(f"data file not found: {path}") from None
+    except IsADirectoryError:
+        raise SeqlabError(f"data path is a directory, not a file: {path}") from None
+
+
 def read_lines(path: str | Path) -> list[str]:
     """Read non-empty lines (stripped of surrounding whitespace) from a UTF-8 file.
 
     Errors name the file and, for bad bytes, the line.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # an editor's UTF-8 byte-order mark
-    except FileNotFoundError:
-        raise SeqlabError(f"data file not found: {path}") from None
-    except IsADirectoryError:
-        raise SeqlabError(f"data path is a directory, not a file: {path}") from None
+    raw = read_data_bytes(path)
     lines = []
     for lineno, chunk in enumerate(raw.split(b"\n"), start=1):
         try:

@@ -11,35 +11,20 @@ policy produces).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from ..data.tokenizer import Tokenizer
+from ..data.examples import iter_jsonl
 from ..errors import SeqlabError
 
 
 def load_jsonl(path: str | Path, required: tuple[str, ...], tokenizer: Tokenizer | None = None) -> list[dict]:
     """JSON objects, one per line, each with string values for the `required` keys; with a
     `tokenizer`, those values must be encodable (errors name the file, line and key)."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # an editor's UTF-8 byte-order mark
-    except FileNotFoundError:
-        raise SeqlabError(f"data file not found: {path}") from None
     rows = []
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise SeqlabError(f"{path}:{lineno}: not valid UTF-8") from None
-        except json.JSONDecodeError as e:
-            raise SeqlabError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise SeqlabError(f"{path}:{lineno}: expected a JSON object")
+    for lineno, row in iter_jsonl(path):
         missing = [k for k in required if k not in row]
         if missing:
             raise SeqlabError(f"{path}:{lineno}: missing key(s) {', '.join(missing)}")
@@ -49,8 +34,6 @@ def load_jsonl(path: str | Path, required: tuple[str, ...], tokenizer: Tokenizer
             if tokenizer is not None:
                 tokenizer.check_encodable(row[k], f"{path}:{lineno}: key '{k}'")
         rows.append(row)
-    if not rows:
-        raise SeqlabError(f"{path}: no examples")
     return rows
 
 
