@@ -135,7 +135,10 @@ def test_resume_via_cli_extends_training(trained_run, tmp_path):
 def test_data_tasks_and_make(tmp_path):
     tasks = json.loads(run("data", "tasks", "--json").stdout)["tasks"]
     names = [t["name"] for t in tasks]
-    assert "rule-13-22" in names and "positions" in names and len(names) == 12
+    assert "rule-13-22" in names and "positions" in names and len(names) == 22
+    types = {t["name"]: t["type"] for t in tasks}
+    assert types["rule-13-22"] == "lm" and types["add"] == "seq2seq" and types["parity"] == "classify"
+    assert sum(v == "lm" for v in types.values()) == 12
     out = tmp_path / "r.txt"
     r = run("data", "make", "rule-13-22", "--out", out, "--n", "50", "--seed", "1", "--json")
     assert json.loads(r.stdout)["lines"] == 50

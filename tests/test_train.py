@@ -135,7 +135,7 @@ def test_grad_accumulation_equivalence_without_dropout(words_file, tmp_path):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(words_file, tmp_path, monkeypatch):
     import seqlab.train as tr
 
-    real_build = tr.build_model
+    real_build = tr.build_for_run
 
     def poisoned(cfg, vocab):
         model = real_build(cfg, vocab)
@@ -152,7 +152,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(words_file, tmp_path, mon
         model.forward = forward
         return model
 
-    monkeypatch.setattr(tr, "build_model", poisoned)
+    monkeypatch.setattr(tr, "build_for_run", poisoned)
     out = tmp_path / "nan"
     with pytest.raises(SeqlabError, match=r"non-finite loss or gradient at step 15 .*step-00000010"):
         train(cfg_for(words_file), out, progress=False)
