@@ -60,3 +60,24 @@ def test_mlm_then_classifier_from_its_encoder(tmp_path):
     assert cfg2.model.bidirectional and cfg2.task.type == "classify" and tok2.to_dict() == tok.to_dict()
     for name, p in mlm.state_dict().items():
         assert torch.allclose(clf.backbone.state_dict()[name], p, atol=1e-6), name
+
+
+def test_mlm_logits_ignore_padding():
+    """Padding invariance for mlm: a padded batch's logits at real positions are each line's alone."""
+    from seqlab.config import ModelConfig
+    from seqlab.mlm import mlm_loss_sum
+    from seqlab.models import build_model
+
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(type="transformer", n_layer=2, n_head=2, n_embd=16, block_size=12, dropout=0.0,
+                                bidirectional=True), 9).eval()
+    x = torch.randint(4, 9, (3, 10))
+    lengths = torch.tensor([10, 4, 7])
+    x[1, 4:] = 0
+    x[2, 7:] = 0
+    targets = torch.full_like(x, -1)
+    with torch.no_grad():
+        _, batch = mlm_loss_sum(m, x, lengths, targets)
+        for b, n in enumerate(lengths.tolist()):
+            _, alone = mlm_loss_sum(m, x[b: b + 1, :n], torch.tensor([n]), targets[b: b + 1, :n])
+            assert torch.allclose(batch[b, :n], alone[0], atol=1e-5)
