@@ -253,3 +253,12 @@ def test_rollout_feeds_predictions_back():
     assert rollout(LastPlusOne(), data, task, "cpu", 3).tolist() == [[4.0, 5.0, 6.0], [6.0, 7.0, 8.0]]
     errs = horizon_errors(LastPlusOne(), data, task, "cpu", 3)
     assert errs["rollout_mse"] == [0.0, 1.0, 4.0] and "direct_mse" not in errs  # one output: no direct curve
+
+
+def test_data_check_of_example_tasks(tmp_path):
+    rows = [{"input": "12+30", "target": "42"}, {"input": "1+1", "target": "3"}]
+    write(tmp_path / "a.jsonl", rows)
+    code, out, err = seqlab("data", "check", "add", tmp_path / "a.jsonl", "--json")
+    assert code == 0, err
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["success_rate"] == 0.5 and res["failures"] == [{"line": 2, "input": "1+1"}]

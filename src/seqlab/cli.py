@@ -397,8 +397,27 @@ def cmd_data_make(args) -> None:
 
 
 def cmd_data_check(args) -> None:
+    from .data.example_tasks import TASKS
     from .data.lines import read_lines
     from .data.verify import get_verifier, judge
+
+    if args.task in TASKS:  # JSONL examples: does each label / target agree with the task's verifier?
+        from .data.examples import check_rows, read_jsonl
+
+        task = TASKS[args.task]
+        ready(args, f"check {args.file}")
+        rows = read_jsonl(args.file)
+        check_rows(rows, task.type, str(args.file))
+        wrong = [r for r in rows if not task.check({k: v for k, v in r.items() if k != "_line"})]
+        result = {"lines": len(rows), "success_rate": 1 - len(wrong) / len(rows),
+                  "failures": [{"line": r["_line"], "input": r["input"]} for r in wrong[: args.show]]}
+        if args.json:
+            _emit(args, result)
+            return
+        print(f"{args.file}: {len(rows)} examples, {result['success_rate']:.2%} agree with {task.name}'s verifier")
+        for f in result["failures"]:
+            print(f"  line {f['line']}: {f['input']!r:.80}")
+        return
 
     verifier = get_verifier(args.task, args.equal, args.length)
     ready(args, f"check {args.file}")
