@@ -150,6 +150,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
         raise SeqlabError(f"config key 'model.type': {task} needs a "
                           f"{'transformer' if only_transformer else 'transformer, rnn, lstm or gru'} backbone, "
                           f"not {cfg.model.type}")
+    if task == "seq2seq" and cfg.model.attention_window:
+        raise SeqlabError("config key 'model.attention_window': a seq2seq decoder keeps its whole context "
+                          "(sliding windows are for language models and encoders)")
     verifier = None
     if tc.eval_task and not lm:
         raise SeqlabError(f"config key 'train.eval_task': sampling-based evaluation is for language models; "
