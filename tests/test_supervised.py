@@ -262,3 +262,20 @@ def test_data_check_of_example_tasks(tmp_path):
     assert code == 0, err
     res = json.loads(out.strip().splitlines()[-1])
     assert res["success_rate"] == 0.5 and res["failures"] == [{"line": 2, "input": "1+1"}]
+
+
+def test_moe_backbone_adds_its_load_balancing_loss_in_classification():
+    from seqlab.models.moe import load_balancing_loss
+    from seqlab.supervised import loss_sum
+
+    torch.manual_seed(0)
+    bb = build_model(ModelConfig(type="transformer", n_layer=1, n_head=2, n_embd=16, block_size=10, dropout=0.0,
+                                 moe_experts=3, moe_aux_coef=0.5), 9)
+    m = SequenceModel(bb, 2, "last").train()
+    x, lengths, y = torch.randint(3, 9, (4, 6)), torch.tensor([6, 2, 4, 5]), torch.tensor([0, 1, 1, 0])
+    total = loss_sum(m, (x, lengths, y), TaskConfig(type="classify", labels=["a", "b"]))
+    ce = torch.nn.functional.cross_entropy(m(x, lengths), y, reduction="sum")
+    real = (torch.arange(6)[None, :] < lengths[:, None]).reshape(-1)
+    probs, chosen = bb.moe_layers[0].routing
+    aux = load_balancing_loss(probs[real], chosen[real])[0]
+    assert total.item() == pytest.approx((ce + 0.5 * aux * 4).item(), rel=1e-5)

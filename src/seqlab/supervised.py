@@ -101,12 +101,19 @@ def loss_sum(model, batch, task_cfg) -> torch.Tensor:
     x, lengths, y = batch
     out = model(x, lengths)
     if task_cfg.type == "classify":
-        return F.cross_entropy(out.float(), y, reduction="sum")
-    mean, std = _scale(task_cfg, out.device)
-    z = (y - mean) / std
-    per = (F.huber_loss(out.float(), z, reduction="none", delta=1.0) if task_cfg.loss == "huber"
-           else (out.float() - z) ** 2)
-    return per.mean(-1).sum()
+        loss = F.cross_entropy(out.float(), y, reduction="sum")
+    else:
+        mean, std = _scale(task_cfg, out.device)
+        z = (y - mean) / std
+        per = (F.huber_loss(out.float(), z, reduction="none", delta=1.0) if task_cfg.loss == "huber"
+               else (out.float() - z) ** 2)
+        loss = per.mean(-1).sum()
+    backbone = getattr(model, "backbone", None)
+    if getattr(backbone, "moe_layers", None) and model.training and backbone.moe_aux_coef:
+        # an MoE backbone's load-balancing loss over the real positions, per example as the loss
+        real = (torch.arange(x.size(1), device=x.device)[None, :] < lengths[:, None]).reshape(-1)
+        loss = loss + backbone.moe_aux_coef * backbone.routing_aux(real) * x.size(0)
+    return loss
 
 
 @torch.no_grad()

@@ -329,6 +329,15 @@ class Transformer(SeqModel):
         load-balancing loss on real tokens (models/moe.py); counts kept for moe_stats().
         Per-token losses ("none": post-training's log-probs) are left as they are."""
         real = (targets != -1).reshape(-1)
+        aux = self.routing_aux(real)
+        if not self.training or not self.moe_aux_coef or loss_reduction == "none":
+            return loss
+        scale = 1.0 if loss_reduction == "mean" else real.sum()
+        return loss + self.moe_aux_coef * aux * scale
+
+    def routing_aux(self, real: torch.Tensor) -> torch.Tensor:
+        """The mean over MoE layers of the load-balancing loss of the last forward's routing,
+        over the tokens where `real` (flat, N) is True; counted for moe_stats()."""
         parts = [load_balancing_loss(probs[real], chosen[real]) for probs, chosen in
                  (m.routing for m in self.moe_layers)]
         aux = torch.stack([a for a, _ in parts]).mean()
@@ -338,10 +347,7 @@ class Transformer(SeqModel):
         seen["calls"] += 1
         seen["counts"] += counts
         self._moe_seen = seen
-        if not self.training or not self.moe_aux_coef or loss_reduction == "none":
-            return loss
-        scale = 1.0 if loss_reduction == "mean" else real.sum()
-        return loss + self.moe_aux_coef * aux * scale
+        return aux
 
     def moe_stats(self) -> dict:
         """Since the last call: the mean load-balancing loss ("moe_aux", 1.0 = uniform
