@@ -298,9 +298,11 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
         from .supervised import evaluate as evaluate_task
 
         res = evaluate_task(model, data.val, cfg.task, device, tokenizer)
+        last_eval[step] = res  # the run's end reports (and plots) this, not a second evaluation
         return res["val_loss"], {k: None if res[k] is None else round(res[k], 6) for k in task_columns}
 
     n_tokens = 0
+    last_eval: dict = {}  # step -> a classify/regress/seq2seq evaluation's full result
     # packed rows (same loss and gradients, no work on padding); torch.compile keeps fixed shapes
     pack = tc.pack and getattr(model, "supports_packing", False) and not tc.compile
     model.train()
@@ -357,7 +359,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     elif not lm:  # the last weights' metrics on the validation split, and their confusion matrix
         from .supervised import evaluate as evaluate_task
 
-        res = evaluate_task(model, data.val, cfg.task, device, tokenizer)
+        res = last_eval.get(step) or evaluate_task(model, data.val, cfg.task, device, tokenizer)
         final = {k: res[k] for k in task_columns}
         if task == "classify":
             from .plots import confusion_matrix

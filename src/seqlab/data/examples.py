@@ -170,10 +170,6 @@ class EncodedPairs:
     def __len__(self) -> int:
         return self.src.size(0)
 
-    @property
-    def lengths(self) -> torch.Tensor:  # for length-sorted evaluation batches
-        return self.src_lengths
-
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(src, src_lengths, decoder inputs <bos> + target, targets target + <eos> with -1
         on padding), trimmed to the batch's longest."""
