@@ -111,6 +111,17 @@ def test_distillation_brings_the_student_to_the_teacher(pair, mode, divergence):
         same = float(row["kl"]) == pytest.approx(float(row["loss"]), rel=1e-5)
         assert same if divergence == "forward" else not same
     assert json.loads((out / "samples.jsonl").read_text().splitlines()[0])["completion"] is not None
+    if mode == "offpolicy":  # the teacher's completions are learned with their end token: the student stops
+        assert finished_rate(out) > 0.5 * finished_rate(pair / "teacher"), (finished_rate(out), finished_rate(pair / "teacher"))
+
+
+def finished_rate(run) -> float:
+    from seqlab.sampling import DecodeRule, generate
+
+    model, tok, _ = load_model(run)
+    gen = generate(model, [tok.encode_prompt(w) for w in "krmaelts"] * 8, 12, DecodeRule(temperature=1.0), tok.eos_id,
+                   tok.pad_id, generator=torch.Generator().manual_seed(3))
+    return float(gen.finished.float().mean())
 
 
 def test_distillation_needs_a_shared_tokenizer_and_a_teacher(pair, tmp_path):

@@ -135,7 +135,7 @@ def test_lora_sampler_sees_adapters_and_rejects_recurrent(bases):
     """The cached decode path must call the LoRA-wrapped layers (not the bare weights):
     cached sampling log-probs equal the full forward's, with a non-zero adapter."""
     from seqlab.errors import SeqlabError
-    from seqlab.post.lora import apply_lora
+    from seqlab.models.lora import apply_lora
     from seqlab.sampling import DecodeRule, generate
 
     _, runs, _ = bases

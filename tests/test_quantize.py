@@ -184,7 +184,7 @@ def test_qlora_trains_adapters_on_the_frozen_quantized_weights(float_run):
     data = float_run / "sft.jsonl"
     data.write_text("\n".join(json.dumps({"prompt": w[:2], "completion": w[2:] + "ka"}) for w in tiny_words(64)))
     over = {"policy": str(q), "data": str(data), "out": str(float_run / "qlora"), "steps": 40, "batch_size": 16,
-            "lr": 1e-2, "lora_rank": 4}
+            "lr": 1e-2, "lora_rank": 4, "lora_merge": True}
     with pytest.raises(SeqlabError, match="QLoRA"):
         run_sft(load_post_config(None, {**over, "lora_rank": 0}), progress=False)
     before, tok, _ = load_model(q)
@@ -235,3 +235,52 @@ def test_import_keep_quantized_keeps_a_q4_1_files_4_bit_values(tmp_path, capsys)
     assert np.array_equal(ours, nibbles)
     scale = blocks[:, 0:2].copy().view(np.float16).astype(np.float32).ravel()
     assert np.allclose(down.scales.float().numpy().ravel(), scale, rtol=2 ** -8)
+
+
+def test_qlora_kept_apart_stays_quantized_and_loads_as_base_plus_adapter(float_run):
+    """QLoRA's default (post.lora_merge unset: false on a quantized base): the run keeps the
+    base's quantized buffers bit for bit (no float copy), its adapter loads back exactly, the
+    loaded model computes what the merged float model computes (within the int4 kernel's bf16
+    activations), and a run kept apart is refused as a policy or a quantize source in one line."""
+    from conftest import tiny_words
+    from peft.tuners.lora import LoraLayer
+    from safetensors.torch import load_file
+    from seqlab.errors import SeqlabError
+    from seqlab.models.lora import merge_lora
+    from seqlab.post.config import load_post_config
+    from seqlab.post.sft import run_sft
+
+    q = float_run / "q4"
+    if not q.exists():
+        quantize_run(float_run / "float", q, 4, group_size=32)
+    data = float_run / "sft-apart.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": w[:2], "completion": w[2:] + "ka"}) for w in tiny_words(64)))
+    out = float_run / "qlora-apart"
+    over = {"policy": str(q), "data": str(data), "out": str(out), "steps": 20, "batch_size": 16, "lr": 1e-2,
+            "lora_rank": 4}  # lora_merge unset: a quantized base is kept apart
+    run_sft(load_post_config(None, over), progress=False)
+    assert json.loads((out / "quantization.json").read_text()) == json.loads((q / "quantization.json").read_text())
+    assert json.loads((out / "adapter.json").read_text())["rank"] == 4
+    base, _, _ = load_model(q)
+    apart, tok, _ = load_model(out)
+    wrapped = [m for m in apart.modules() if isinstance(m, LoraLayer)]
+    assert wrapped and all(isinstance(m.get_base_layer(), QuantLinear) for m in wrapped)
+    base_buffers = dict(base.named_buffers())
+    for n, b in apart.named_buffers():
+        if n.endswith(("qweight", "scales", "zeros")):
+            assert torch.equal(b, base_buffers[n.replace(".base_layer", "")]), n
+    saved = load_file(str(out / "adapter.safetensors"))
+    params = dict(apart.named_parameters())
+    assert saved and all(torch.equal(params[k.replace(".weight", ".default.weight")], v) for k, v in saved.items())
+    assert any(float(v.abs().max()) > 0 for k, v in saved.items() if "lora_B" in k)  # B starts at 0: it trained
+    ids = torch.tensor([tok.encode("kaname")[:8]])
+    got = torch.log_softmax(_logits(apart, ids), -1)
+    ref = torch.log_softmax(_logits(merge_lora(load_model(out)[0]), ids), -1)
+    without = torch.log_softmax(_logits(base, ids), -1)
+    kl = float((ref.exp() * (ref - got)).sum(-1).mean())
+    assert kl < 1e-3 and bool((got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.9), kl
+    assert float((ref.exp() * (ref - without)).sum(-1).mean()) > 10 * kl  # the adapter is what is computed
+    with pytest.raises(SeqlabError, match="base \\+ adapter"):
+        run_sft(load_post_config(None, {**over, "policy": str(out), "out": str(float_run / "again")}), progress=False)
+    with pytest.raises(SeqlabError, match="base \\+ adapter"):
+        quantize_run(out, float_run / "requant", 4, group_size=32)

@@ -9,6 +9,8 @@
                                      state.json: step, "whole_model", the loop's own state
     RUN/checkpoints/latest           name of the newest complete checkpoint
     RUN/metrics.csv, RUN/loss.png
+    RUN/quantization.json            a quantized run's layout (`seqlab quantize`)
+    RUN/adapter.json                 a LoRA run kept as base + adapter (adapter.safetensors)
 
 Every file is written atomically (temp + rename) and a checkpoint directory is
 complete before `latest` points at it, so a kill at any moment leaves the last
@@ -176,4 +178,8 @@ def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu"):
     else:
         raise SeqlabError(f"{run_dir}: no weights yet (no best.safetensors or checkpoint)")
     load_weights(model, weights)
+    from .models.lora import has_adapter, load_adapter
+
+    if has_adapter(run_dir):  # a post-training run that kept base and adapter apart (post.lora_merge = false)
+        load_adapter(model, run_dir)
     return model.to(device).eval(), tokenizer, cfg

@@ -57,8 +57,10 @@ def tokenizer_files(tok: Tokenizer) -> tuple[str, dict]:
 
 def export_run(run: str | Path, out: str | Path, which: str = "best") -> dict:
     model, tok, cfg = load_model(run, which)
+    from ..models.lora import merge_lora
     from ..models.quant import dequantize_model
 
+    merge_lora(model)  # a base + adapter run exports the merged weights
     dequantize_model(model)  # a quantized run exports the float weights it computes with
     state = model.state_dict()
     vocab_size = state["wte.weight"].size(0) if "wte.weight" in state else None

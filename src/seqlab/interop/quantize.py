@@ -121,6 +121,11 @@ def quantize_run(src: str | Path, out: str | Path, bits: int, group_size: int = 
                           f"(what the 4-bit kernel takes), got {group_size}")
     if not 0.0 <= keep_budget < 1.0:
         raise SeqlabError(f"quantize: --keep-budget must be in [0, 1), got {keep_budget}")
+    from ..models.lora import has_adapter
+
+    if has_adapter(src):
+        raise SeqlabError(f"{src}: a LoRA run kept as base + adapter; quantize its base run (the adapter "
+                          f"stays float on top of it), or a merged run")
     if load_quantization(src) is not None:
         raise SeqlabError(f"{src}: already quantized; quantize the float run it came from")
     if out.exists() and any(out.iterdir()):

@@ -48,6 +48,10 @@ class PostConfig:
     lora_alpha: Optional[float] = None  # default 2 x lora_rank
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "fc", "gate_up"])
+    # at the end: merge the adapter into the weights (an ordinary run; a quantized base becomes
+    # float), or keep base + adapter apart (a quantized base stays quantized; see models/lora.py).
+    # Unset: merge on a float base, keep apart on a quantized one (QLoRA)
+    lora_merge: Optional[bool] = None
     # rejection sampling
     rounds: int = 3  # sampling rounds; steps are split evenly between them
     round_prompts: int = 0  # prompts drawn (each sampled group_size times) per round; 0 = all

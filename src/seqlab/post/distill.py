@@ -128,7 +128,7 @@ def run_distill(cfg, progress: bool = True) -> dict:
             which = [j for j in range(i, min(i + 64, len(prompt_ids))) for _ in range(cfg.group_size)]
             chunk = [prompt_ids[j] for j in which]
             gen = generate(teacher, chunk, cfg.max_new_tokens, rule, fmt.end_id, tok.pad_id, generator=g)
-            for j, p, c in zip(which, chunk, gen.rows()):
+            for j, p, c in zip(which, chunk, gen.rows(strip_eos=False)):  # the end token is learned too
                 teacher_rows.append((p + c, [0] * len(p) + [1] * len(c), j))
 
         def step_fn(step):
@@ -162,7 +162,7 @@ def run_distill(cfg, progress: bool = True) -> dict:
             loss = distill_loss(t_logits, s_logits, mask, cfg.divergence, cfg.jsd_beta, n_tokens)
             share = float(mask.sum() / n_tokens.clamp(min=1))
             if cfg.divergence == "forward":  # the loss is the forward KL already (a global share of it)
-                kl = float(loss) / max(share, 1e-12) if share > 0 else 0.0
+                kl = float(loss.detach()) / max(share, 1e-12) if share > 0 else 0.0
             else:  # one more pass over (B, T, V) for the diagnostic
                 with torch.no_grad():
                     kl = float(distill_loss(t_logits, s_logits, mask, "forward"))

@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 
 from .. import atomic
-from ..checkpoint import latest_checkpoint, load_model, load_quantization, save_best
+from ..checkpoint import QUANTIZATION, latest_checkpoint, load_model, load_quantization, save_best
 from ..engine import Engine, OptimSettings, Progress, autocast_dtype, barrier, resolve_device, set_threads
 from ..engine import ranks as process_ranks
 from ..errors import SeqlabError
@@ -45,13 +45,16 @@ def load_policy(cfg: PostConfig, drop_dropout: bool):
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
+    from ..models.lora import apply_lora, has_adapter
+
+    if has_adapter(cfg.policy):
+        raise SeqlabError(f"{cfg.policy}: a LoRA run kept as base + adapter (post.lora_merge = false); "
+                          f"post-train its base run again, or a run saved with lora_merge = true")
     if load_quantization(cfg.policy) is not None and cfg.lora_rank == 0:
         raise SeqlabError(f"{cfg.policy}: a quantized run trains only LoRA adapters on its frozen 8-/4-bit "
                           f"weights (QLoRA): set post.lora_rank > 0, or post-train the float run it came from")
     model, tokenizer, run_cfg = load_model(cfg.policy, "best", device=str(device))
     if cfg.lora_rank > 0:
-        from .lora import apply_lora
-
         model = apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets).to(device)
     if cfg.disable_dropout if cfg.disable_dropout is not None else drop_dropout:
         disable_dropout(model)  # after LoRA: its dropout (lora_dropout) goes too
@@ -183,10 +186,18 @@ def optimise(model, cfg: PostConfig, out: Path, columns: list[str], step_fn: Cal
         engine.save(done, elapsed())
     if not main:
         return {**stats, "steps_done": done, "seconds": round(time.perf_counter() - started, 2)}
-    if cfg.lora_rank > 0:  # LoRA: keep the adapter, save merged weights as an ordinary run
-        from .lora import merge_and_save
+    quantized = load_quantization(cfg.policy) is not None
+    merge = cfg.lora_merge if cfg.lora_merge is not None else not quantized
+    if cfg.lora_rank > 0 and merge:  # LoRA: keep the adapter, save merged weights as an ordinary run
+        from ..models.lora import merge_and_save
 
         model = merge_and_save(model, out)
+    elif cfg.lora_rank > 0:  # base + adapter: the base's weights as they were (quantized stays quantized)
+        from ..models.lora import save_apart
+
+        model = save_apart(model, out, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+        if quantized:
+            shutil.copyfile(Path(cfg.policy) / QUANTIZATION, out / QUANTIZATION)
     save_best(out, model, {"step": done, "algorithm": title, "lora_rank": cfg.lora_rank})
     rows = read_metrics(out / "metrics.csv")
     if done == start and rows:  # nothing ran (a finished run resumed): report the last logged row
