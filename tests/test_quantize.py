@@ -65,6 +65,29 @@ def test_quant_linear_computes_with_its_dequantized_weight(bits, n_out):
     assert not any(p.requires_grad for p in q.parameters())
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quant_linear_backward_dequantizes_in_blocks_of_rows_with_the_same_gradient(bits, monkeypatch):
+    """Backward dequantizes a block of output rows at a time (no whole float copy of a large
+    layer): blocks of 7 rows of 48 (a remainder included) give dy W exactly as one block."""
+    from seqlab.models import quant
+
+    torch.manual_seed(1)
+    q = QuantLinear.from_linear(nn.Linear(64, 48), bits, 32)
+    x = torch.randn(4, 64, requires_grad=True)
+    dy = torch.randn(4, 48)
+    q(x).backward(dy)
+    whole = x.grad.clone()
+    assert torch.allclose(whole, dy @ q.dequantized(), atol=1e-5)
+    monkeypatch.setattr(quant, "BACKWARD_BLOCK", 7 * 64)
+    calls = []
+    rows = q.dequantized_rows
+    monkeypatch.setattr(q, "dequantized_rows", lambda a, b: calls.append((a, b)) or rows(a, b))
+    x.grad = None
+    q(x).backward(dy)
+    assert calls[0] == (0, 7) and calls[-1] == (42, 48) and len(calls) == 7
+    assert torch.allclose(x.grad, whole, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def float_run(tmp_path_factory):
     from conftest import tiny_words

@@ -151,6 +151,20 @@ def save_best(run_dir: Path, model: SeqModel, info: dict) -> None:
     atomic.write_json(Path(run_dir) / "best.json", info)
 
 
+def _release_freed_memory() -> None:
+    """Hand memory freed to the C allocator back to the OS (glibc's malloc_trim; elsewhere
+    nothing). A quantized run is built as the float model first and its linear layers then
+    swapped: the freed float weights stayed in the process's heap (measured on SmolLM2:
+    ~130 MB of its 0.73 GB after loading the 4-bit run)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu"):
     """Load (model, tokenizer, config) from a run directory.
 
@@ -164,6 +178,7 @@ def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu"):
         from .models.quant import empty_quantized
 
         empty_quantized(model, quantization["layers"], quantization["group_size"])
+        _release_freed_memory()  # the float layers just replaced
     best = run_dir / "best.safetensors"
     last = latest_checkpoint(run_dir)
     if which == "best" and best.exists():

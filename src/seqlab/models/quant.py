@@ -94,7 +94,22 @@ class _QuantMatmul(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return grad @ ctx.layer.dequantized().to(grad.dtype), None
+        # dx = dy W, W dequantized a block of output rows at a time: a whole float copy of a
+        # large layer (the 49,152 x 576 head: 113 MB, plus the int-to-float temporaries) would
+        # be the peak of a QLoRA run's memory (benchmarks/qlora_memory.py)
+        layer = ctx.layer
+        rows = max(1, BACKWARD_BLOCK // layer.in_features)
+        if rows >= layer.out_features:
+            return grad @ layer.dequantized().to(grad.dtype), None
+        dx = None
+        for n0 in range(0, layer.out_features, rows):
+            n1 = min(n0 + rows, layer.out_features)
+            part = grad[..., n0:n1] @ layer.dequantized_rows(n0, n1).to(grad.dtype)
+            dx = part if dx is None else dx.add_(part)
+        return dx, None
+
+
+BACKWARD_BLOCK = 1 << 21  # weights (output rows x inputs) dequantized at a time in backward: 8 MB of float32
 
 
 class QuantLinear(nn.Module):
@@ -146,9 +161,14 @@ class QuantLinear(nn.Module):
 
     def dequantized(self) -> torch.Tensor:
         """The float32 weight (N, K) this layer computes with."""
+        return self.dequantized_rows(0, self.out_features)
+
+    def dequantized_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows start:stop of the float32 weight (output channels), dequantized alone."""
         if self.bits == 8:
-            return dequantize_int8(self.qweight, self.scales)
-        return dequantize_int4(unpack_nibbles(self.qweight), self.scales, self.zeros)
+            return dequantize_int8(self.qweight[start:stop], self.scales[start:stop])
+        return dequantize_int4(unpack_nibbles(self.qweight[start:stop]), self.scales[start:stop],
+                               self.zeros[start:stop])
 
     def kernel(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(weight, aux) for the CPU kernel (also what the native decode step takes): int8

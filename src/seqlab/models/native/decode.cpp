@@ -352,18 +352,23 @@ std::tuple<Tensor, Tensor, Tensor> sample_rows(const Tensor& logits, const Tenso
 
 // sampling.generate's loop for rules that truncate nothing, on the native step: draw a
 // token per row from `logits` with uniforms[t] (steps, B, 1), step the model on it, repeat,
-// for up to `steps` tokens. Every eos_check steps it stops if every row has produced
-// eos_id (eos_id < 0: never). Returns tokens, model and sampling log-probs, (B, n) each
-// for the n <= steps tokens drawn; the cache advances n - 1 positions from `pos`. Rows
-// that finished early keep being stepped: generate masks what follows a row's eos.
+// for up to `steps` tokens, or until every row has produced eos_id (eos_id < 0: never).
+// Returns tokens, model and sampling log-probs, (B, n) each for the n <= steps tokens
+// drawn; the cache advances n - 1 positions from `pos`. A row's columns after its eos are
+// eos and log-prob 0 (generate masks them like any token after a row's eos). eos_check is
+// the Python loop's interval for the all-finished check; this loop checks every step.
 // Without this loop the Python around each step (a draw call, a step call, list
 // appends) cost 8-13% of a generation (benchmarks/results.md).
 //
 // Rows never interact, so the batch is split into one block of rows per thread, and each
 // thread runs the whole loop for its block with single-threaded ops: no fork and join per
-// op (a decode step is ~40 small ops; at batch 64 each waited on the slower thread). A
-// block whose rows have all ended stops on its own; its columns after that are filled with
-// eos and log-prob 0, which generate masks like any token after a row's eos.
+// op (a decode step is ~40 small ops; at batch 64 each waited on the slower thread).
+// A row that draws eos leaves its block's batch: the block's last live row moves into its
+// slot (its KV cache rows, key mask and position offset with it), so later steps compute
+// only live rows. On a model whose step is compute-bound at these batches (SmolLM2 at 32
+// rows a thread) a GRPO rollout whose rows end at different lengths then costs the sum of
+// their lengths, not rows x the longest. The cache's rows are left permuted: generate
+// drops the cache after the loop.
 std::tuple<Tensor, Tensor, Tensor> decode_loop(
     const Tensor& first_logits, const Tensor& uniforms, double temperature, int64_t eos_id, int64_t eos_check,
     const std::optional<Tensor>& offset, int64_t pos, const Tensor& wte, const std::optional<Tensor>& wpe,
@@ -371,6 +376,7 @@ std::tuple<Tensor, Tensor, Tensor> decode_loop(
     at::TensorList final_weights, at::TensorList k_cache, at::TensorList v_cache,
     const std::optional<Tensor>& key_mask, int64_t n_head, int64_t n_kv_head, int64_t head_dim, int64_t norm_kind,
     double eps, int64_t mlp_kind, int64_t window) {
+  (void)eos_check;
   const int64_t steps = uniforms.size(0), B = first_logits.size(0);
   TORCH_CHECK(uniforms.size(1) == B, "decode_loop: one uniform per row and step expected");
   Tensor tokens = at::empty({B, steps}, first_logits.options().dtype(at::kLong));
@@ -389,32 +395,74 @@ std::tuple<Tensor, Tensor, Tensor> decode_loop(
       kc.push_back(k_cache[l].narrow(0, b0, nb));
       vc.push_back(v_cache[l].narrow(0, b0, nb));
     }
-    const std::optional<Tensor> mask =
-        key_mask.has_value() ? std::optional<Tensor>(key_mask->narrow(0, b0, nb)) : std::nullopt;
-    const std::optional<Tensor> off =
-        offset.has_value() ? std::optional<Tensor>(offset->narrow(0, b0, nb)) : std::nullopt;
-    std::vector<char> finished(nb, 0);
+    // the block's own copies: their rows move with the live rows
+    Tensor mask = key_mask.has_value() ? key_mask->narrow(0, b0, nb).contiguous().clone() : Tensor();
+    Tensor off = offset.has_value() ? offset->narrow(0, b0, nb).contiguous().clone() : Tensor();
+    std::vector<int64_t> row(nb);  // slot -> row of the block
+    for (int64_t i = 0; i < nb; ++i) row[i] = i;
+    std::vector<int64_t> tb(nb);
+    std::vector<float> ub(nb), mb(nb), sb(nb);
+    int64_t live = nb;
     Tensor logits = first_logits.narrow(0, b0, nb);
     int64_t n = 0, p = pos;
     while (n < steps) {
-      draw_rows(logits, up + n * B + b0, temperature, tp + b0 * steps + n, mp + b0 * steps + n,
-                sp + b0 * steps + n, steps);
+      for (int64_t i = 0; i < live; ++i) ub[i] = up[n * B + b0 + row[i]];
+      draw_rows(logits, ub.data(), temperature, tb.data(), mb.data(), sb.data(), 1);
+      for (int64_t i = 0; i < live; ++i) {
+        const int64_t at = (b0 + row[i]) * steps + n;
+        tp[at] = tb[i];
+        mp[at] = mb[i];
+        sp[at] = sb[i];
+      }
       ++n;
       if (n == steps) break;
-      if (eos_id >= 0 && n % eos_check == 0) {
-        bool all = true;
-        for (int64_t b = 0; b < nb; ++b) {
-          for (int64_t t = n - eos_check; t < n && !finished[b]; ++t)
-            finished[b] = tp[(b0 + b) * steps + t] == eos_id;
-          all = all && finished[b];
+      for (int64_t i = 0; eos_id >= 0 && i < live;) {
+        if (tb[i] != eos_id) {
+          ++i;
+          continue;
         }
-        if (all) break;
+        const int64_t r = b0 + row[i];
+        for (int64_t t = n; t < steps; ++t) {
+          tp[r * steps + t] = eos_id;
+          mp[r * steps + t] = sp[r * steps + t] = 0.f;
+        }
+        const int64_t j = --live;  // the last live slot moves into slot i (then i is checked again)
+        if (i != j) {
+          row[i] = row[j];
+          tb[i] = tb[j];
+          // raw copies: the cache is an inference tensor, and this may run on a worker thread
+          for (size_t l = 0; l < kc.size(); ++l) {
+            const int64_t per_row = kc[l].stride(0);
+            float* k = kc[l].data_ptr<float>();
+            float* v = vc[l].data_ptr<float>();
+            std::copy_n(k + j * per_row, per_row, k + i * per_row);
+            std::copy_n(v + j * per_row, per_row, v + i * per_row);
+          }
+          if (mask.defined()) {
+            bool* m = mask.data_ptr<bool>();
+            std::copy_n(m + j * mask.size(1), mask.size(1), m + i * mask.size(1));
+          }
+          if (off.defined()) {
+            const int64_t w = off.numel() / nb;  // (nb,) or (nb, 1)
+            std::copy_n(static_cast<char*>(off.data_ptr()) + j * w * off.element_size(), w * off.element_size(),
+                        static_cast<char*>(off.data_ptr()) + i * w * off.element_size());
+          }
+        }
       }
+      if (live == 0) break;
+      std::vector<Tensor> kl, vl;
+      for (size_t l = 0; l < kc.size(); ++l) {
+        kl.push_back(kc[l].narrow(0, 0, live));
+        vl.push_back(vc[l].narrow(0, 0, live));
+      }
+      const Tensor last = at::from_blob(tb.data(), {live}, tokens.options()).clone();
+      const std::optional<Tensor> live_mask =
+          mask.defined() ? std::optional<Tensor>(mask.narrow(0, 0, live)) : std::nullopt;
       const std::optional<Tensor> row_pos =
-          off.has_value() ? std::optional<Tensor>(at::sub(at::scalar_tensor(p, off->options()), *off)) : std::nullopt;
-      logits = decode_step(tokens.narrow(0, b0, nb).select(1, n - 1), row_pos, p, wte, wpe, rope_cos, rope_sin,
-                           layers, final_weights, kc, vc, mask, n_head, n_kv_head, head_dim, norm_kind, eps, mlp_kind,
-                           window);
+          off.defined() ? std::optional<Tensor>(at::sub(at::scalar_tensor(p, off.options()), off.narrow(0, 0, live)))
+                        : std::nullopt;
+      logits = decode_step(last, row_pos, p, wte, wpe, rope_cos, rope_sin, layers, final_weights, kl, vl, live_mask,
+                           n_head, n_kv_head, head_dim, norm_kind, eps, mlp_kind, window);
       ++p;
     }
     return n;
@@ -428,13 +476,9 @@ std::tuple<Tensor, Tensor, Tensor> decode_loop(
       for (int64_t c = begin; c < end; ++c) drawn[c] = run_rows(B * c / blocks, B * (c + 1) / blocks);
     });
   }
+  // a block that stopped early did so because its rows had all ended: their columns up to
+  // `steps` are eos and 0 already
   const int64_t n = *std::max_element(drawn.begin(), drawn.end());
-  for (int64_t c = 0; c < blocks; ++c)  // blocks that stopped early: eos and 0 up to n
-    for (int64_t b = B * c / blocks; b < B * (c + 1) / blocks; ++b)
-      for (int64_t t = drawn[c]; t < n; ++t) {
-        tp[b * steps + t] = eos_id;
-        mp[b * steps + t] = sp[b * steps + t] = 0.f;
-      }
   return {tokens.narrow(1, 0, n), model_lp.narrow(1, 0, n), sample_lp.narrow(1, 0, n)};
 }
 
