@@ -1,7 +1,8 @@
 """Speed on a real pretrained model: SmolLM2-135M-Instruct in seqlab (float32, int8, int4) and its peers.
 
     python benchmarks/bench_pretrained.py generate [--rounds 5] [--out benchmarks/pretrained_generate.json]
-    python benchmarks/bench_pretrained.py grpo [--rounds 3] [--out benchmarks/pretrained_grpo.json]
+    python benchmarks/bench_pretrained.py grpo [--rounds 3] [--contenders seqlab seqlab-bf16 trl trl-bf16]
+        [--out benchmarks/pretrained_grpo.json]
 
 (a) generate: greedy, 128 new tokens (end-of-turn never stops a row, so every contender
     makes exactly 128) after a chat prompt (the model's template, ~30 tokens), batch 1 and
@@ -219,7 +220,7 @@ def grpo_data(path: Path) -> list[dict]:
     return rows
 
 
-def grpo_seqlab(setup: dict, work: Path) -> dict:
+def grpo_seqlab(setup: dict, work: Path, dtype: str = "float32") -> dict:
     import csv
 
     from seqlab.post.config import PostConfig
@@ -232,7 +233,7 @@ def grpo_seqlab(setup: dict, work: Path) -> dict:
                      lora_alpha=32, group_size=8, prompts_per_step=8, micro_batch=8, max_new_tokens=NEW_TOKENS,
                      threads=THREADS,
                      rewards=REWARD_NAMES, chat_template=True, system=SYSTEM, checkpoint_interval=1000,
-                     samples_every=1000)
+                     samples_every=1000, dtype=dtype)
     run_grpo(cfg, progress=False)
     with open(work / "out" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -240,7 +241,7 @@ def grpo_seqlab(setup: dict, work: Path) -> dict:
             "completion_len": [float(r["completion_len"]) for r in rows]}
 
 
-def grpo_trl(setup: dict, work: Path) -> dict:
+def grpo_trl(setup: dict, work: Path, bf16: bool = False) -> dict:
     import re
 
     import torch
@@ -297,7 +298,7 @@ def grpo_trl(setup: dict, work: Path) -> dict:
                       steps_per_generation=8, gradient_accumulation_steps=8, max_completion_length=NEW_TOKENS,
                       max_steps=2, learning_rate=5e-5, use_cpu=True, logging_steps=1, report_to="none",
                       save_strategy="no", temperature=1.0, beta=0.0, loss_type="dapo", seed=0,
-                      dataloader_num_workers=0, bf16=False, fp16=False)
+                      dataloader_num_workers=0, bf16=bf16, fp16=False)
     peft = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = GRPOTrainer(model=model, reward_funcs=[format_exact, answer_exact, answer_distance], args=args,
                           train_dataset=ds, processing_class=tok, peft_config=peft, callbacks=[Timer()])
@@ -314,14 +315,24 @@ def grpo_worker(name: str, setup_path: str, out_json: str) -> None:
     setup = json.loads(Path(setup_path).read_text())
     meter = CpuMeter()  # the rest of the machine's load during this run, seen from the run itself
     with tempfile.TemporaryDirectory() as d:
-        res = {"seqlab": grpo_seqlab, "trl": grpo_trl}[name](setup, Path(d))
+        res = GRPO_CONTENDERS[name](setup, Path(d))
     res["others_share"] = meter.others_share()
     Path(out_json).write_text(json.dumps(res))
 
 
-def bench_grpo(setup_path: str, rounds: int) -> dict:
-    names = ["seqlab"] + (["trl"] if _has("trl") else [])
-    if "trl" not in names:
+# float32 on both sides, and bf16 autocast on both sides (seqlab post.dtype = "bfloat16":
+# training's matmuls in bf16, sampling in the native float32 step; TRL bf16=True)
+GRPO_CONTENDERS = {
+    "seqlab": grpo_seqlab,
+    "seqlab-bf16": lambda setup, work: grpo_seqlab(setup, work, "bfloat16"),
+    "trl": grpo_trl,
+    "trl-bf16": lambda setup, work: grpo_trl(setup, work, bf16=True),
+}
+
+
+def bench_grpo(setup_path: str, rounds: int, contenders: list[str] | None = None) -> dict:
+    names = [n for n in (contenders or ["seqlab", "trl"]) if _has("trl") or not n.startswith("trl")]
+    if len(names) < len(contenders or ["seqlab", "trl"]):
         log("trl not installed: skipping TRL")
     runs = {n: [] for n in names}
     for r in range(rounds):
@@ -380,6 +391,8 @@ def main() -> None:
     ap.add_argument("--result")
     ap.add_argument("--threads", type=int, default=None, help="threads per contender (default 2)")
     ap.add_argument("--no-quantized", action="store_true", help="generate: leave out seqlab's int8/int4 runs")
+    ap.add_argument("--contenders", nargs="*", choices=sorted(GRPO_CONTENDERS),
+                    help="grpo: which (default seqlab trl; -bf16: bf16 autocast)")
     a = ap.parse_args()
     if a.threads:
         global THREADS
@@ -398,7 +411,7 @@ def main() -> None:
     if a.what == "generate":
         res = bench_generate(str(setup_path), a.rounds or 5, quantized=not a.no_quantized)
     else:
-        res = bench_grpo(str(setup_path), a.rounds or 3)
+        res = bench_grpo(str(setup_path), a.rounds or 3, a.contenders)
     res["machine"] = versions()
     res["threads_per_contender"] = THREADS
     out = a.out or str(HERE / f"pretrained_{a.what}.json")

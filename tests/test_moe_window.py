@@ -135,7 +135,7 @@ def test_config_rejects_bad_moe_keys():
 @pytest.mark.parametrize("native_attention", [True, False])
 def test_window_covering_the_sequence_is_full_attention(monkeypatch, native_attention):
     if not native_attention:
-        monkeypatch.setattr(native, "attention_applies", lambda q: False)
+        monkeypatch.setattr(native, "attention_applies", lambda q, upcast=False: False)
     x = torch.randint(0, 11, (3, 20))
     with torch.no_grad():
         full = transformer().logits(x)
@@ -162,7 +162,7 @@ def test_native_window_equals_sdpa_with_the_band_mask(monkeypatch, native_attent
     m = transformer(attention_window=6)
     x = torch.randint(0, 11, (2, 30))
     if not native_attention:
-        monkeypatch.setattr(native, "attention_applies", lambda q: False)
+        monkeypatch.setattr(native, "attention_applies", lambda q, upcast=False: False)
     elif native.load() is None:
         pytest.skip("no C++ compiler")
     y = torch.randint(0, 11, (2, 30))
@@ -170,7 +170,7 @@ def test_native_window_equals_sdpa_with_the_band_mask(monkeypatch, native_attent
     _, loss = m(x, y)
     grads = torch.autograd.grad(loss, list(m.parameters()))
     # reference: the band mask spelled out, through SDPA, for every layer
-    monkeypatch.setattr(native, "attention_applies", lambda q: False)
+    monkeypatch.setattr(native, "attention_applies", lambda q, upcast=False: False)
     i = torch.arange(30)
     band = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - 6)
     ref_starts = (i - 5).clamp(min=0).to(torch.int32).expand(2, 30)

@@ -102,7 +102,7 @@ def test_training_step_matches_the_sdpa_path(monkeypatch, extra):
     monkeypatch.setattr(native, "causal_attention", lambda *a: calls.append(1) or real(*a))
     loss, grads = loss_and_grads()
     assert len(calls) == 2  # once per layer: the native path really ran
-    monkeypatch.setattr(native, "attention_applies", lambda q: False)
+    monkeypatch.setattr(native, "attention_applies", lambda q, upcast=False: False)
     ref_loss, ref_grads = loss_and_grads()
     assert len(calls) == 2
     # forward and backward through 2 layers of 6 chained reductions each and the head; weight
@@ -178,3 +178,41 @@ def test_packed_rows_match_sdpa_with_the_segment_mask(B, H, Hkv, T, D):
     b, s0 = 0, int(starts[0, -1])
     alone = native.causal_attention(*(t[b:b + 1, :, s0:].detach().float().contiguous() for t in (q, k, v)))
     assert rel(alone, out[b:b + 1, :, s0:].detach().double()) < 1e-6
+
+
+def test_bf16_autocast_runs_the_native_kernel_in_float32_and_sampling_stays_float32(monkeypatch):
+    """Under CPU bf16 autocast (post.dtype = "bfloat16") attention takes q, k, v in float32
+    through the native kernel (its gradient included), the loss stays within bf16 rounding
+    of the float32 loss, and generate samples with autocast off: the same tokens and
+    log-probs as without autocast."""
+    from seqlab.sampling import DecodeRule, generate
+
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(type="transformer", block_size=32, n_embd=32, n_head=4, n_layer=2, dropout=0.0,
+                                pos="rope", n_kv_head=2), 11)
+    idx = torch.randint(0, 11, (3, 20))
+    calls = []
+    real = native.causal_attention
+    monkeypatch.setattr(native, "causal_attention", lambda *a: calls.append({t.dtype for t in a[:3]}) or real(*a))
+
+    def loss_of():
+        logits = m.logits(idx[:, :-1])
+        return F.cross_entropy(logits.float().flatten(0, 1), idx[:, 1:].flatten())
+
+    ref = loss_of()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = loss_of()
+    assert calls == [{torch.float32}] * 4
+    assert abs(low.item() - ref.item()) < 0.02 * ref.item()
+    low.backward()
+    assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in m.parameters())
+    prompts = [[1, 3, 4], [1, 5]]
+
+    def sample():
+        return generate(m, prompts, 8, DecodeRule(temperature=1.0), eos_id=-1,
+                        generator=torch.Generator().manual_seed(2))
+
+    plain = sample()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = sample()
+    assert torch.equal(plain.tokens, auto.tokens) and torch.equal(plain.model_logprobs, auto.model_logprobs)

@@ -56,7 +56,7 @@ def test_packed_batch_holds_every_sequence_once_at_its_own_positions(encoded, ti
 def test_packed_loss_and_gradients_equal_the_padded_batch(encoded, monkeypatch, pos, n_kv_head, native_attention):
     _, tok, enc = encoded
     if not native_attention:
-        monkeypatch.setattr(native, "attention_applies", lambda q: False)
+        monkeypatch.setattr(native, "attention_applies", lambda q, upcast=False: False)
     elif native.load() is None:
         pytest.skip("no C++ compiler")
     torch.manual_seed(0)

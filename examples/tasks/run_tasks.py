@@ -2,7 +2,7 @@
 baseline, measured on held-out examples; rows appended to OUT/results.jsonl (a finished row is
 skipped, so the script can be stopped and started again).
 
-    python examples/tasks/run_tasks.py OUT [--only TASK ...] [--minutes 8] [--threads 1]
+    python examples/tasks/run_tasks.py OUT [--only TASK ...] [--family TEXT ...] [--minutes 8] [--threads 1]
 
 Each seqlab run trains through `seqlab.train.train` with a wall-clock budget (--minutes, so
 each stays within the issue's 10 minutes on a 2-core CPU) and is scored with `seqlab eval RUN
@@ -125,6 +125,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--only", nargs="*")
+    ap.add_argument("--family", nargs="*", help="only the model families whose names contain one of these")
     ap.add_argument("--minutes", type=float, default=8.0)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -153,7 +154,7 @@ def main():
         if task.type == "classify":  # BERT next to GPT: a masked-LM encoder, then its classifier
             families.append((MLM_FAMILY, ["--init-from"]))
         for family, flags in families:
-            if (name, family) in done:
+            if (name, family) in done or (args.family and not any(f in family for f in args.family)):
                 continue
             run = out / "runs" / (name + "-" + re.sub(r"[^a-z0-9]+", "-", family.lower()).strip("-"))
             if run.exists():

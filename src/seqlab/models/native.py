@@ -319,10 +319,12 @@ class _CausalAttention(torch.autograd.Function):
 ATTENTION_MAX_TD = 8192
 
 
-def attention_applies(q: torch.Tensor) -> bool:
-    """Whether causal_attention should take these queries (B, H, T, D): float32 on the CPU,
-    head size a multiple of 8, T x D within ATTENTION_MAX_TD, and the library built."""
-    return (q.device.type == "cpu" and q.dtype == torch.float32 and q.size(-1) % 8 == 0
+def attention_applies(q: torch.Tensor, upcast: bool = False) -> bool:
+    """Whether causal_attention should take these queries (B, H, T, D): float32 (or, with
+    upcast, bf16/fp16 the caller casts to float32) on the CPU, head size a multiple of 8,
+    T x D within ATTENTION_MAX_TD, and the library built."""
+    floats = (torch.float32, torch.bfloat16, torch.float16) if upcast else (torch.float32,)
+    return (q.device.type == "cpu" and q.dtype in floats and q.size(-1) % 8 == 0
             and q.size(-2) * q.size(-1) <= ATTENTION_MAX_TD and load() is not None)
 
 

@@ -11,8 +11,9 @@ loss aggregations of its successors:
       dapo     same as bnpo here (one process: the global token mean; Yu et al. 2025)
       dr_grpo  sum_{i,t} m L / (B * max_completion_length)   (constant normaliser; Liu et al. 2025)
 
-logp_old are the log-probs of the policy that sampled, stored at rollout time,
-so num_iterations > 1 reuses rollouts correctly. They must be log-probs of the
+logp_old are the log-probs of the policy that sampled: with num_iterations = 1 the
+trainer's own, detached (the sampling policy is the one being updated; TRL does the
+same), else stored at rollout time, so num_iterations > 1 reuses rollouts correctly. They must be log-probs of the
 distribution that actually drew the tokens: sampling with temperature T means
 logp is computed at temperature T too; top-k/top-p/min-p truncation is refused
 by the trainer (the truncated distribution is not the policy being optimised).
@@ -183,17 +184,25 @@ def run_grpo(cfg, progress: bool = True) -> dict:
         parts = chunks(comp.size(0))
         total, lstats, entropy = 0.0, {}, 0.0
         for rows in parts:
+            # the chunk's columns up to its longest completion (the rollout's width is its
+            # longest row's: computing the rest would be padding)
+            width = max(1, int(mask[rows].sum(1).max()))
+            c_rows, m_rows = comp[rows, :width], mask[rows, :width]
             # each prompt's forward (and backward) once for its rows (common.continuation_logits)
-            logits = continuation_logits(model, rollout["prompts"][rows], comp[rows], tok.pad_id)
-            logp = token_logprobs(logits, comp[rows], cfg.temperature)
-            ref_rows = rollout["ref"][rows] if rollout["ref"] is not None else None
-            loss, chunk_stats = grpo_loss(logp, rollout["old"][rows], rollout["adv"][rows], mask[rows], cfg.epsilon,
+            logits = continuation_logits(model, rollout["prompts"][rows], c_rows, tok.pad_id)
+            logp = token_logprobs(logits, c_rows, cfg.temperature)
+            ref_rows = rollout["ref"][rows, :width] if rollout["ref"] is not None else None
+            # one update per rollout: the policy that sampled is the one being updated, so its
+            # log-probs are the trainer's own (ratio exactly 1, as TRL; the sampler's, from
+            # another code path or precision, differ by rounding); else the sampler's, stored
+            old = logp.detach() if cfg.num_iterations == 1 else rollout["old"][rows, :width]
+            loss, chunk_stats = grpo_loss(logp, old, rollout["adv"][rows], m_rows, cfg.epsilon,
                                           cfg.epsilon_high, cfg.kl_beta, ref_rows, cfg.loss_type, cfg.max_new_tokens)
             w = chunk_weight(mask, rows, cfg.loss_type)
             tokens = chunk_weight(mask, rows, "dapo")  # the chunk's share of the counted tokens
             with torch.no_grad():
                 ent = entropy_from_logits(logits / cfg.temperature)  # of the sampled distribution, as TRL
-                entropy += float((ent * mask[rows]).sum() / mask.sum().clamp(min=1))
+                entropy += float((ent * m_rows).sum() / mask.sum().clamp(min=1))
             for k, v in chunk_stats.items():  # token means over the whole batch
                 lstats[k] = lstats.get(k, 0.0) + v * tokens
             if len(parts) == 1:  # the engine backpropagates (this rank's share of) the loss
