@@ -21,6 +21,7 @@ code below is the reference they are tested against.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -179,10 +180,11 @@ def generate(
     are split over processes."""
     device = next(model.parameters()).device
     if device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-        # bf16 autocast (post.dtype) speeds up training's matmuls; CPU sampling runs the
-        # native float32 step, faster than the autocast path (a SmolLM2 GRPO rollout: 20
-        # against 28 s) and the same numbers as without autocast
-        with torch.autocast("cpu", enabled=False):
+        # under bf16 autocast (post.dtype) CPU sampling runs the native step (the autocast
+        # Python path is slower: a SmolLM2 GRPO rollout took 28 s against 20) with its
+        # matmuls in bf16 (native.bf16_weights); the prefill and the KV cache stay float32
+        low = torch.get_autocast_dtype("cpu") == torch.bfloat16
+        with torch.autocast("cpu", enabled=False), (native.bf16_weights() if low else contextlib.nullcontext()):
             return generate(model, prompts, max_new_tokens, rule, eos_id, pad_id, generator, shard)
     steps = _budget(model, prompts, max_new_tokens)
     plain = not rule.truncates and rule.temperature == 1.0

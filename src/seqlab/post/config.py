@@ -34,9 +34,12 @@ class PostConfig:
     resume: bool = False  # continue the run in `out` from its last checkpoint (CLI: --resume)
     threads: int = 0
     device: str = "cpu"  # cpu, cuda, cuda:N or mps (CLI: --device); under torchrun `cuda` is each rank's GPU
-    # Precision of the forward passes (sampling included). float32 by default on every device:
-    # RL's importance ratios compare the sampler's log-probs with the trainer's, and in bf16
-    # they differ by rounding alone; "auto" is bf16 autocast where the device supports it
+    # Precision of the forward passes. float32 by default on every device; "bfloat16" is bf16
+    # autocast (on a CPU with bf16 instructions training's matmuls run 2.2-2.7x faster, and
+    # sampling runs the native step with bf16 weights), "auto" bf16 where a GPU supports it.
+    # RL ratios: with one update per rollout (num_iterations = 1) GRPO's old log-probs are the
+    # trainer's own, so the ratio is exactly 1 in any precision; with more, the sampler's
+    # log-probs are compared with the trainer's and bf16 rounding alone moves the ratio
     dtype: Literal["auto", "float32", "bfloat16"] = "float32"
     # Dropout off while post-training (lora_dropout included). Unset: off for grpo and ppo
     # (the policy being updated must be the one that sampled), dpo (the one the reference

@@ -15,7 +15,7 @@
 //
 // Built on first use by seqlab/models/native.py (torch.utils.cpp_extension) and
 // registered as torch.ops.seqlab.decode_step, .sample_rows and .decode_loop. CPU, float32
-// activations (weights float32, or 8-/4-bit from `seqlab quantize`), eval only.
+// activations (weights float32, bf16 copies, or 8-/4-bit from `seqlab quantize`), eval only.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -41,8 +41,11 @@ bool has(const Tensor& t) { return t.defined() && t.numel() > 0; }
 // bf16 scales aux (N,), or the int4 kernel's packed layout (kByte) with bf16 scales and
 // zeros aux (K/g, N, 2). The kernels take bf16 activations; the result returns to float32.
 // The int4 op is looked up by name: it is not in every torch's C++ API.
+// A bf16 W (sampling under bf16 autocast, native.bf16_weights) multiplies bf16 activations
+// in oneDNN's bf16 matmul, float32 accumulation.
 Tensor quantized_mm(const Tensor& x, const Tensor& w, const Tensor& aux) {
   Tensor xb = x.to(at::kBFloat16).contiguous();
+  if (w.scalar_type() == at::kBFloat16) return at::mm(xb, w.t()).to(at::kFloat);
   if (w.scalar_type() == at::kChar) return at::_weight_int8pack_mm(xb, w, aux).to(at::kFloat);
   static auto int4 = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("aten::_weight_int4pack_mm_for_cpu", "")
