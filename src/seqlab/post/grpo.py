@@ -13,8 +13,8 @@ loss aggregations of its successors:
 
 logp_old are the log-probs of the policy that sampled: with num_iterations = 1 the
 trainer's own, detached (the sampling policy is the one being updated; TRL does the
-same), else stored at rollout time, so num_iterations > 1 reuses rollouts correctly. They must be log-probs of the
-distribution that actually drew the tokens: sampling with temperature T means
+same), else stored at rollout time, so num_iterations > 1 reuses rollouts correctly.
+They must be log-probs of the distribution that actually drew the tokens: sampling with temperature T means
 logp is computed at temperature T too; top-k/top-p/min-p truncation is refused
 by the trainer (the truncated distribution is not the policy being optimised).
 With one iteration and no KL, the loss value is ~0 at every step (rho = 1 and
@@ -139,7 +139,8 @@ def run_grpo(cfg, progress: bool = True) -> dict:
         # (B, L) over completion tokens: mask 1 up to and including a row's eos
         comp = gen.tokens.clone()  # out of inference mode: autograd saves it (embedding indices)
         mask = (torch.arange(comp.size(1), device=device) < gen.lengths[:, None]).float()
-        old_logp = gen.sampling_logprobs * mask
+        # the sampler's log-probs serve only when a rollout is reused (num_iterations > 1)
+        old_logp = gen.sampling_logprobs * mask if cfg.num_iterations > 1 else None
         ref_logp = None
         if ref is not None:
             with torch.no_grad():
