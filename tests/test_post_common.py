@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
+from seqlab.post import common
 from seqlab.post.common import (entropy_from_logits, gae, group_advantages, kl_estimate, masked_mean,
-                                masked_whiten, token_logprobs)
+                                masked_whiten, token_logprobs, token_logprobs_and_entropy)
 
 
 def test_token_logprobs_hand_computed_and_temperature():
@@ -15,6 +16,39 @@ def test_token_logprobs_hand_computed_and_temperature():
     # temperature 2: logits (0, ln3 / 2) -> p1 = sqrt(3) / (1 + sqrt(3))
     p1 = math.sqrt(3) / (1 + math.sqrt(3))
     assert token_logprobs(logits, torch.tensor([[1]]), 2.0).item() == pytest.approx(math.log(p1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_fused_token_logprobs_and_entropy_match_log_softmax(dtype, temperature, monkeypatch):
+    """The blocked forward/backward (post/common._TokenLogprobs) against log_softmax + gather
+    and the entropy of softmax, in float32 from float32 or bf16 logits: values, the gradient
+    of a weighted sum, a row with -inf logits (masked vocabulary) and a padding token (-1).
+    Small blocks, so rows straddle block edges."""
+    monkeypatch.setattr(common, "_BLOCK_FLOATS", 3 * 700)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(3, 7, 700, generator=g) * 3).to(dtype)
+    x[0, 0, :350] = float("-inf")
+    x.requires_grad_()
+    y = torch.randint(350, 700, (3, 7), generator=g)
+    y[1, 3] = -1
+    w = torch.randn(3, 7, generator=g)
+    lp, ent = token_logprobs_and_entropy(x, y, temperature)
+    assert lp.dtype == ent.dtype == torch.float32 and not ent.requires_grad
+    (lp * w).sum().backward()
+    fused_grad, x.grad = x.grad, None
+    xf = x.float() / temperature
+    ref = torch.log_softmax(xf, -1).gather(-1, y.clamp(min=0)[..., None]).squeeze(-1)
+    (ref * w).sum().backward()
+    torch.testing.assert_close(lp, ref.detach(), atol=1e-5, rtol=1e-5)
+    logp_all = torch.log_softmax(xf.detach(), -1)
+    ref_ent = -(logp_all.exp() * logp_all.masked_fill(logp_all == float("-inf"), 0)).sum(-1)
+    torch.testing.assert_close(ent, ref_ent, atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(ent).all() and ent[0, 0] < math.log(350) + 1e-4  # only 350 tokens possible
+    tol = 1e-6 if dtype == torch.float32 else 8e-3  # the gradient comes back in the logits' dtype
+    torch.testing.assert_close(fused_grad.float(), x.grad.float(), atol=tol, rtol=tol)
+    assert fused_grad.dtype == dtype
+    torch.testing.assert_close(token_logprobs(x, y, temperature), lp)
 
 
 def test_masked_mean_empty_mask_is_zero_not_nan():

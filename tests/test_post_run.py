@@ -131,6 +131,38 @@ def test_lora_trains_only_adapters_and_merges(bases, algorithm, monkeypatch):
     torch.testing.assert_close(delta, 2.0 * B @ A, atol=1e-6, rtol=1e-5)
 
 
+def test_frozen_base_layers_cast_once_under_autocast(bases):
+    """After apply_lora the frozen float layers (the adapters' bases, the head) are
+    FrozenLinear: under CPU bf16 autocast they give exactly what nn.Linear gives, from one
+    bf16 copy of the weight kept between calls, remade when the weight changes in place, and
+    dropped when the adapters merge (plain nn.Linear again)."""
+    from seqlab.models.layers import FrozenLinear
+    from seqlab.models.lora import apply_lora, merge_lora
+
+    _, runs, _ = bases
+    model, tok, _ = load_model(runs["transformer"])
+    apply_lora(model, 2)
+    base = model.blocks[0].attn.qkv.get_base_layer()
+    assert type(base) is FrozenLinear and type(model.lm_head) is FrozenLinear
+    x = torch.randn(2, 5, base.in_features)
+    plain = torch.nn.Linear(base.in_features, base.out_features, bias=base.bias is not None)
+    plain.load_state_dict(base.state_dict())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, ref = base(x), plain(x)
+        first = base.autocast_weight(torch.bfloat16)
+        base(x)
+        assert base.autocast_weight(torch.bfloat16) is first  # not cast again
+        with torch.no_grad():
+            base.weight.mul_(2)
+        assert base.autocast_weight(torch.bfloat16) is not first
+        torch.testing.assert_close(base.autocast_weight(torch.bfloat16), (2 * plain.weight).to(torch.bfloat16),
+                                   atol=0, rtol=0)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, ref)
+    torch.testing.assert_close(base(x), 2 * plain(x) - (plain.bias if plain.bias is not None else 0))
+    merge_lora(model)
+    assert not any(type(m) is FrozenLinear for m in model.modules())
+
+
 def test_lora_sampler_sees_adapters_and_rejects_recurrent(bases):
     """The cached decode path must call the LoRA-wrapped layers (not the bare weights):
     cached sampling log-probs equal the full forward's, with a non-zero adapter."""
@@ -390,13 +422,18 @@ def test_post_dtype_bfloat16_runs_the_forward_passes_under_autocast(bases, algor
     d, runs, data = bases
     monkeypatch.syspath_prepend(str(d))
     seen = []
-    real = common.token_logprobs
 
-    def spy(logits, *a, **kw):
-        seen.append(logits.dtype)
-        return real(logits, *a, **kw)
+    def spy_on(name):
+        real = getattr(common, name)
 
-    monkeypatch.setattr(common, "token_logprobs", spy)
+        def spy(logits, *a, **kw):
+            seen.append(logits.dtype)
+            return real(logits, *a, **kw)
+
+        monkeypatch.setattr(common, name, spy)
+
+    spy_on("token_logprobs")
+    spy_on("token_logprobs_and_entropy")
     for dtype in ("float32", "bfloat16"):
         seen.clear()
         out = d / f"{algorithm}-{dtype}"

@@ -101,3 +101,45 @@ class SwiGLU(nn.Module):
         """resid + SwiGLU(x), eval-time and functional."""
         gate, up = linear(self.gate_up, x).split(self.hidden, dim=-1)
         return linear_residual(self.proj, F.silu(gate) * up, resid)
+
+
+class FrozenLinear(torch.nn.Linear):
+    """An nn.Linear whose weight is frozen (a LoRA base, the head): under autocast it casts
+    that weight to the autocast dtype once and keeps the copy, where autocast itself casts a
+    weight that needs no gradient again at every call (its cache holds only leaves that need
+    one). A SmolLM2 GRPO step calls each base layer twice per micro-batch (the prompt once,
+    the completions), so that was 16 float32 -> bf16 copies of the model per update. The copy
+    is remade when the weight changes (its version counter) and dropped by release()."""
+
+    _cast: torch.Tensor | None = None
+    _cast_key: tuple | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        if self.weight.requires_grad or not torch.is_autocast_enabled(device):
+            return super().forward(x)
+        dtype = torch.get_autocast_dtype(device)
+        w = self.autocast_weight(dtype)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        with torch.autocast(device, enabled=False):
+            return F.linear(x.to(dtype), w, bias)
+
+    def autocast_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weight in `dtype`, cast once while it stays unchanged."""
+        key = (dtype, self.weight._version, self.weight.data_ptr())
+        if self._cast_key != key:
+            self._cast, self._cast_key = self.weight.detach().to(dtype), key
+        return self._cast
+
+    def release(self) -> torch.nn.Linear:
+        """Back to a plain nn.Linear (the copy freed)."""
+        self._cast = self._cast_key = None
+        del self._cast, self._cast_key
+        self.__class__ = torch.nn.Linear
+        return self
+
+
+def release_frozen(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if type(m) is FrozenLinear:
+            m.release()

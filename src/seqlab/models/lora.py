@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SeqlabError
+from .layers import release_frozen
 
 # the transformer's linear layers: attention in/out, MLP (GELU fc/proj, SwiGLU gate_up/proj)
 DEFAULT_TARGETS = ("qkv", "proj", "fc", "gate_up")
@@ -47,6 +48,7 @@ def apply_lora(model: torch.nn.Module, rank: int, alpha: float | None = None, dr
     from peft import LoraConfig
     from peft.tuners.lora import LoraModel
 
+    from .layers import FrozenLinear
     from .quant import QuantLinear
     from .transformer import Transformer
 
@@ -67,6 +69,9 @@ def apply_lora(model: torch.nn.Module, rank: int, alpha: float | None = None, dr
     with warnings.catch_warnings():  # peft warns of any layer type it does not know; QuantLinear is ours
         warnings.filterwarnings("ignore", message="Unsupported layer type")
         LoraModel(model, config, "default")  # injects the adapters into `model` in place
+    for m in model.modules():  # the frozen float layers (the adapters' bases, the head)
+        if type(m) is torch.nn.Linear and not m.weight.requires_grad:
+            m.__class__ = FrozenLinear
     return model
 
 
@@ -113,6 +118,7 @@ def merge_lora(model: torch.nn.Module) -> torch.nn.Module:
             module.merge()  # W += (alpha / r) B A
         _replace(model, name, base)
     dequantize_model(model)  # QLoRA: the layers no adapter wrapped (e.g. the head) too
+    release_frozen(model)
     for p in model.parameters():
         p.requires_grad_(True)
     return model
@@ -135,6 +141,7 @@ def save_apart(model: torch.nn.Module, out: Path, rank: int, alpha: float | None
     wrapped = sorted({name.rsplit(".", 1)[-1] for name, _ in _lora_layers(model)})
     for name, module in _lora_layers(model):
         _replace(model, name, module.get_base_layer())
+    release_frozen(model)
     atomic.write_json(Path(out) / ADAPTER_SPEC, {"rank": rank, "alpha": alpha if alpha is not None else 2 * rank,
                                                   "targets": [t for t in targets if t in wrapped]})
     for p in model.parameters():

@@ -181,9 +181,10 @@ def _plain_linear(m):
     """(layer, None) for a plain linear layer (nn.Linear or a QuantLinear on the CPU); (its base layer, (A, scale * B)) for a peft LoRA layer with one active, unmerged
     adapter and no dropout at work (decode.cpp adds the low-rank product itself, so sampling
     stays exact and fast while the adapter trains); None for anything else."""
+    from .layers import FrozenLinear
     from .quant import QuantLinear
 
-    if type(m) is nn.Linear or (type(m) is QuantLinear and m.qweight.device.type == "cpu"):
+    if type(m) in (nn.Linear, FrozenLinear) or (type(m) is QuantLinear and m.qweight.device.type == "cpu"):
         return m, None
     try:
         from peft.tuners.lora import Linear as LoraLinear
@@ -219,7 +220,7 @@ def bf16_weights():
 
 def pack(model) -> NativeWeights | None:
     """The native step's view of `model`, or None when the Python step must run."""
-    from .layers import SwiGLU
+    from .layers import FrozenLinear, SwiGLU
 
     wte = model.wte.weight
     # under CPU autocast (post.dtype = "bfloat16") the prefill wrote bf16 keys and values:
@@ -258,7 +259,9 @@ def pack(model) -> NativeWeights | None:
     def weight(lin):
         """decode.cpp's (weight, aux): a float32 weight has no aux; a quantized layer no kernel
         serves (an int4 head of a vocabulary not a multiple of 16) gives its dequantized weight"""
-        if type(lin) is nn.Linear:
+        if type(lin) is FrozenLinear and linear_dtype != torch.float32:  # its copy, made once
+            return lin.autocast_weight(linear_dtype), empty
+        if type(lin) in (nn.Linear, FrozenLinear):
             return lin.weight.detach().to(linear_dtype), empty
         return lin.kernel() or (lin.dequantized(), empty)
 

@@ -22,11 +22,85 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     `temperature` divides the logits first, so the log-probs are those of the
     distribution that sampled at that temperature.
     """
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    # log_softmax(x)[y] = x[y] - logsumexp(x): avoids materialising (B, T, V) log-probs twice
-    return logits.gather(-1, tokens.clamp(min=0).unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    return _TokenLogprobs.apply(logits, tokens, float(temperature), False)[0]
+
+
+def token_logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor,
+                               temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """token_logprobs, and the entropy (B, T) of softmax(logits / temperature) at each
+    position (not differentiable: a logged statistic), from the same pass over the logits."""
+    return _TokenLogprobs.apply(logits, tokens, float(temperature), True)
+
+
+# rows of the (N, V) logits handled at a time: a float32 block of ~4 MB stays in the cache
+# through the passes over it
+_BLOCK_FLOATS = 1 << 20
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    """log_softmax(x / T)[y] = x_y / T - lse, lse = logsumexp(x / T), and optionally the
+    entropy lse - sum_v p_v x_v / T, over blocks of rows in float32; the backward is
+    d/dx_v = g (1[v = y] - p_v) / T, p recomputed from the saved lse.
+
+    Why not the plain ops (x.float(), logsumexp, gather, log_softmax for the entropy): at a
+    vocabulary of 49,152 each of them is a pass over a (B, T, V) float32 tensor in memory
+    (the cast copy, the exp, the zero-filled gather gradient, the softmax of the backward,
+    their sum, the cast back), ~11% of a SmolLM2 GRPO micro-batch's forward + backward;
+    here each block of rows is read once per direction and stays in the cache. The logits
+    (bf16 under autocast) are kept as they are for the backward, not as a float32 copy."""
+
+    @staticmethod
+    def forward(ctx, logits, tokens, temperature, with_entropy):
+        V = logits.size(-1)
+        flat = logits.reshape(-1, V)
+        idx = tokens.reshape(-1, 1).clamp(min=0)
+        n = flat.size(0)
+        lse = torch.empty(n, dtype=torch.float32, device=logits.device)
+        picked = torch.empty(n, dtype=torch.float32, device=logits.device)
+        entropy = torch.empty(n, dtype=torch.float32, device=logits.device) if with_entropy else None
+        rows = max(1, _BLOCK_FLOATS // max(V, 1))
+        for a in range(0, n, rows):
+            x = flat[a:a + rows].float()
+            if temperature != 1.0:
+                x = x / temperature
+            m = x.amax(-1, keepdim=True).clamp(min=torch.finfo(torch.float32).min)  # finite for all -inf rows
+            e = (x - m).exp_()
+            total = e.sum(-1, keepdim=True)
+            lse[a:a + rows] = (m + total.log()).squeeze(-1)
+            picked[a:a + rows] = x.gather(1, idx[a:a + rows]).squeeze(-1)
+            if entropy is not None:  # H = lse - sum_v p_v x_v, p = e / total (0 * -inf = 0 where p is 0)
+                ex = torch.where(e > 0, e * x, e)
+                entropy[a:a + rows] = lse[a:a + rows] - ex.sum(-1) / total.squeeze(-1)
+        ctx.save_for_backward(logits, tokens, lse)
+        ctx.temperature = temperature
+        out = (picked - lse).view(tokens.shape)
+        if entropy is None:
+            return out, None
+        entropy = entropy.view(tokens.shape)
+        ctx.mark_non_differentiable(entropy)
+        return out, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_entropy):
+        logits, tokens, lse = ctx.saved_tensors
+        T = ctx.temperature
+        V = logits.size(-1)
+        flat = logits.reshape(-1, V)
+        idx = tokens.reshape(-1, 1).clamp(min=0)
+        g = grad_logp.reshape(-1, 1).float()
+        if T != 1.0:
+            g = g / T
+        grad = torch.empty_like(flat)
+        rows = max(1, _BLOCK_FLOATS // max(V, 1))
+        for a in range(0, flat.size(0), rows):
+            x = flat[a:a + rows].float()
+            if T != 1.0:
+                x = x / T
+            p = (x - lse[a:a + rows, None]).exp_()  # softmax(x / T)
+            p.mul_(-g[a:a + rows])
+            p.scatter_add_(1, idx[a:a + rows], g[a:a + rows])
+            grad[a:a + rows] = p
+        return grad.view(logits.shape), None, None, None
 
 
 def sequence_logprobs(model, input_ids: torch.Tensor, completion_mask: torch.Tensor,

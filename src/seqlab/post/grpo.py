@@ -90,7 +90,8 @@ def run_grpo(cfg, progress: bool = True) -> dict:
     from ..engine import ranks as process_ranks
     from ..errors import SeqlabError
     from ..sampling import DecodeRule, generate
-    from .common import continuation_logits, device_of, entropy_from_logits, group_advantages, token_logprobs
+    from .common import (continuation_logits, device_of, group_advantages, token_logprobs,
+                         token_logprobs_and_entropy)
     from .data import load_jsonl
     from .prompting import prompt_format
     from .runner import extra_columns, load_policy, optimise, prepare_out, rewards_for
@@ -191,7 +192,8 @@ def run_grpo(cfg, progress: bool = True) -> dict:
             c_rows, m_rows = comp[rows, :width], mask[rows, :width]
             # each prompt's forward (and backward) once for its rows (common.continuation_logits)
             logits = continuation_logits(model, rollout["prompts"][rows], c_rows, tok.pad_id)
-            logp = token_logprobs(logits, c_rows, cfg.temperature)
+            # and the entropy of the sampled distribution (as TRL logs it), in the same pass
+            logp, ent = token_logprobs_and_entropy(logits, c_rows, cfg.temperature)
             ref_rows = rollout["ref"][rows, :width] if rollout["ref"] is not None else None
             # one update per rollout: the policy that sampled is the one being updated, so its
             # log-probs are the trainer's own (ratio exactly 1, as TRL; the sampler's, from
@@ -201,9 +203,7 @@ def run_grpo(cfg, progress: bool = True) -> dict:
                                           cfg.epsilon_high, cfg.kl_beta, ref_rows, cfg.loss_type, cfg.max_new_tokens)
             w = chunk_weight(mask, rows, cfg.loss_type)
             tokens = chunk_weight(mask, rows, "dapo")  # the chunk's share of the counted tokens
-            with torch.no_grad():
-                ent = entropy_from_logits(logits / cfg.temperature)  # of the sampled distribution, as TRL
-                entropy += float((ent * m_rows).sum() / mask.sum().clamp(min=1))
+            entropy += float((ent * m_rows).sum() / mask.sum().clamp(min=1))
             for k, v in chunk_stats.items():  # token means over the whole batch
                 lstats[k] = lstats.get(k, 0.0) + v * tokens
             if len(parts) == 1:  # the engine backpropagates (this rank's share of) the loss

@@ -80,7 +80,7 @@ def run_ppo(cfg, progress: bool = True) -> dict:
     from ..engine import all_gather_cat, all_gather_padded, all_reduce_sum, weighted_sum
     from ..engine import ranks as process_ranks
     from ..sampling import DecodeRule, generate
-    from .common import device_of, entropy_from_logits, token_logprobs
+    from .common import device_of, token_logprobs, token_logprobs_and_entropy
     from .data import completion_batch, load_jsonl
     from .prompting import prompt_format
     from .runner import extra_columns, load_policy, optimise, prepare_out, rewards_for
@@ -163,7 +163,8 @@ def run_ppo(cfg, progress: bool = True) -> dict:
         tokens = float(mask.sum())
         share = tokens / max(float(all_reduce_sum(torch.tensor([tokens], dtype=torch.float64, device=device), ranks)), 1.0)
         logits, _ = model(ids[:, :-1])
-        logp = token_logprobs(logits, ids[:, 1:], cfg.temperature)
+        # and the entropy of the distribution sampled from (temperature-scaled), as TRL logs it
+        logp, entropy = token_logprobs_and_entropy(logits, ids[:, 1:], cfg.temperature)
         values = value(ids[:, :-1])
         pg_loss, vf_loss, stats = ppo_losses(logp, roll["old_logp"][mb], roll["adv"][mb], values,
                                              roll["old_values"][mb], roll["returns"][mb], mask, cfg.epsilon,
@@ -171,9 +172,7 @@ def run_ppo(cfg, progress: bool = True) -> dict:
         loss = pg_loss + cfg.vf_coef * vf_loss
         if roll["ref_logp"] is not None and not cfg.kl_in_reward:
             loss = loss + cfg.kl_beta * masked_mean(kl_estimate(logp, roll["ref_logp"][mb], "k3"), mask)
-        with torch.no_grad():
-            # of the distribution sampled from (temperature-scaled), as TRL logs it
-            stats["entropy"] = masked_mean(entropy_from_logits(logits / cfg.temperature), mask).item()
+        stats["entropy"] = masked_mean(entropy, mask).item()
         return loss * share, {**roll["stats"], **weighted_sum(stats, share, ranks)}
 
     columns = ["loss", "reward", "kl", "policy_loss", "value_loss", "clip_frac", "approx_kl", "entropy",
