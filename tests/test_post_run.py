@@ -144,6 +144,8 @@ def test_frozen_base_layers_cast_once_under_autocast(bases):
     apply_lora(model, 2)
     base = model.blocks[0].attn.qkv.get_base_layer()
     assert type(base) is FrozenLinear and type(model.lm_head) is FrozenLinear
+    with torch.inference_mode():  # as the sampler first asks for it: still usable for training
+        assert not base.autocast_weight(torch.bfloat16).is_inference()
     x = torch.randn(2, 5, base.in_features)
     plain = torch.nn.Linear(base.in_features, base.out_features, bias=base.bias is not None)
     plain.load_state_dict(base.state_dict())

@@ -12,7 +12,7 @@ from seqlab.data.examples import check_rows, infer_task_type, read_jsonl
 from seqlab.errors import SeqlabError
 from seqlab.models import build_model
 from seqlab.models.heads import SequenceModel
-from seqlab.supervised import classification_metrics, regression_metrics
+from seqlab.supervised import classification_metrics, regression_metrics, similar_length_batch
 
 
 def backbone(kind, bidirectional, input_dim=0):
@@ -132,6 +132,53 @@ def test_jsonl_errors_name_the_line_and_key(tmp_path):
 def seqlab(*args):
     r = subprocess.run([sys.executable, "-m", "seqlab", *map(str, args)], capture_output=True, text=True)
     return r.returncode, r.stdout, r.stderr
+
+
+def test_similar_length_batches_are_uniform_over_examples_and_narrow_in_length():
+    """group_by_length's draw: every example as likely as in a uniform batch (counts over
+    many draws within 5 standard deviations of the mean), each batch inside one window of
+    the length order (wrapping around its end), and the same batches from the same seed."""
+    lengths = torch.randint(1, 400, (500,), generator=torch.Generator().manual_seed(1))
+    by_length = torch.argsort(lengths, stable=True)
+    rank = torch.empty(500, dtype=torch.long)
+    rank[by_length] = torch.arange(500)
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(500)
+    for _ in range(4000):
+        idx = similar_length_batch(by_length, 16, 40, g)
+        counts += torch.bincount(idx, minlength=500)
+        r = torch.sort(rank[idx]).values
+        # the positions fit in a circular window of 40: the largest circular gap leaves < 40
+        assert 500 - torch.diff(torch.cat([r, r[:1] + 500])).max() < 40
+    mean = 4000 * 16 / 500
+    assert (counts - mean).abs().max() < 5 * mean ** 0.5
+    a = similar_length_batch(by_length, 16, 40, torch.Generator().manual_seed(3))
+    assert torch.equal(a, similar_length_batch(by_length, 16, 40, torch.Generator().manual_seed(3)))
+
+
+def test_group_by_length_trains_and_resumes_exactly(tmp_path):
+    """A classifier trained with --group-by-length for 20 steps in one go and in two runs of
+    10 (the second resumed) ends with the same weights: the batches come from the saved
+    generator only."""
+    from safetensors.torch import load_file
+
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for _ in range(200):
+        s = "".join("ab"[int(c)] for c in torch.randint(0, 2, (int(torch.randint(1, 30, (1,), generator=g)),),
+                                                          generator=g))
+        rows.append({"input": s, "label": "more_a" if s.count("a") > s.count("b") else "not"})
+    data = write(tmp_path / "cls.jsonl", rows)
+    common = ["--data", data, "--n-layer", 1, "--n-embd", 16, "--dropout", 0, "--threads", 1, "--quiet",
+              "--checkpoint-interval", 10, "--eval-interval", 10, "--group-by-length", "--batch-size", 8]
+    assert seqlab("train", *common, "--out", tmp_path / "one", "--steps", 20)[0] == 0
+    assert seqlab("train", *common, "--out", tmp_path / "two", "--steps", 10)[0] == 0
+    code, _, err = seqlab("train", *common, "--out", tmp_path / "two", "--steps", 20, "--resume")
+    assert code == 0, err
+    one = load_file(str(tmp_path / "one" / "checkpoints" / "step-00000020" / "weights.safetensors"))
+    two = load_file(str(tmp_path / "two" / "checkpoints" / "step-00000020" / "weights.safetensors"))
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    assert json.loads((tmp_path / "one" / "config.json").read_text())["train"]["group_by_length"] is True
 
 
 def test_classify_run_end_to_end(tmp_path):

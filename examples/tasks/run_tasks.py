@@ -3,6 +3,7 @@ baseline, measured on held-out examples; rows appended to OUT/results.jsonl (a f
 skipped, so the script can be stopped and started again).
 
     python examples/tasks/run_tasks.py OUT [--only TASK ...] [--family TEXT ...] [--minutes 8] [--threads 1]
+        [--train-flags "--group-by-length --dropout 0"]
 
 Each seqlab run trains through `seqlab.train.train` with a wall-clock budget (--minutes, so
 each stays within the issue's 10 minutes on a 2-core CPU) and is scored with `seqlab eval RUN
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -128,7 +130,10 @@ def main():
     ap.add_argument("--family", nargs="*", help="only the model families whose names contain one of these")
     ap.add_argument("--minutes", type=float, default=8.0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--train-flags", default="", help="more `seqlab train` flags for every labelled run "
+                                                      "(recorded in its row's flags)")
     args = ap.parse_args()
+    extra = shlex.split(args.train_flags)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
@@ -173,9 +178,10 @@ def main():
                     shutil.rmtree(pre)
                 train_run(lines, pre, ["--task", "mlm", "--n-layer", "2", "--n-embd", "64"], args.minutes / 2,
                           args.threads)
-                flags = ["--init-from", str(pre)]
+                flags = ["--init-from", str(pre), *extra]
                 res = train_run(train_file, run, flags, args.minutes / 2, args.threads)
             else:
+                flags = [*flags, *extra]
                 res = train_run(train_file, run, flags, args.minutes, args.threads)
             wall = time.time() - t0
             ev = seqlab("eval", run, "--data", test_file, "--json")

@@ -65,6 +65,8 @@ def _train_overrides(args) -> dict:
             over[section][key] = value
     if args.compile:
         over["train"]["compile"] = True
+    if args.group_by_length:
+        over["train"]["group_by_length"] = True
     if args.truncate:
         over["data"]["truncate"] = True
     return {k: v for k, v in over.items() if v}
@@ -814,6 +816,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-interval", type=int)
     t.add_argument("--dtype", choices=["auto", "float32", "bfloat16"])
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--group-by-length", action="store_true",
+                   help="classify/regress/seq2seq: batches of examples of similar length (less padding)")
     t.add_argument("--threads", type=int, help="CPU threads for torch (0: torch's default)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")

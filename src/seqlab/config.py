@@ -105,6 +105,11 @@ class TrainConfig:
     # Transformers: pack each batch's sequences several to a row (EncodedLines.packed_batch):
     # the same loss and gradients as the padded batch, without computing on padding
     pack: bool = True
+    # classify / regress / seq2seq: draw each batch from a random window of examples of
+    # similar length (supervised.similar_length_batch) instead of from all of them, so a
+    # batch pads to little more than its examples' own lengths (Hugging Face's
+    # group_by_length); every example stays equally likely to be drawn
+    group_by_length: bool = False
     # CPU threads for torch; 0 keeps torch's default. Small models on a busy
     # machine often run faster on 1 thread (no waiting for a descheduled peer).
     threads: int = 0

@@ -35,6 +35,19 @@ class SupervisedData:
     block_size: int
 
 
+def similar_length_batch(by_length: torch.Tensor, size: int, window: int, generator: torch.Generator) -> torch.Tensor:
+    """`size` example indices drawn (with replacement, like the plain batches) from a window
+    of `window` consecutive examples of `by_length` (all indices sorted by length) that
+    starts at a uniformly random place and wraps around the end. Each example is in exactly
+    `window` of the n equally likely windows, so it is drawn as often as from uniform
+    batches; a batch's lengths span only its window's (little padding). It uses only
+    `generator` (saved in checkpoints), so a resumed run draws the same batches."""
+    n = by_length.numel()
+    window = max(1, min(window, n))
+    start = torch.randint(n, (1,), generator=generator)
+    return by_length[(start + torch.randint(window, (size,), generator=generator)) % n]
+
+
 def _label_order(labels: set[str]) -> list[str]:
     try:
         return sorted(labels, key=int)  # "0", "1", "10": as numbers

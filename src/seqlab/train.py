@@ -31,6 +31,8 @@ EVAL_COLUMNS = ["success_rate", "wellformed_rate", "novelty"]  # with train.eval
 # with model.moe_experts only: the load-balancing loss over the training steps since the last
 # evaluation, and each layer's share of tokens per expert on the validation split
 MOE_COLUMNS = ["moe_aux", "expert_usage"]
+# group_by_length: a batch is drawn from this many batches' worth of similar-length examples
+LENGTH_WINDOW_BATCHES = 32
 
 
 @torch.no_grad()
@@ -211,6 +213,10 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
         return {k: None if r[k] is None else round(r[k], 6) for k in EVAL_COLUMNS}
 
     bar = Progress(tc.steps, step, progress and ranks.main)
+    by_length = None  # the training examples in order of length, for group_by_length
+    if tc.group_by_length and not lm and task != "mlm":
+        lengths = data.train.src_lengths + data.train.tgt_lengths if task == "seq2seq" else data.train.lengths
+        by_length = torch.argsort(lengths, stable=True)
     pad = tokenizer.pad_id
     n_train = len(data.train)
     train_loss = val_loss = None
@@ -229,7 +235,12 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
         nonlocal n_tokens
         # every rank draws the same global batch (same generator) and takes its slice; the
         # global token count needs no communication
-        idx = torch.randint(n_train, (global_batch,), generator=batch_gen)
+        if by_length is not None:
+            from .supervised import similar_length_batch
+
+            idx = similar_length_batch(by_length, global_batch, LENGTH_WINDOW_BATCHES * global_batch, batch_gen)
+        else:
+            idx = torch.randint(n_train, (global_batch,), generator=batch_gen)
         if task == "mlm":
             return mlm_batch_loss(idx)
         if not lm:  # classify / regress: one target per example

@@ -128,7 +128,10 @@ class FrozenLinear(torch.nn.Linear):
         """The weight in `dtype`, cast once while it stays unchanged."""
         key = (dtype, self.weight._version, self.weight.data_ptr())
         if self._cast_key != key:
-            self._cast, self._cast_key = self.weight.detach().to(dtype), key
+            # a normal tensor even when first asked for inside inference mode (the sampler's
+            # native step): training saves it for the backward afterwards
+            with torch.inference_mode(False):
+                self._cast, self._cast_key = self.weight.detach().to(dtype), key
         return self._cast
 
     def release(self) -> torch.nn.Linear:
