@@ -58,6 +58,7 @@ def test_recipe_on_a_tiny_imported_model_end_to_end(tmp_path, capsys, monkeypatc
     from test_import_hf import make_hf
 
     import seqlab.recipes.pretrained as recipe
+    from seqlab.post.config import PostConfig as real_post
 
     make_hf("llama", tmp_path / "hf", max_position_embeddings=512)
     small = dict(n_test=12, n_dev=4, n_sft=8, n_rl=16, sft_steps=2, rl_minutes=0.03, group_size=2,
@@ -91,3 +92,13 @@ def test_recipe_on_a_tiny_imported_model_end_to_end(tmp_path, capsys, monkeypatc
                  "--out", str(tmp_path / "y")]) == 2
     assert capsys.readouterr().err.strip() == \
         "error: --compare does not apply with --base (the base model is pretrained already)"
+    assert main(["recipe", "arithmetic", "--dtype", "bfloat16", "--out", str(tmp_path / "z")]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "error: --dtype applies with --base (the pretrained model's SFT and GRPO)"
+    # --dtype bfloat16: SFT and GRPO run with post.dtype = "bfloat16"
+    seen = []
+    monkeypatch.setattr(recipe, "PostConfig", lambda **kw: seen.append(kw["dtype"]) or real_post(**kw))
+    b = ["recipe", "arithmetic", "--base", str(tmp_path / "hf"), "--out", str(tmp_path / "b"), "--quiet",
+         "--dtype", "bfloat16"]
+    assert main(b) == 0
+    assert seen == ["bfloat16", "bfloat16"]

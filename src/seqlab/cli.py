@@ -576,12 +576,16 @@ def cmd_recipe(args) -> None:
         for flag, value in (("--pretrain-steps", args.pretrain_steps), ("--compare", args.compare)):
             if value is not None:
                 raise SeqlabError(f"{flag} does not apply with --base (the base model is pretrained already)")
+        if args.dtype is not None:
+            given["dtype"] = args.dtype
         if not args.resume or not (Path(args.out) / "base" / "best.safetensors").exists():
             resolve_source(args.base)  # a missing model or package is named before anything runs
         cfg = PretrainedRecipeConfig(base=args.base, seed=args.seed, **given)
         ready(args, f"run the recipe on {args.base} into {args.out}")
         _emit(args, run_pretrained_arithmetic(args.out, cfg, progress=not args.quiet, log=log, resume=args.resume))
         return
+    if args.dtype is not None:
+        raise SeqlabError("--dtype applies with --base (the pretrained model's SFT and GRPO)")
     if args.pretrain_steps is not None and args.pretrain_steps <= 0:
         raise SeqlabError(f"--pretrain-steps must be positive, got {args.pretrain_steps}")
     compare_flag = "rejection,ppo,dpo" if args.compare is None else args.compare
@@ -757,6 +761,9 @@ def build_parser() -> argparse.ArgumentParser:
     ra.add_argument("--resume", action="store_true",
                     help="keep the stages an earlier run of --out finished; run the rest")
     ra.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (every stage's model)")
+    ra.add_argument("--dtype", choices=["float32", "bfloat16"],
+                    help="with --base: SFT and GRPO precision (bfloat16: autocast and bf16 sampling weights; "
+                         "default float32)")
     ra.add_argument("--quiet", action="store_true", help="no progress bars")
     ra.add_argument("--json", action="store_true", help="print one JSON object of results on stdout")
     _takes_toml(ra, "recipe")

@@ -55,6 +55,10 @@ class PretrainedRecipeConfig:
     micro_batch: int = 4  # rows per forward + backward: keeps GRPO on SmolLM2 within ~3 GB
     threads: int = 0  # 0: torch's default (all cores)
     device: str = "cpu"  # evaluation and post-training
+    # SFT and GRPO precision (post.dtype): "bfloat16" trains under bf16 autocast and samples
+    # with bf16 weights (on a CPU with AVX512-BF16 a GRPO update takes ~0.6x float32's
+    # time: more updates in rl_minutes); the evaluation stays float32
+    dtype: str = "float32"
     eval_batch: int = 50
 
 
@@ -140,7 +144,7 @@ def run_pretrained_arithmetic(out: str | Path, cfg: PretrainedRecipeConfig, prog
     def post(**kw) -> PostConfig:
         base = dict(system=SYSTEM, chat_template=True, lora_rank=cfg.lora_rank, seed=cfg.seed,
                     threads=cfg.threads, max_new_tokens=cfg.max_new_tokens, log_interval=1,
-                    device=cfg.device)
+                    device=cfg.device, dtype=cfg.dtype)
         return PostConfig(**{**base, **kw})
 
     log(f"[1/4] the base model as imported ({cfg.base})")
