@@ -69,3 +69,28 @@ def test_models_without_it_run_whole_sequences():
     comp = torch.randint(2, V, (len(PROMPTS), 3), generator=torch.Generator().manual_seed(3))
     got = continuation_logits(m, PROMPTS, comp, pad_id=0)
     assert torch.allclose(got, full_logits(m, PROMPTS, comp), atol=1e-5)
+
+
+def test_under_cpu_bf16_autocast_the_masked_attention_runs_in_float32(monkeypatch):
+    """Under CPU bf16 autocast every attention call gets float32 queries, keys and values
+    (the native kernel's or SDPA's float32 path: both faster on a CPU than SDPA's bf16
+    kernels), and the logits stay within bf16 rounding of the float32 model's."""
+    import torch.nn.functional as F
+
+    import seqlab.models.transformer as T
+
+    m = model({"pos": "rope", "n_kv_head": 2, "norm": "rmsnorm", "mlp": "swiglu"})
+    comp = torch.randint(2, V, (len(PROMPTS), 6), generator=torch.Generator().manual_seed(3))
+    want = continuation_logits(m, PROMPTS, comp, pad_id=0)
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append((q.dtype, k.dtype, v.dtype, torch.is_autocast_enabled("cpu")))
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(T.F, "scaled_dot_product_attention", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = continuation_logits(m, PROMPTS, comp, pad_id=0)
+    assert seen and all(s == (torch.float32, torch.float32, torch.float32, False) for s in seen)
+    assert (got.float() - want).abs().max().item() < 0.05 * want.abs().max().item()
