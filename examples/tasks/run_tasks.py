@@ -47,6 +47,7 @@ FAMILIES = {
     ],
 }
 MLM_FAMILY = "mlm-pretrained encoder (bidirectional, mean)"
+NEWLINE = "\u23ce"  # a newline inside an input, for the line-based masked-LM data
 TRAIN_N = {"add": 100_000, "date-format": 50_000, "python-compiles": 50_000}
 
 
@@ -168,8 +169,17 @@ def main():
                 shutil.rmtree(run)
             t0 = time.time()
             if family == MLM_FAMILY:  # half the budget on unlabelled inputs, half on the labels
+                # masked-LM data is lines: a newline inside an input (python-compiles' programs)
+                # becomes NEWLINE in the lines and, for this family, in the labelled files too
+                # (the same information: the classifier reads what the encoder was trained on)
+                def one_line(f: Path) -> Path:
+                    dst = f.with_name(f.stem + "-one-line.jsonl")
+                    dst.write_text("".join(json.dumps({**r, "input": r["input"].replace("\n", NEWLINE)}) + "\n"
+                                           for r in map(json.loads, f.read_text().splitlines())))
+                    return dst
+
                 lines = out / f"{name}-inputs.txt"
-                lines.write_text("".join(json.loads(r)["input"].replace("\n", " ") + "\n"
+                lines.write_text("".join(json.loads(r)["input"].replace("\n", NEWLINE) + "\n"
                                          for r in train_file.read_text().splitlines()))
                 pre = run.with_name(run.name + "-mlm")
                 if pre.exists():
@@ -179,12 +189,14 @@ def main():
                 train_run(lines, pre, ["--task", "mlm", "--n-layer", "2", "--n-embd", "64"], args.minutes / 2,
                           args.threads)
                 flags = ["--init-from", str(pre), *extra]
-                res = train_run(train_file, run, flags, args.minutes / 2, args.threads)
+                res = train_run(one_line(train_file), run, flags, args.minutes / 2, args.threads)
+                scored = one_line(test_file)
             else:
                 flags = [*flags, *extra]
                 res = train_run(train_file, run, flags, args.minutes, args.threads)
+                scored = test_file
             wall = time.time() - t0
-            ev = seqlab("eval", run, "--data", test_file, "--json")
+            ev = seqlab("eval", run, "--data", scored, "--json")
             ev.pop("confusion", None)
             rows.append({"task": name, "type": task.type, "model": family, "flags": flags, "steps": res["step"],
                          "params": res["params"], "train_wall_s": round(wall, 1), "threads": args.threads, **ev})
