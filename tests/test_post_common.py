@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from seqlab.post import common
-from seqlab.post.common import (entropy_from_logits, gae, group_advantages, kl_estimate, masked_mean,
+from seqlab.post.common import (gae, group_advantages, kl_estimate, masked_mean,
                                 masked_whiten, token_logprobs, token_logprobs_and_entropy)
 
 
@@ -127,9 +127,11 @@ def test_group_advantages_hand_computed():
     assert group_advantages(r, 4, "batch")[0].item() == pytest.approx(.5 / (batch_std + 1e-4))
 
 
-def test_entropy_from_logits():
-    assert entropy_from_logits(torch.zeros(1, 1, 4)).item() == pytest.approx(math.log(4))
-    assert entropy_from_logits(torch.tensor([[[0.0, -1e9]]])).item() == pytest.approx(0.0, abs=1e-6)
+def test_entropy_hand_computed():
+    _, uniform = token_logprobs_and_entropy(torch.zeros(1, 1, 4), torch.zeros(1, 1, dtype=torch.long))
+    assert uniform.item() == pytest.approx(math.log(4))
+    _, certain = token_logprobs_and_entropy(torch.tensor([[[0.0, -1e9]]]), torch.zeros(1, 1, dtype=torch.long))
+    assert certain.item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_completion_batch_matches_the_row_by_row_padding():

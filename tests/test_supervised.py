@@ -179,6 +179,10 @@ def test_group_by_length_trains_and_resumes_exactly(tmp_path):
     two = load_file(str(tmp_path / "two" / "checkpoints" / "step-00000020" / "weights.safetensors"))
     assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
     assert json.loads((tmp_path / "one" / "config.json").read_text())["train"]["group_by_length"] is True
+    (tmp_path / "lines.txt").write_text("ab\nba\n" * 20)
+    code, _, err = seqlab("train", "--data", tmp_path / "lines.txt", "--out", tmp_path / "lm", "--group-by-length")
+    assert code != 0 and err.strip() == ("error: config key 'train.group_by_length': applies to classify, "
+                                         "regress and seq2seq (JSONL data), not to lm")
 
 
 def test_classify_run_end_to_end(tmp_path):

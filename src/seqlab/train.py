@@ -88,6 +88,9 @@ def prepare_data(cfg: RunConfig, tokenizer: Tokenizer | None = None):
             cfg.data_opts.specials = [*cfg.data_opts.specials, MASK]
     else:
         cfg.task.type = "lm"
+    if cfg.train.group_by_length and cfg.task.type in ("lm", "mlm"):  # lm packs its rows instead
+        raise SeqlabError(f"config key 'train.group_by_length': applies to classify, regress and seq2seq "
+                          f"(JSONL data), not to {cfg.task.type}")
     if cfg.model.bidirectional and cfg.task.type == "lm":
         raise SeqlabError("config key 'model.bidirectional': a language model cannot read ahead; "
                           "bidirectional models are for classify and regress (JSONL data)")
@@ -214,7 +217,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
 
     bar = Progress(tc.steps, step, progress and ranks.main)
     by_length = None  # the training examples in order of length, for group_by_length
-    if tc.group_by_length and not lm and task != "mlm":
+    if tc.group_by_length:  # (prepare_data refused it for lm and mlm)
         lengths = data.train.src_lengths + data.train.tgt_lengths if task == "seq2seq" else data.train.lengths
         by_length = torch.argsort(lengths, stable=True)
     pad = tokenizer.pad_id

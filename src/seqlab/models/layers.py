@@ -136,8 +136,8 @@ class FrozenLinear(torch.nn.Linear):
 
     def release(self) -> torch.nn.Linear:
         """Back to a plain nn.Linear (the copy freed)."""
-        self._cast = self._cast_key = None
-        del self._cast, self._cast_key
+        self.__dict__.pop("_cast", None)
+        self.__dict__.pop("_cast_key", None)
         self.__class__ = torch.nn.Linear
         return self
 

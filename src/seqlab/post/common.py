@@ -8,7 +8,6 @@ and 0.0 elsewhere. Every reduction is safe on an all-zero mask (no NaN).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def device_of(model: torch.nn.Module) -> torch.device:
@@ -210,9 +209,3 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
         std = rewards.std() if rewards.numel() > 1 else torch.zeros((), device=rewards.device)
         return (centred / (std + eps)).reshape(-1)
     raise ValueError(f"unknown advantage scale {scale!r} (group, batch or none)")
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Per-position entropy (B, T) of softmax(logits)."""
-    logp = F.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
