@@ -101,6 +101,15 @@ def run(*args):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def run_fail(*args) -> str:
+    """A seqlab command that must fail with one `error:` line; that line."""
+    r = subprocess.run([sys.executable, "-m", "seqlab", *map(str, args)], capture_output=True, text=True)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    return lines[0]
+
+
 @pytest.mark.slow
 def test_reverse_end_to_end(tmp_path):
     run("data", "make", "reverse", "--out", tmp_path / "rev.jsonl", "--n", 2000, "--json")
@@ -150,16 +159,18 @@ def test_heatmap_of_a_seq2seq_run(tmp_path):
 # ------------------------------------------------------------------ recurrent encoder-decoder
 
 
-def rnn_model(kind, attention):
+def rnn_model(kind, attention, heads=1):
     from seqlab.models.rnn_seq2seq import RNNSeq2Seq
 
     torch.manual_seed(0)
-    return RNNSeq2Seq(12, ModelConfig(type=kind, n_layer=2, n_embd=8, n_hidden=6, dropout=0.0), attention).eval()
+    return RNNSeq2Seq(12, ModelConfig(type=kind, n_layer=2, n_embd=8, n_hidden=6, dropout=0.0), attention,
+                      heads).eval()
 
 
-@pytest.mark.parametrize("kind,attention", [("gru", "dot"), ("lstm", "additive"), ("rnn", "dot")])
-def test_rnn_seq2seq_cached_decoding_padding_and_rows(kind, attention):
-    m = rnn_model(kind, attention)
+@pytest.mark.parametrize("kind,attention,heads", [("gru", "dot", 1), ("lstm", "additive", 1), ("rnn", "dot", 1),
+                                                  ("gru", "additive", 2), ("lstm", "dot", 3)])
+def test_rnn_seq2seq_cached_decoding_padding_and_rows(kind, attention, heads):
+    m = rnn_model(kind, attention, heads)
     src = torch.randint(3, 12, (3, 9))
     sl = torch.tensor([9, 4, 6])
     src[1, 4:] = 0
@@ -175,20 +186,25 @@ def test_rnn_seq2seq_cached_decoding_padding_and_rows(kind, attention):
         assert_rows_decode_alone(m, src, sl)
 
 
-@pytest.mark.parametrize("attention", ["dot", "additive"])
-def test_rnn_attention_scores_by_formula(attention):
-    m = rnn_model("gru", attention)
+@pytest.mark.parametrize("attention,heads", [("dot", 1), ("additive", 1), ("dot", 2), ("additive", 3)])
+def test_rnn_attention_scores_by_formula(attention, heads):
+    m = rnn_model("gru", attention, heads)
     h, memory = torch.randn(1, 2, 6), torch.randn(1, 3, 12)
     mask = torch.tensor([[True, True, False]])
+    d = 6 // heads  # dot: head i scores with slice i of h and of W_k m, over sqrt(d) when heads > 1
     with torch.no_grad():
         s = m.scores(h, memory, mask)
-        for t in range(2):
-            for j in range(2):
-                k = m.key.weight @ memory[0, j]
-                want = (h[0, t] @ k if attention == "dot"
-                        else m.v.weight[0] @ torch.tanh(m.query.weight @ h[0, t] + k))
-                assert s[0, t, j].item() == pytest.approx(want.item(), abs=1e-5)
-        assert torch.isinf(s[0, :, 2]).all()
+        assert s.shape == (1, heads, 2, 3)
+        for i in range(heads):
+            for t in range(2):
+                for j in range(2):
+                    k = m.key.weight @ memory[0, j]
+                    want = (h[0, t, i * d:(i + 1) * d] @ k[i * d:(i + 1) * d] / (d ** 0.5 if heads > 1 else 1)
+                            if attention == "dot" else m.v.weight[i] @ torch.tanh(m.query.weight @ h[0, t] + k))
+                    assert s[0, i, t, j].item() == pytest.approx(want.item(), abs=1e-5)
+        assert torch.isinf(s[0, :, :, 2]).all()
+        # each head's context enters the output: the combine layer reads h and one 2H context per head
+        assert m.combine.in_features == 6 + heads * 12
 
 
 def test_rnn_seq2seq_cli(tmp_path):
@@ -202,3 +218,10 @@ def test_rnn_seq2seq_cli(tmp_path):
     assert isinstance(out["samples"][0], str)
     res = run("heatmap", tmp_path / "run", "--input", "abc", "--out", tmp_path / "h.png", "--json")
     assert res["layers"] == 1 and res["heads"] == 1
+    run("train", "--data", tmp_path / "r.jsonl", "--out", tmp_path / "run2", "--model", "gru", "--seq2seq-heads", 2,
+        "--steps", 2, "--n-layer", 1, "--n-embd", 16, "--threads", 1, "--quiet", "--json")
+    res = run("heatmap", tmp_path / "run2", "--input", "abc", "--out", tmp_path / "h2.png", "--json")
+    assert res["heads"] == 2
+    err = run_fail("train", "--data", tmp_path / "r.jsonl", "--out", tmp_path / "run3", "--model", "gru",
+                   "--seq2seq-heads", 5, "--n-embd", 16, "--steps", 2)
+    assert "model.seq2seq_heads" in err and "16" in err

@@ -49,7 +49,8 @@ def _train_overrides(args) -> dict:
         ("model", "dropout", args.dropout), ("model", "norm", args.norm), ("model", "pos", args.pos),
         ("model", "mlp", args.mlp), ("model", "moe_experts", args.moe_experts),
         ("model", "moe_top_k", args.moe_top_k), ("model", "attention_window", args.attention_window),
-        ("model", "bidirectional", args.bidirectional), ("model", "seq2seq_attention", args.seq2seq_attention), ("task", "pooling", args.pooling), ("task", "type", args.task),
+        ("model", "bidirectional", args.bidirectional), ("model", "seq2seq_attention", args.seq2seq_attention),
+        ("model", "seq2seq_heads", args.seq2seq_heads), ("task", "pooling", args.pooling), ("task", "type", args.task),
         ("train", "steps", args.steps), ("train", "batch_size", args.batch_size),
         ("train", "seed", args.seed), ("train", "device", args.device), ("train", "lr", args.lr),
         ("train", "grad_accum", args.grad_accum), ("train", "eval_interval", args.eval_interval),
@@ -803,6 +804,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classify/regress: how the hidden states become one vector (default: auto)")
     t.add_argument("--seq2seq-attention", choices=["dot", "additive"],
                    help="seq2seq with --model rnn/lstm/gru: the decoder's attention score (default dot)")
+    t.add_argument("--seq2seq-heads", type=int,
+                   help="seq2seq with --model rnn/lstm/gru: attention heads, each with its own context (default 1)")
     t.add_argument("--minutes", type=float,
                    help="stop after this much wall-clock time (evaluated and saved like a last step; --resume goes on)")
     t.add_argument("--init-from", help="start from this run's weights: e.g. a masked-LM (mlm) encoder under a "

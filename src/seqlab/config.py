@@ -67,6 +67,7 @@ class ModelConfig:
     bidirectional: bool = False
     # seq2seq with an RNN/LSTM/GRU: the decoder's attention score over the encoder's states
     seq2seq_attention: Literal["dot", "additive"] = "dot"
+    seq2seq_heads: int = 1  # attention distributions per target position, each with its own context
     # numeric inputs (regression on sequences of numbers): this many numbers per step through
     # a linear input projection instead of a token embedding; 0 = tokens
     input_dim: int = 0
@@ -309,6 +310,9 @@ def _validate(cfg: RunConfig) -> None:
         if m.moe_experts and not 1 <= m.moe_top_k <= m.moe_experts:
             raise SeqlabError(f"config key 'model.moe_top_k': must be between 1 and moe_experts "
                               f"({m.moe_experts}), got {m.moe_top_k}")
+    if m.seq2seq_heads < 1 or (m.n_hidden or m.n_embd) % m.seq2seq_heads:
+        raise SeqlabError(f"config key 'model.seq2seq_heads': must be >= 1 and divide the RNN width "
+                          f"{m.n_hidden or m.n_embd}, got {m.seq2seq_heads}")
     if not 0.0 <= m.dropout < 1.0:
         raise SeqlabError(f"config key 'model.dropout': must be in [0, 1), got {m.dropout}")
     if not 0.0 <= cfg.data_opts.val_fraction < 1.0:

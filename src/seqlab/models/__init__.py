@@ -39,7 +39,7 @@ def build_for_run(cfg, vocab_size: int):
     task = cfg.task
     if task.type == "seq2seq":
         if cfg.model.type in ("rnn", "lstm", "gru"):
-            return RNNSeq2Seq(vocab_size, cfg.model, cfg.model.seq2seq_attention)
+            return RNNSeq2Seq(vocab_size, cfg.model, cfg.model.seq2seq_attention, cfg.model.seq2seq_heads)
         return Seq2Seq(vocab_size, cfg.model)
     if task.type in ("classify", "regress"):
         out = len(task.labels) if task.type == "classify" else len(task.target_mean)

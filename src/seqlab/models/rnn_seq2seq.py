@@ -11,6 +11,13 @@ at each target position its output h_t attends over the encoder states m_s (Luon
     a_ts = softmax_s(score) over real source positions,  c_t = sum_s a_ts m_s
     logits_t = lm_head(tanh(W_c [h_t; c_t]))
 
+With `seq2seq_heads` = n > 1 there are n such distributions per target position, each with its
+own context c_t^i, and W_c reads [h_t; c_t^1; ...; c_t^n]: a head per source position the output
+needs (addition in written order reads digit j of both numbers). dot: h_t and W_k m_s split
+into n slices of H/n, score^i = h_t^i . (W_k m_s)^i / sqrt(H/n) (unscaled when n = 1: Luong's
+score, as runs made before heads existed were trained); additive: one v^i per head over the
+same tanh features.
+
 Decoding runs through seqlab's one sampler like the Transformer's: `bind` conditions the
 decoder on encoded sources, its state is (RNN state, memory, mask).
 """
@@ -29,12 +36,14 @@ from .rnn import CELLS, Recurrent
 
 
 class RNNSeq2Seq(nn.Module):
-    def __init__(self, vocab_size: int, cfg, attention: str = "dot"):
+    def __init__(self, vocab_size: int, cfg, attention: str = "dot", heads: int = 1):
         super().__init__()
         if attention not in ("dot", "additive"):
             raise ValueError(f"unknown attention {attention!r}")
-        self.kind, self.attention = cfg.type, attention
+        self.kind, self.attention, self.heads = cfg.type, attention, heads
         H = cfg.n_hidden or cfg.n_embd
+        if heads < 1 or H % heads:
+            raise ValueError(f"seq2seq_heads {heads} must be >= 1 and divide the hidden width {H}")
         self.encoder = Recurrent(vocab_size, dataclasses.replace(cfg, bidirectional=True))
         self.encoder.lm_head = None  # its states are the memory
         self.wte = nn.Embedding(vocab_size, cfg.n_embd)
@@ -44,8 +53,8 @@ class RNNSeq2Seq(nn.Module):
         self.key = nn.Linear(2 * H, H, bias=False)  # W_k
         if attention == "additive":
             self.query = nn.Linear(H, H, bias=False)  # W_q
-            self.v = nn.Linear(H, 1, bias=False)
-        self.combine = nn.Linear(3 * H, H)
+            self.v = nn.Linear(H, heads, bias=False)
+        self.combine = nn.Linear((1 + 2 * heads) * H, H)
         self.lm_head = nn.Linear(H, vocab_size)
         self.n_layer = cfg.n_layer
         self.max_len = None  # recurrent: no context limit
@@ -62,18 +71,26 @@ class RNNSeq2Seq(nn.Module):
         return states, mask, start
 
     def scores(self, h, memory, mask):
-        """Attention scores (B, T, S) of decoder outputs h (B, T, H) over memory (B, S, 2H)."""
+        """Attention scores (B, n, T, S) of decoder outputs h (B, T, H) over memory (B, S, 2H),
+        n = seq2seq_heads."""
         keys = self.key(memory)  # (B, S, H)
+        n = self.heads
         if self.attention == "dot":
-            s = h @ keys.transpose(1, 2)
+            B, T, H = h.shape
+            q = h.view(B, T, n, H // n).transpose(1, 2)  # (B, n, T, H/n)
+            k = keys.view(B, -1, n, H // n).transpose(1, 2)
+            s = q @ k.transpose(2, 3)
+            if n > 1:
+                s = s / (H // n) ** 0.5
         else:
-            s = self.v(torch.tanh(self.query(h)[:, :, None, :] + keys[:, None, :, :])).squeeze(-1)
-        return s.masked_fill(~mask[:, None, :], float("-inf"))
+            s = self.v(torch.tanh(self.query(h)[:, :, None, :] + keys[:, None, :, :])).permute(0, 3, 1, 2)
+        return s.masked_fill(~mask[:, None, None, :], float("-inf"))
 
     def output(self, h, memory, mask):
         """Logits (B, T, V) for decoder outputs h (B, T, H)."""
-        weights = F.softmax(self.scores(h, memory, mask), dim=-1)
-        context = weights @ memory  # (B, T, 2H)
+        weights = F.softmax(self.scores(h, memory, mask), dim=-1)  # (B, n, T, S)
+        context = weights @ memory[:, None]  # (B, n, T, 2H)
+        context = context.transpose(1, 2).flatten(2)  # (B, T, n * 2H)
         return self.lm_head(torch.tanh(self.combine(torch.cat([h, context], -1))))
 
     def forward(self, src, src_lengths, tgt_in, targets=None, loss_reduction: str = "mean"):
@@ -83,10 +100,10 @@ class RNNSeq2Seq(nn.Module):
         return logits, None if targets is None else token_loss(logits, targets, loss_reduction)
 
     def cross_attention_maps(self, src, src_lengths, tgt_in) -> list[torch.Tensor]:
-        """The attention weights as one layer of one head: [(B, 1, T, S)] (for heatmaps)."""
+        """The attention weights as one layer: [(B, heads, T, S)] (for heatmaps)."""
         memory, mask, start = self.memory(src, src_lengths)
         h, _ = self.decoder(self.wte(tgt_in), start)
-        return [F.softmax(self.scores(h, memory, mask), dim=-1).unsqueeze(1)]
+        return [F.softmax(self.scores(h, memory, mask), dim=-1)]
 
     def bind(self, src, src_lengths) -> "BoundRNNDecoder":
         return BoundRNNDecoder(self, *self.memory(src, src_lengths))
