@@ -21,6 +21,14 @@ import torch
 SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536)] * 30 + [(49152, 576)]
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def best_of(fn, rounds: int) -> float:
     best = float("inf")
     for _ in range(rounds):
@@ -39,7 +47,7 @@ def main():
     weights = [torch.randn(n, k) for n, k in SHAPES]
     nbytes = sum(w.numel() * 4 for w in weights)
     flat = torch.ones(nbytes // 4)
-    out = {"threads": args.threads, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+    out = {"threads": args.threads, "torch": torch.__version__, "machine": cpu_name(),
            "weight_bytes": nbytes, "sum_s": best_of(lambda: flat.sum(), args.rounds)}
     for m in (1, 8):
         xs = {k: torch.randn(m, k) for k in (576, 1536)}
