@@ -210,7 +210,7 @@ def test_bf16_autocast_runs_native_attention_in_float32_and_samples_with_bf16_we
     m.eval()
     packed = []
     real_pack = native.pack
-    monkeypatch.setattr(native, "pack", lambda model: packed.append(real_pack(model)) or packed[-1])
+    monkeypatch.setattr(native, "pack", lambda model, rows=None: packed.append(real_pack(model, rows)) or packed[-1])
 
     def sample():
         return generate(m, [[1, 3, 4], [1, 5]], 8, DecodeRule(temperature=0.0), eos_id=-1)

@@ -204,7 +204,7 @@ def test_generate_gives_the_same_samples_with_and_without_the_native_step(monkey
         return generate(m, prompts, 20, rule, eos_id=2, generator=torch.Generator().manual_seed(4))
 
     fast = run()
-    monkeypatch.setattr(native, "pack", lambda model: None)
+    monkeypatch.setattr(native, "pack", lambda model, rows=None: None)
     slow = run()
     assert torch.equal(fast.tokens, slow.tokens) and torch.equal(fast.lengths, slow.lengths)
     # log-probs: the logits' rounding (relative to their scale) plus the log-softmax's
@@ -395,3 +395,86 @@ def test_the_native_build_is_keyed_by_the_cpu_features():
     assert native.load() is not None
     name = native.build_name(features)
     assert (Path(cpp_extension._get_build_directory(name, False)) / f"{name}.so").exists()
+
+
+def packed_ops():
+    ops = native.load()
+    if ops is None or ops.packed_width() == 0:
+        pytest.skip("this build has no packed kernel (AVX-512 or AVX2 only)")
+    return ops
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n,k", [(37, 5), (48, 64), (200, 33)])
+def test_packed_products_equal_the_product_for_every_row_count(threads, n, k):
+    """decode.cpp's packed kernel: 1-16 rows (one or two row chunks of 8), output counts
+    that are and are not multiples of its 16-column blocks, with and without bias, against
+    a float64 product; each element within float32 rounding of its own terms."""
+    ops = packed_ops()
+    g = torch.Generator().manual_seed(n + k)
+    w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+    packed = native.packed_weight(w)
+    assert packed.shape == (-(-n // 16), k, 16)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for rows in range(1, native.PACKED_MAX_ROWS + 1):
+            x = torch.randn(rows, k, generator=g)
+            exact = x.double() @ w.double().T
+            terms = x.double().abs() @ w.double().abs().T  # the scale of each element's sum
+            for bias in (None, b):
+                got = ops.packed_mm(x, packed, n, bias).double()
+                want = exact + (0 if bias is None else b.double())
+                assert got.shape == (rows, n)
+                assert bool(((got - want).abs() <= 4 * k * EPS * (terms + want.abs())).all()), (rows, bias is None)
+    finally:
+        torch.set_num_threads(saved)
+
+
+EPS = torch.finfo(torch.float32).eps
+
+
+def test_packed_copies_follow_in_place_weight_updates(monkeypatch):
+    """The packed copy is made once per version of a weight: after an optimizer-like
+    in-place update the next generation uses the new values, as the Python step does."""
+    packed_ops()
+    m = make({"pos": "rope", "n_kv_head": 2})
+    w = m.blocks[0].mlp.fc.weight
+    first = native.packed_weight(w)
+    assert native.packed_weight(w) is first  # made once
+    prompts = [[1, 4, 5], [1, 7]] * 2
+
+    def run():
+        return generate(m, prompts, 12, DecodeRule(temperature=1.0), generator=torch.Generator().manual_seed(5))
+
+    run()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(-1.5)
+    assert native.packed_weight(w) is not first
+    fast = run()
+    monkeypatch.setattr(native, "pack", lambda model, rows=None: None)
+    slow = run()
+    assert torch.equal(fast.tokens, slow.tokens)
+    assert scaled_error(fast.model_logprobs, slow.model_logprobs) <= bound(m) + float32_bound(V)
+
+
+def test_a_model_beyond_the_caches_samples_the_same_tokens_in_one_loop(monkeypatch, two_threads):
+    """decode_loop's other branch: a model whose weights exceed kSharedWeightBytes (16 MB)
+    runs as one block of rows with both threads splitting each packed product (a block per
+    thread would stream all the weights once per block): the same tokens as the
+    step-by-step loop."""
+    packed_ops()
+    m = make({"pos": "rope", "n_kv_head": 2}, n_embd=448, noise=0.02)
+    weight_bytes = sum(p.numel() * 4 for n, p in m.named_parameters() if n.endswith("weight") and p.dim() == 2)
+    assert weight_bytes > 16 << 20
+    prompts = [[1, 4, 5], [1, 7], [1, 8, 9], [1]] * 2
+
+    def run():
+        return generate(m, prompts, 8, DecodeRule(temperature=1.0), generator=torch.Generator().manual_seed(2))
+
+    fast = run()
+    monkeypatch.setattr(native, "loop", reference_loop)
+    slow = run()
+    assert torch.equal(fast.tokens, slow.tokens)
+    assert scaled_error(fast.model_logprobs, slow.model_logprobs) <= bound(m) + float32_bound(V)

@@ -17,7 +17,12 @@ Python path), and LayerNorm/RMSNorm with GELU (exact or tanh)
 or SwiGLU, with or without biases, QK-norm and heads wider than n_embd / n_head: every
 Transformer seqlab builds or imports (Llama, SmolLM2, Qwen2, Qwen3, GPT-2). `attention_applies(q)` decides per call for attention:
 float32 CPU heads of a multiple of 8 dims, T x D within ATTENTION_MAX_TD, and no attention
-dropout (the Transformer checks that)."""
+dropout (the Transformer checks that).
+
+At batches up to PACKED_MAX_ROWS the step's float32 products run from packed copies of the
+weights (`packed_weight`; decode.cpp's packed_mm, 1.9x faster generation at batch 8 on
+SmolLM2): one more copy of the linear weights in memory while the model lives, made at the
+first such generation and again after the weights change."""
 
 from __future__ import annotations
 
@@ -218,8 +223,40 @@ def bf16_weights():
         _linear_dtype.reset(token)
 
 
-def pack(model) -> NativeWeights | None:
-    """The native step's view of `model`, or None when the Python step must run."""
+# decode.cpp's kPackedMaxRows: its packed kernel serves products of at most this many rows
+PACKED_MAX_ROWS = 16
+_packed_copies = None  # weight -> ((version, data pointer), packed copy); made on first use
+
+
+def packed_weight(weight: torch.Tensor) -> torch.Tensor:
+    """decode.cpp's packed copy of a float32 weight (out, in): (ceil(out / 16), in, 16), output
+    columns in blocks of 16, k-major (packed_mm says why). Made once per version of the
+    weight: an optimizer's in-place update bumps the version, so the next generation packs
+    the new values; the copy goes when the weight does."""
+    global _packed_copies
+    if _packed_copies is None:
+        from torch.utils.weak import WeakIdKeyDictionary
+
+        _packed_copies = WeakIdKeyDictionary()
+    key = (weight._version, weight.data_ptr())
+    hit = _packed_copies.get(weight)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    with torch.no_grad():
+        n, k = weight.shape
+        blocks = -(-n // 16)
+        padded = weight.detach()
+        if blocks * 16 != n:
+            padded = torch.cat([padded, padded.new_zeros(blocks * 16 - n, k)])
+        packed = padded.view(blocks, 16, k).transpose(1, 2).contiguous()
+    _packed_copies[weight] = (key, packed)
+    return packed
+
+
+def pack(model, rows: int | None = None) -> NativeWeights | None:
+    """The native step's view of `model`, or None when the Python step must run. `rows`: the
+    batch the step will run at; up to PACKED_MAX_ROWS, float32 weights come with their packed
+    copies (one more copy of the weights in memory, made once) for decode.cpp's packed_mm."""
     from .layers import FrozenLinear, SwiGLU
 
     wte = model.wte.weight
@@ -252,6 +289,8 @@ def pack(model) -> NativeWeights | None:
         return None
     empty = wte.new_empty(0)
     linear_dtype = _linear_dtype.get()
+    packs = (linear_dtype == torch.float32 and rows is not None and rows <= PACKED_MAX_ROWS
+             and ops.packed_width() > 0)
 
     def w(t):
         return empty if t is None else t.detach()
@@ -262,7 +301,7 @@ def pack(model) -> NativeWeights | None:
         if type(lin) is FrozenLinear and linear_dtype != torch.float32:  # its copy, made once
             return lin.autocast_weight(linear_dtype), empty
         if type(lin) in (nn.Linear, FrozenLinear):
-            return lin.weight.detach().to(linear_dtype), empty
+            return lin.weight.detach().to(linear_dtype), packed_weight(lin.weight) if packs else empty
         return lin.kernel() or (lin.dequantized(), empty)
 
     layers = []

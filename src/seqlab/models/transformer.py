@@ -526,7 +526,7 @@ class Transformer(SeqModel):
         logits = self._run(x, rope, cache, mask, starts)
         cache.pos = T
         if not torch.is_grad_enabled() and not self.cross:  # decode.cpp has no cross-attention
-            cache.native = native.pack(self)
+            cache.native = native.pack(self, rows=B)
         return logits[:, -1], cache
 
     def _prefill_ring(self, x, rope, mask, key_mask, offset):
@@ -553,7 +553,7 @@ class Transformer(SeqModel):
             ring.offset = offset
         ring.pos = T
         if not torch.is_grad_enabled():
-            ring.native = native.pack(self)  # decode.cpp reads and writes the ring too
+            ring.native = native.pack(self, rows=B)  # decode.cpp reads and writes the ring too
         return logits[:, -1], ring
 
     def step(self, tokens, cache):

@@ -29,6 +29,10 @@
 
 #include "vec.h"
 
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 using namespace seqlab_vec;
 
 using at::Tensor;
@@ -53,10 +57,167 @@ Tensor quantized_mm(const Tensor& x, const Tensor& w, const Tensor& aux) {
   return int4.call(xb, w, x.size(1) / aux.size(0), aux).to(at::kFloat);
 }
 
+// Small-batch products from a packed float32 weight (x W^T for at most kPackedMaxRows rows,
+// the decode step's shape). Why by hand: at 1-16 rows a product reads every weight once
+// and does a few multiply-adds with it, so it should run at memory speed, but MKL's GEMM
+// at M = 8 measured 2.6x slower than memory speed on SmolLM2's matrices (benchmarks/
+// results.md); its small-M path is instruction-bound. This kernel reads W from a copy
+// packed in column blocks, (ceil(N / 16), K, 16): block j holds output columns 16j..16j+15,
+// k-major, so one 64-byte load gives one k for 16 outputs, each row of x is broadcast one
+// k at a time, and every accumulator is a whole vector of outputs: no horizontal sums, and
+// the weights stream from memory in one sequential pass. native.py makes the packed copy
+// (packed_weight) and keeps it while the weight is unchanged. AVX-512 or AVX2 with FMA
+// (kPackedWidth 0 elsewhere, or in the generic build: native.py then packs nothing and
+// linear() uses at::mm).
+constexpr int64_t kPackedMaxRows = 16;
+// weights this large stream from memory at every step (decode_loop's blocks)
+constexpr int64_t kSharedWeightBytes = 16 << 20;
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+// The vector type: AVX-512 (16 floats, 32 registers) or AVX2 (8 floats, 16 registers), a
+// block of 16 columns being 1 or 2 vectors. Intrinsics, not vec.h's vector extensions:
+// GCC kept arrays of vector-extension accumulators on the stack here.
+#if defined(__AVX512F__)
+struct Simd {
+  using V = __m512;
+  static constexpr int kLanes = 16, kRowChunk = 8;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static V splat(float x) { return _mm512_set1_ps(x); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+};
+// blocks a pass for m rows: accumulators m x NB x (16 / lanes) plus the NB weight vectors
+// and x within the 32 registers
+template <int M>
+constexpr int kBlocksAPass = M <= 4 ? 4 : 3;
+#else
+struct Simd {
+  using V = __m256;
+  static constexpr int kLanes = 8, kRowChunk = 4;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V splat(float x) { return _mm256_set1_ps(x); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+};
+template <int M>
+constexpr int kBlocksAPass = M == 1 ? 3 : M == 2 ? 2 : 1;  // within 16 registers
+#endif
+constexpr int64_t kPackedWidth = 16;
+constexpr int kPer = 16 / Simd::kLanes;  // vectors per 16-column block
+
+// rows [0, M) of y, columns of blocks [j, j + NB): y = x W^T (+ bias) (+ resid)
+template <int M, int NB>
+inline void packed_blocks(const float* x, int64_t K, const float* p, const float* bias, const float* resid,
+                          float* y, int64_t N, int64_t j) {
+  using V = Simd::V;
+  V acc[M][NB * kPer];
+  for (int m = 0; m < M; ++m)
+    for (int b = 0; b < NB * kPer; ++b) acc[m][b] = Simd::zero();
+  const float* pb = p + j * K * 16;
+  for (int64_t k = 0; k < K; ++k) {
+    V w[NB * kPer];
+#pragma GCC unroll 8
+    for (int b = 0; b < NB; ++b) {
+      for (int h = 0; h < kPer; ++h) w[b * kPer + h] = Simd::load(pb + (b * K + k) * 16 + h * Simd::kLanes);
+      // 8 cache lines ahead in each block's stream: the hardware prefetcher follows one
+      // stream well, several interleaved ones less so (measured: ~10% at NB = 3)
+      _mm_prefetch(reinterpret_cast<const char*>(pb + (b * K + k) * 16 + 128), _MM_HINT_T0);
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) {
+      const V xv = Simd::splat(x[m * K + k]);
+#pragma GCC unroll 8
+      for (int b = 0; b < NB * kPer; ++b) acc[m][b] = Simd::fma(w[b], xv, acc[m][b]);
+    }
+  }
+  for (int b = 0; b < NB; ++b) {
+    const int64_t n = (j + b) * 16;
+    for (int m = 0; m < M; ++m) {
+      if (n + 16 <= N) {
+        for (int h = 0; h < kPer; ++h) {
+          const int64_t c = n + h * Simd::kLanes;
+          V v = acc[m][b * kPer + h];
+          if (bias != nullptr) v = Simd::add(v, Simd::load(bias + c));
+          if (resid != nullptr) v = Simd::add(v, Simd::load(resid + m * N + c));
+          Simd::store(y + m * N + c, v);
+        }
+      } else {  // the last block's padding columns: through a buffer
+        float buf[16];
+        for (int h = 0; h < kPer; ++h) Simd::store(buf + h * Simd::kLanes, acc[m][b * kPer + h]);
+        for (int64_t c = n; c < N; ++c)
+          y[m * N + c] = buf[c - n] + (bias != nullptr ? bias[c] : 0.f) + (resid != nullptr ? resid[m * N + c] : 0.f);
+      }
+    }
+  }
+}
+
+// blocks [j0, j1) for rows [0, M), M <= Simd::kRowChunk
+template <int M>
+void packed_rows(const float* x, int64_t K, const float* p, const float* bias, const float* resid, float* y,
+                 int64_t N, int64_t j0, int64_t j1) {
+  constexpr int NB = kBlocksAPass<M>;
+  int64_t j = j0;
+  for (; j + NB <= j1; j += NB) packed_blocks<M, NB>(x, K, p, bias, resid, y, N, j);
+  for (; j < j1; ++j) packed_blocks<M, 1>(x, K, p, bias, resid, y, N, j);
+}
+
+using PackedRows = void (*)(const float*, int64_t, const float*, const float*, const float*, float*, int64_t,
+                            int64_t, int64_t);
+#if defined(__AVX512F__)
+constexpr PackedRows kPackedRows[8] = {packed_rows<1>, packed_rows<2>, packed_rows<3>, packed_rows<4>,
+                                       packed_rows<5>, packed_rows<6>, packed_rows<7>, packed_rows<8>};
+#else
+constexpr PackedRows kPackedRows[4] = {packed_rows<1>, packed_rows<2>, packed_rows<3>, packed_rows<4>};
+#endif
+#else
+constexpr int64_t kPackedWidth = 0;
+#endif
+
+// x (M, K) W^T (+ b) (+ resid) for M <= kPackedMaxRows, W given as its packed copy
+// (ceil(N / 16), K, 16) and its row count N
+Tensor packed_mm(const Tensor& x_in, const Tensor& packed, int64_t N, const Tensor& b = Tensor(),
+                 const Tensor* resid = nullptr) {
+  TORCH_CHECK(kPackedWidth > 0, "packed_mm: this build has no packed kernel (AVX-512 or AVX2 only)");
+  const Tensor x = x_in.contiguous();
+  const int64_t M = x.size(0), K = x.size(1);
+  TORCH_CHECK(M <= kPackedMaxRows && packed.dim() == 3 && packed.size(1) == K && packed.size(2) == 16 &&
+                  packed.size(0) == (N + 15) / 16 && packed.is_contiguous() && x.scalar_type() == at::kFloat,
+              "packed_mm: shapes do not match");
+  Tensor y = at::empty({M, N}, x.options());
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+  Tensor r = resid != nullptr ? resid->contiguous() : Tensor();
+  const float* xp = x.data_ptr<float>();
+  const float* pp = packed.data_ptr<float>();
+  const float* bp = has(b) ? b.data_ptr<float>() : nullptr;
+  const float* rp = r.defined() ? r.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  const int64_t blocks = packed.size(0);
+  const int64_t grain = std::max<int64_t>(1, kGrainFlops / std::max<int64_t>(1, M * K * 16));
+  // a row chunk (8 rows, AVX2 4) at a time over groups of blocks of ~256 KB (L2 holds them): the next
+  // chunk finds the group in cache, so W is read from memory once however many chunks
+  const int64_t group = std::max<int64_t>(4, (256 << 10) / (K * 64));
+  at::parallel_for(0, blocks, grain, [&](int64_t j0, int64_t j1) {
+    for (int64_t g = j0; g < j1; g += group) {
+      const int64_t g1 = std::min(j1, g + group);
+      for (int64_t m0 = 0; m0 < M; m0 += Simd::kRowChunk) {
+        const int64_t rows = std::min<int64_t>(Simd::kRowChunk, M - m0);
+        kPackedRows[rows - 1](xp + m0 * K, K, pp, bp, rp != nullptr ? rp + m0 * N : nullptr, yp + m0 * N, N, g, g1);
+      }
+    }
+  });
+#endif
+  return y;
+}
+
 // Linear layer y = x W^T (+ b) (+ resid) (+ (x A^T) Bs^T), the residual folded into addmm.
 // A (r, in) and Bs (out, r) are a LoRA adapter with its scale alpha / r folded into Bs
 // (empty tensors: none); the adapter stays a separate low-rank product, as in peft. A
-// quantized W comes with its scales in `aux` (see quantized_mm).
+// quantized W comes with its scales in `aux` (see quantized_mm); a float32 W may come with
+// its packed copy in `aux` (see packed_mm), used for up to kPackedMaxRows rows.
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor* resid = nullptr,
               const Tensor& lora_a = Tensor(), const Tensor& lora_bs = Tensor(), const Tensor& aux = Tensor()) {
   Tensor y;
@@ -64,6 +225,8 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor* r
     y = quantized_mm(x, w, aux);
     if (resid != nullptr) y.add_(*resid);
     if (has(b)) y.add_(b);
+  } else if (has(aux) && x.size(0) <= kPackedMaxRows) {
+    y = packed_mm(x, aux, w.size(0), b, resid);
   } else if (resid != nullptr) {
     y = at::addmm(*resid, x, w.t());
     if (has(b)) y.add_(b);
@@ -470,7 +633,17 @@ std::tuple<Tensor, Tensor, Tensor> decode_loop(
     }
     return n;
   };
-  const int64_t blocks = B >= 4 ? std::min<int64_t>(at::get_num_threads(), B / 2) : 1;
+  // Except when each block's rows would each read all the weights from memory: with the
+  // packed kernel (up to kPackedMaxRows rows a block) a step streams the weights once per
+  // block, so weights beyond the caches (kSharedWeightBytes) are better streamed once, the
+  // threads splitting each product between them.
+  int64_t weight_bytes = final_weights[2].nbytes();
+  for (size_t i = 0; i < layers.size(); i += 26)
+    for (int j : {2, 4, 8, 10}) weight_bytes += layers[i + j].nbytes();
+  const bool packed = has(final_weights[3]) && final_weights[3].scalar_type() == at::kFloat;
+  const int64_t blocks = B >= 4 && !(packed && weight_bytes > kSharedWeightBytes && B <= kPackedMaxRows)
+                             ? std::min<int64_t>(at::get_num_threads(), B / 2)
+                             : 1;
   std::vector<int64_t> drawn(blocks, 0);
   if (blocks == 1) {
     drawn[0] = run_rows(0, B);
@@ -493,6 +666,8 @@ TORCH_LIBRARY(seqlab, m) {
       "Tensor? rope_sin, Tensor[] layers, Tensor[] final_weights, Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, "
       "Tensor? key_mask, int n_head, int n_kv_head, int head_dim, int norm_kind, float eps, int mlp_kind, "
       "int window=0) -> Tensor");
+  m.def("packed_mm(Tensor x, Tensor packed, int n, Tensor? bias=None) -> Tensor");
+  m.def("packed_width() -> int", [] { return kPackedWidth; });
   m.def("sample_rows(Tensor logits, Tensor uniform, float temperature) -> (Tensor, Tensor, Tensor)");
   m.def(
       "decode_loop(Tensor logits, Tensor uniforms, float temperature, int eos_id, int eos_check, Tensor? offset, "
@@ -503,6 +678,9 @@ TORCH_LIBRARY(seqlab, m) {
 
 TORCH_LIBRARY_IMPL(seqlab, CPU, m) {
   m.impl("decode_step", decode_step);
+  m.impl("packed_mm", [](const Tensor& x, const Tensor& packed, int64_t n, const std::optional<Tensor>& bias) {
+    return packed_mm(x, packed, n, bias.has_value() ? *bias : Tensor());
+  });
   m.impl("sample_rows", sample_rows);
   m.impl("decode_loop", decode_loop);
 }
