@@ -185,21 +185,27 @@ Tensor packed_mm(const Tensor& x_in, const Tensor& packed, int64_t N, const Tens
   const Tensor x = x_in.contiguous();
   const int64_t M = x.size(0), K = x.size(1);
   TORCH_CHECK(M <= kPackedMaxRows && packed.dim() == 3 && packed.size(1) == K && packed.size(2) == 16 &&
-                  packed.size(0) == (N + 15) / 16 && packed.is_contiguous() && x.scalar_type() == at::kFloat,
+                  packed.size(0) == (N + 15) / 16 && packed.is_contiguous() && x.scalar_type() == at::kFloat &&
+                  K > 0 && (!has(b) || (b.numel() == N && b.scalar_type() == at::kFloat)) &&
+                  (resid == nullptr || (resid->size(0) == M && resid->size(1) == N)),
               "packed_mm: shapes do not match");
   Tensor y = at::empty({M, N}, x.options());
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
   Tensor r = resid != nullptr ? resid->contiguous() : Tensor();
   const float* xp = x.data_ptr<float>();
   const float* pp = packed.data_ptr<float>();
-  const float* bp = has(b) ? b.data_ptr<float>() : nullptr;
+  Tensor bc = has(b) ? b.contiguous() : Tensor();
+  const float* bp = bc.defined() ? bc.data_ptr<float>() : nullptr;
   const float* rp = r.defined() ? r.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   const int64_t blocks = packed.size(0);
-  const int64_t grain = std::max<int64_t>(1, kGrainFlops / std::max<int64_t>(1, M * K * 16));
-  // a row chunk (8 rows, AVX2 4) at a time over groups of blocks of ~256 KB (L2 holds them): the next
-  // chunk finds the group in cache, so W is read from memory once however many chunks
-  const int64_t group = std::max<int64_t>(4, (256 << 10) / (K * 64));
+  // A thread's share is at least ~256 KB of weights (~20 us of streaming, well above the
+  // cost of waking it: a small model's products stay on one thread). Within it, a row
+  // chunk (8 rows, AVX2 4) at a time over groups of 12 blocks (a multiple of every
+  // kBlocksAPass; 0.4-1.2 MB at K = 576-1536, for L2): the next chunk finds the group in
+  // cache, so W is read from memory once.
+  const int64_t grain = std::max<int64_t>(1, (256 << 10) / (K * 64));
+  const int64_t group = 12;
   at::parallel_for(0, blocks, grain, [&](int64_t j0, int64_t j1) {
     for (int64_t g = j0; g < j1; g += group) {
       const int64_t g1 = std::min(j1, g + group);
@@ -248,7 +254,8 @@ Tensor norm(const Tensor& x, const Tensor& w, const Tensor& b, int64_t kind, dou
   Tensor y = at::empty_like(xc);
   const float* xp = xc.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
-  const float* bp = has(b) ? b.data_ptr<float>() : nullptr;
+  Tensor bc = has(b) ? b.contiguous() : Tensor();
+  const float* bp = bc.defined() ? bc.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   for (int64_t r = 0; r < B; ++r) {
     const float* xr = xp + r * C;
