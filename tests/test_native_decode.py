@@ -478,3 +478,20 @@ def test_a_model_beyond_the_caches_samples_the_same_tokens_in_one_loop(monkeypat
     slow = run()
     assert torch.equal(fast.tokens, slow.tokens)
     assert scaled_error(fast.model_logprobs, slow.model_logprobs) <= bound(m) + float32_bound(V)
+
+
+def test_no_packed_copy_for_weights_beyond_a_quarter_of_memory(monkeypatch):
+    """A model whose weights would not leave room for their copy samples from the weights
+    themselves: pack() hands decode.cpp no packed copies, and the step gives the same tokens."""
+    packed_ops()
+    m = make({"pos": "rope", "n_kv_head": 2})
+    nw = native.pack(m, rows=4)
+    assert nw.layers[22].dim() == 3  # the qkv weight's packed copy (decode_step's w[22])
+    monkeypatch.setattr(native.os, "sysconf", lambda name: 1 if name == "SC_PAGE_SIZE" else 1000)
+    nw = native.pack(m, rows=4)
+    assert nw.layers[22].numel() == 0
+    prompts = [[1, 4, 5], [1, 7]]
+    run = lambda: generate(m, prompts, 10, DecodeRule(temperature=1.0), generator=torch.Generator().manual_seed(1))
+    unpacked = run()
+    monkeypatch.undo()
+    assert torch.equal(run().tokens, unpacked.tokens)
