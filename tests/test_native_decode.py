@@ -491,7 +491,10 @@ def test_no_packed_copy_for_weights_beyond_a_quarter_of_memory(monkeypatch):
     nw = native.pack(m, rows=4)
     assert nw.layers[22].numel() == 0
     prompts = [[1, 4, 5], [1, 7]]
-    run = lambda: generate(m, prompts, 10, DecodeRule(temperature=1.0), generator=torch.Generator().manual_seed(1))
+
+    def run():
+        return generate(m, prompts, 10, DecodeRule(temperature=1.0), generator=torch.Generator().manual_seed(1))
+
     unpacked = run()
     monkeypatch.undo()
     assert torch.equal(run().tokens, unpacked.tokens)
