@@ -498,3 +498,34 @@ def test_no_packed_copy_for_weights_beyond_a_quarter_of_memory(monkeypatch):
     unpacked = run()
     monkeypatch.undo()
     assert torch.equal(run().tokens, unpacked.tokens)
+
+
+def test_packed_copies_follow_a_fused_optimizer_step_and_frozen_ones_stay(monkeypatch):
+    """torch's fused AdamW (seqlab's optimizer) updates weights without moving their version
+    counters: a weight that trains is packed again after any optimizer step, so sampling
+    after an update uses the updated weights; a frozen weight (a LoRA base) keeps its copy."""
+    packed_ops()
+    m = make({"pos": "rope", "n_kv_head": 2})
+    frozen = m.blocks[1].mlp.fc.weight
+    frozen.requires_grad_(False)
+    trained = m.blocks[0].mlp.fc.weight
+    first_trained, first_frozen = native.packed_weight(trained), native.packed_weight(frozen)
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=0.5, fused=True)
+    version = trained._version
+    m.train()
+    m(torch.randint(0, V, (2, 6)))[0].square().mean().backward()
+    opt.step()
+    m.eval()
+    assert trained._version == version  # the counter did not move: the case this is about
+    assert native.packed_weight(trained) is not first_trained
+    assert native.packed_weight(frozen) is first_frozen
+    prompts = [[1, 4, 5], [1, 7]] * 2
+
+    def run():
+        return generate(m, prompts, 12, DecodeRule(temperature=1.0), generator=torch.Generator().manual_seed(5))
+
+    fast = run()
+    monkeypatch.setattr(native, "pack", lambda model, rows=None: None)
+    slow = run()
+    assert torch.equal(fast.tokens, slow.tokens)
+    assert scaled_error(fast.model_logprobs, slow.model_logprobs) <= bound(m) + float32_bound(V)

@@ -225,7 +225,8 @@ def bf16_weights():
 
 # decode.cpp's kPackedMaxRows: its packed kernel serves products of at most this many rows
 PACKED_MAX_ROWS = 16
-_packed_copies = None  # weight -> ((version, data pointer), packed copy); made on first use
+_packed_copies = None  # weight -> (key, packed copy); made on first use
+_optimizer_steps = [0]  # optimizer steps taken in this process, counted by a global post-step hook
 
 
 def _copy_fits(nbytes: int) -> bool:
@@ -241,15 +242,22 @@ def _copy_fits(nbytes: int) -> bool:
 
 def packed_weight(weight: torch.Tensor) -> torch.Tensor:
     """decode.cpp's packed copy of a float32 weight (out, in): (ceil(out / 16), in, 16), output
-    columns in blocks of 16, k-major (packed_mm says why). Made once per version of the
-    weight: an optimizer's in-place update bumps the version, so the next generation packs
-    the new values; the copy goes when the weight does."""
+    columns in blocks of 16, k-major (packed_mm says why). Made again when the weight may
+    have changed: its version counter moved (in-place ops), its storage moved, or, for a
+    weight that trains, any optimizer stepped (torch's fused AdamW, seqlab's optimizer,
+    updates weights without moving their version counters). A frozen weight (a LoRA base)
+    keeps its copy across updates; the copy goes when the weight does."""
     global _packed_copies
     if _packed_copies is None:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
         from torch.utils.weak import WeakIdKeyDictionary
 
+        def count_step(*_):
+            _optimizer_steps[0] += 1
+
+        register_optimizer_step_post_hook(count_step)
         _packed_copies = WeakIdKeyDictionary()
-    key = (weight._version, weight.data_ptr())
+    key = (weight._version, weight.data_ptr(), _optimizer_steps[0] if weight.requires_grad else None)
     hit = _packed_copies.get(weight)
     if hit is not None and hit[0] == key:
         return hit[1]
