@@ -529,3 +529,45 @@ def test_packed_copies_follow_a_fused_optimizer_step_and_frozen_ones_stay(monkey
     slow = run()
     assert torch.equal(fast.tokens, slow.tokens)
     assert scaled_error(fast.model_logprobs, slow.model_logprobs) <= bound(m) + float32_bound(V)
+
+
+AVX2_CHECK = r"""
+import sys, torch
+from torch.utils import cpp_extension
+src = sys.argv[1]
+cpp_extension.load(name="seqlab_avx2_check", sources=[src + "/decode.cpp", src + "/attention.cpp"],
+                   extra_cflags=["-O3", "-march=haswell", "-fopenmp"], build_directory=sys.argv[2],
+                   is_python_module=False, verbose=False)
+from seqlab.models.native import packed_weight
+ops = torch.ops.seqlab
+assert ops.packed_width() == 16
+g = torch.Generator().manual_seed(0)
+worst = 0.0
+for n, k in ((37, 5), (200, 33), (48, 64)):
+    w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+    for rows in range(1, 17):
+        x = torch.randn(rows, k, generator=g)
+        want = x.double() @ w.double().T + b.double()
+        scale = x.double().abs() @ w.double().abs().T + want.abs()
+        got = ops.packed_mm(x, packed_weight(w), n, b).double()
+        worst = max(worst, ((got - want).abs() / scale).max().item())
+print(worst)
+"""
+
+
+@pytest.mark.slow
+def test_the_avx2_packed_kernel_on_a_machine_without_avx512(tmp_path):
+    """The packed kernel's AVX2 build (laptops without AVX-512: 8-float vectors, 4-row
+    chunks), compiled here with -march=haswell in its own process: every row count 1-16
+    within float32 rounding of a float64 product."""
+    import subprocess
+    import sys
+
+    flags = native.cpu_features().split()
+    if "avx2" not in flags or "fma" not in flags:
+        pytest.skip("this CPU cannot run an AVX2 build")
+    src = Path(native.__file__).with_name("native")
+    r = subprocess.run([sys.executable, "-c", AVX2_CHECK, str(src), str(tmp_path)], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert float(r.stdout.split()[-1]) <= 4 * 64 * EPS
