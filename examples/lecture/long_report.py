@@ -37,8 +37,8 @@ def main():
             evals[(r["run"], r["steps"])] = r["eval_last"]["success_rate"]
     runs = sorted(p for p in out.iterdir() if (p / "metrics.csv").exists())
     print("| run | task | lecture at 15,000 | steps so far | success at 15,000 (1,000 samples) | "
-          "in-training success: last | learned (>= 90%) at step |")
-    print("|---|---|---|---:|---:|---:|---:|")
+          "longest evaluated (1,000 samples) | in-training success: last | learned (>= 90%) at step |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     curves = {}
     for run in runs:
         task = json.loads((run / "config.json").read_text())["train"]["eval_task"]
@@ -47,10 +47,12 @@ def main():
         last_step = max((int(r["step"]) for r in csv.DictReader(open(run / "metrics.csv"))), default=0)
         learned = next((s for s, v in pts if v >= 0.9), None)
         at15 = evals.get((run.name, 15_000))
+        longest = max((s for r, s in evals if r == run.name), default=None)
+        at_longest = "-" if longest is None else f"{evals[(run.name, longest)]:.1%} at {longest:,}"
         print(f"| {run.name} | {task} | {LECTURE.get(task, '-')} | {last_step:,} | "
-              f"{'-' if at15 is None else f'{at15:.1%}'} | {pts[-1][1]:.1%} at {pts[-1][0]:,} | "
+              f"{'-' if at15 is None else f'{at15:.1%}'} | {at_longest} | {pts[-1][1]:.1%} at {pts[-1][0]:,} | "
               f"{'-' if learned is None else f'{learned:,}'} |" if pts else f"| {run.name} | {task} | - | "
-              f"{last_step:,} | - | - | - |")
+              f"{last_step:,} | - | {at_longest} | - | - |")
     if args.png and curves:
         import matplotlib
 
