@@ -44,3 +44,25 @@ def test_saved_state_resumes_exactly_like_the_run(tmp_path):
         seqlab("train", "--out", run, "--resume", "--steps", 40, "--threads", 1, "--quiet")
     a, b = losses(out / "run"), losses(moved / "run")
     assert max(a) == 40 and a == b
+
+
+def test_long_report_gives_each_run_its_15000_step_longest_and_learned_figures(tmp_path):
+    """long_report.py's table: the 1,000-sample figures at 15,000 steps and at the longest
+    evaluation from long.jsonl, the last in-training rate and the first step at >= 90%."""
+    import json
+
+    run = tmp_path / "rule-last2-mm"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"train": {"eval_task": "rule-last2"}}))
+    rows = [(500, 0.5), (1000, 0.85), (1500, 0.92), (2000, 0.88), (40000, 0.995)]
+    (run / "metrics.csv").write_text("step,train_loss,success_rate\n" + "".join(f"{s},0.7,{v}\n" for s, v in rows)
+                                     + "40010,0.7,\n")
+    evals = [(15000, 0.979), (50000, 0.994), (30000, 0.99)]
+    (tmp_path / "long.jsonl").write_text("".join(
+        json.dumps({"run": run.name, "steps": s, "eval_last": {"success_rate": v}}) + "\n" for s, v in evals))
+    out = subprocess.run([sys.executable, str(ROOT / "examples/lecture/long_report.py"), str(tmp_path)],
+                         capture_output=True, text=True, check=True).stdout
+    row = next(line for line in out.splitlines() if line.startswith(f"| {run.name} "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells == ["rule-last2-mm", "rule-last2", "90%", "40,010", "97.9%", "99.4% at 50,000", "99.5% at 40,000",
+                     "1,500"]
