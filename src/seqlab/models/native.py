@@ -308,8 +308,9 @@ def pack(model, rows: int | None = None) -> NativeWeights | None:
         return None
     empty = wte.new_empty(0)
     linear_dtype = _linear_dtype.get()
+    float_bytes = sum(lin.weight.nbytes for lin, _ in plain if type(lin) in (nn.Linear, FrozenLinear))
     packs = (linear_dtype == torch.float32 and rows is not None and rows <= PACKED_MAX_ROWS
-             and ops.packed_width() > 0 and _copy_fits(sum(lin.weight.nbytes for lin, _ in plain if type(lin) in (nn.Linear, FrozenLinear))))
+             and ops.packed_width() > 0 and _copy_fits(float_bytes))
 
     def w(t):
         return empty if t is None else t.detach()

@@ -29,7 +29,9 @@
 
 #include "vec.h"
 
-#if defined(__AVX512F__) || defined(__AVX2__)
+// the packed kernel's builds (packed_mm): AVX-512, or AVX2 with FMA
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#define SEQLAB_PACKED 1
 #include <immintrin.h>
 #endif
 
@@ -73,7 +75,7 @@ constexpr int64_t kPackedMaxRows = 16;
 // weights this large stream from memory at every step (decode_loop's blocks)
 constexpr int64_t kSharedWeightBytes = 16 << 20;
 
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#ifdef SEQLAB_PACKED
 // The vector type: AVX-512 (16 floats, 32 registers) or AVX2 (8 floats, 16 registers), a
 // block of 16 columns being 1 or 2 vectors. Intrinsics, not vec.h's vector extensions:
 // GCC kept arrays of vector-extension accumulators on the stack here.
@@ -190,7 +192,7 @@ Tensor packed_mm(const Tensor& x_in, const Tensor& packed, int64_t N, const Tens
                   (resid == nullptr || (resid->size(0) == M && resid->size(1) == N)),
               "packed_mm: shapes do not match");
   Tensor y = at::empty({M, N}, x.options());
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#ifdef SEQLAB_PACKED
   Tensor r = resid != nullptr ? resid->contiguous() : Tensor();
   const float* xp = x.data_ptr<float>();
   const float* pp = packed.data_ptr<float>();
