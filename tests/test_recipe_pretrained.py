@@ -40,6 +40,33 @@ def test_answers_and_working_are_right():
     assert reply_answer(row["completion"], t) == "43"
 
 
+def test_column_working_is_true_step_by_step_and_written_as_on_paper():
+    assert WordProblem("+", 0, 457, 386).column_working == "457+386: 7+6=13, 5+8+1=14, 4+3+1=8, so 457+386=843"
+    assert WordProblem("-", 0, 586, 491).column_working == "586-491: 6-1=5, 18-9=9, 5-1-4=0, so 586-491=95"
+    assert WordProblem("-", 0, 503, 78).column_working == "503-78: 13-8=5, 10-1-7=2, 5-1-0=4, so 503-78=425"
+    assert WordProblem("*", 0, 7, 457).column_working == "7*457: 7*7=49, 5*7+4=39, 4*7+3=31, so 7*457=3199"
+    assert WordProblem("*", 0, 73, 85).column_working == (
+        "73*85: 3*5=15, 7*5+1=36, so 73*5=365; 3*8=24, 7*8+2=58, so 73*80=5840; "
+        "5+0=5, 6+4=10, 3+8+1=12, 0+5+1=6, so 73*85=6205")
+    assert WordProblem("two-step", 0, 77, 30, 66).column_working == (
+        "77-30: 7-0=7, 7-3=4, so 77-30=47; 47+66: 7+6=13, 4+6+1=11, so 47+66=113")
+    for q in split(5, 400, 0, 0)[0]:  # every step of every kind is a true statement
+        for step in q.column_working.split("; "):
+            cols = step.split(": ")[-1]
+            for fact in cols.replace(", so ", ", ").split(", "):
+                lhs, rhs = fact.split("=")
+                assert eval(lhs) == int(rhs), (q, fact)  # noqa: S307
+        assert q.column_working.endswith(f"={q.answer}")
+    from seqlab.errors import SeqlabError
+    from seqlab.recipes.pretrained import PretrainedRecipeConfig
+
+    with pytest.raises(SeqlabError, match="recipe working: expected 'direct' or 'columns', got 'cols'"):
+        PretrainedRecipeConfig(working="cols")
+    row = sft_row(WordProblem("+", 0, 45, 78), ReasoningTemplate(), working="columns")
+    assert row["completion"] == ("<start_working_out>45+78: 5+8=13, 4+7+1=12, so 45+78=123<end_working_out>"
+                                 "<SOLUTION>123</SOLUTION>")
+
+
 @pytest.mark.parametrize("reply, want", [
     ("<start_working_out>1+2=3<end_working_out><SOLUTION>3</SOLUTION>", "3"),
     ("The answer is 1,234.", "1234"),
@@ -102,3 +129,19 @@ def test_recipe_on_a_tiny_imported_model_end_to_end(tmp_path, capsys, monkeypatc
          "--dtype", "bfloat16"]
     assert main(b) == 0
     assert seen == ["bfloat16", "bfloat16"]
+    # --working columns: the SFT examples work digit by digit, with the preset's settings
+    assert main(["recipe", "arithmetic", "--working", "columns", "--out", str(tmp_path / "w")]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "error: --working applies with --base (the pretrained model's SFT and GRPO)"
+    made = []
+    monkeypatch.setattr(recipe, "PretrainedRecipeConfig",
+                        lambda **kw: made.append(kw) or real(**{**kw, **small}))
+    c = ["recipe", "arithmetic", "--base", str(tmp_path / "hf"), "--out", str(tmp_path / "c"), "--quiet",
+         "--working", "columns"]
+    assert main(c) == 0
+    assert made[0]["working"] == "columns" and made[0]["max_new_tokens"] == 128 and made[0]["sft_steps"] == 120
+    sft = [json.loads(x) for x in (tmp_path / "c" / "data" / "sft.jsonl").read_text().splitlines()]
+    assert len(sft) == small["n_sft"]
+    for row in sft:
+        working = row["completion"].split("<start_working_out>")[1].split("<end_working_out>")[0]
+        assert ", so " in working and ": " in working  # "45+78: 5+8=13, 4+7+1=12, so 45+78=123"

@@ -572,21 +572,24 @@ def cmd_recipe(args) -> None:
     given["device"] = str(resolve_device(args.device))
     if args.base is not None:  # a pretrained chat model: no pretraining stage, no comparison
         from .interop.importer import resolve_source
-        from .recipes.pretrained import PretrainedRecipeConfig, run_pretrained_arithmetic
+        from .recipes.pretrained import PretrainedRecipeConfig, run_pretrained_arithmetic, working_preset
 
         for flag, value in (("--pretrain-steps", args.pretrain_steps), ("--compare", args.compare)):
             if value is not None:
                 raise SeqlabError(f"{flag} does not apply with --base (the base model is pretrained already)")
         if args.dtype is not None:
             given["dtype"] = args.dtype
+        if args.working is not None:
+            given.update(working_preset(args.working))
         if not args.resume or not (Path(args.out) / "base" / "best.safetensors").exists():
             resolve_source(args.base)  # a missing model or package is named before anything runs
         cfg = PretrainedRecipeConfig(base=args.base, seed=args.seed, **given)
         ready(args, f"run the recipe on {args.base} into {args.out}")
         _emit(args, run_pretrained_arithmetic(args.out, cfg, progress=not args.quiet, log=log, resume=args.resume))
         return
-    if args.dtype is not None:
-        raise SeqlabError("--dtype applies with --base (the pretrained model's SFT and GRPO)")
+    for flag, value in (("--dtype", args.dtype), ("--working", args.working)):
+        if value is not None:
+            raise SeqlabError(f"{flag} applies with --base (the pretrained model's SFT and GRPO)")
     if args.pretrain_steps is not None and args.pretrain_steps <= 0:
         raise SeqlabError(f"--pretrain-steps must be positive, got {args.pretrain_steps}")
     compare_flag = "rejection,ppo,dpo" if args.compare is None else args.compare
@@ -765,6 +768,9 @@ def build_parser() -> argparse.ArgumentParser:
     ra.add_argument("--dtype", choices=["float32", "bfloat16"],
                     help="with --base: SFT and GRPO precision (bfloat16: autocast and bf16 sampling weights; "
                          "default float32)")
+    ra.add_argument("--working", choices=["direct", "columns"],
+                    help="with --base: the SFT examples' working out, 'direct' (45+78=123: 64 examples, 24 "
+                         "updates) or 'columns' (digit by digit: 320 examples, 120 updates, 128 new tokens)")
     ra.add_argument("--quiet", action="store_true", help="no progress bars")
     ra.add_argument("--json", action="store_true", help="print one JSON object of results on stdout")
     _takes_toml(ra, "recipe")

@@ -60,6 +60,22 @@ class PretrainedRecipeConfig:
     # time: more updates in rl_minutes); the evaluation stays float32
     dtype: str = "float32"
     eval_batch: int = 50
+    # the SFT examples' working out: "direct" ("45+78=123") or "columns" (digit by digit:
+    # "45+78: 5+8=13, 4+7+1=12, so 45+78=123"; needs max_new_tokens ~128)
+    working: str = "direct"
+
+    def __post_init__(self):
+        if self.working not in ("direct", "columns"):
+            raise SeqlabError(f"recipe working: expected 'direct' or 'columns', got {self.working!r}")
+
+
+def working_preset(working: str) -> dict:
+    """The recipe settings that go with a working-out style. Digit-by-digit working is a
+    procedure to learn, not only a format: more examples and updates (~9 minutes of one
+    core in bf16), and twice the new tokens."""
+    if working == "columns":
+        return dict(working="columns", n_sft=320, sft_steps=120, sft_lr=3e-4, max_new_tokens=128)
+    return dict(working="direct")
 
 
 def evaluate(run: Path, problems: list[WordProblem], template: ReasoningTemplate, cfg: PretrainedRecipeConfig,
@@ -120,7 +136,7 @@ def run_pretrained_arithmetic(out: str | Path, cfg: PretrainedRecipeConfig, prog
     test, dev, train = split(cfg.seed, cfg.n_test, cfg.n_dev, cfg.n_sft + cfg.n_rl)
     d = out / "data"
     d.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(d / "sft.jsonl", [sft_row(p, template) for p in train[: cfg.n_sft]])
+    _write_jsonl(d / "sft.jsonl", [sft_row(p, template, cfg.working) for p in train[: cfg.n_sft]])
     _write_jsonl(d / "rl.jsonl", [rl_row(p) for p in train[cfg.n_sft:]])
     _write_jsonl(d / "dev.jsonl", [rl_row(p) for p in dev])
     _write_jsonl(d / "test.jsonl", [rl_row(p) for p in test])

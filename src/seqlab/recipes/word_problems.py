@@ -72,9 +72,68 @@ class WordProblem:
     def working(self) -> str:
         return ", ".join(f"{x}{op}{y}={z}" for x, op, y, z in self._steps())
 
+    @property
+    def column_working(self) -> str:
+        """The working out digit by digit, as on paper: "457+386: 7+6=13, 5+8+1=14, 4+3+1=8,
+        so 457+386=843". Each step is a one-digit fact the model can get right, where the
+        direct working ("457+386=843") asks for the whole result at once."""
+        return "; ".join(_columns(x, op, y) for x, op, y, _ in self._steps())
+
     def key(self) -> tuple:
         first = tuple(sorted((self.a, self.b)))
         return (self.kind, self.phrase if self.kind == "two-step" else 0, first, self.c)
+
+
+def _digits(n: int) -> list[int]:
+    return [int(c) for c in reversed(str(n))]
+
+
+def _add_columns(a: int, b: int) -> list[str]:
+    da, db, carry, parts = _digits(a), _digits(b), 0, []
+    for i in range(max(len(da), len(db))):
+        x, y = (da[i] if i < len(da) else 0), (db[i] if i < len(db) else 0)
+        s = x + y + carry
+        parts.append(f"{x}+{y}" + (f"+{carry}" if carry else "") + f"={s}")
+        carry = s // 10
+    return parts
+
+
+def _sub_columns(a: int, b: int) -> list[str]:
+    """a >= b; a borrow shows as "18-9=9" in the column that takes it and "5-1-4=0" in the
+    next one."""
+    da, db, borrow, parts = _digits(a), _digits(b), 0, []
+    for i in range(len(da)):
+        x, y = da[i], (db[i] if i < len(db) else 0)
+        take = x - borrow < y
+        parts.append(f"{'1' if take else ''}{x}" + ("-1" if borrow else "") + f"-{y}={x + 10 * take - borrow - y}")
+        borrow = int(take)
+    return parts
+
+
+def _mul_columns(a: int, d: int) -> list[str]:
+    """a times the one-digit d."""
+    carry, parts = 0, []
+    for x in _digits(a):
+        p = x * d + carry
+        parts.append(f"{x}*{d}" + (f"+{carry}" if carry else "") + f"={p}")
+        carry = p // 10
+    return parts
+
+
+def _columns(a: int, op: str, b: int) -> str:
+    head = f"{a}{op}{b}: "
+    done = f", so {a}{op}{b}={APPLY[op](a, b)}"
+    if op == "+":
+        return head + ", ".join(_add_columns(a, b)) + done
+    if op == "-":
+        return head + ", ".join(_sub_columns(a, b)) + done
+    x, d = (a, b) if b < 10 or a >= 10 and b >= 10 else (b, a)
+    if d < 10:
+        return head + ", ".join(_mul_columns(x, d)) + done
+    ones, tens = d % 10, d // 10  # two two-digit numbers: x * ones + x * tens * 10
+    p0, p1 = x * ones, x * tens * 10
+    return (head + ", ".join(_mul_columns(x, ones)) + f", so {x}*{ones}={p0}; " + ", ".join(_mul_columns(x, tens))
+            + f", so {x}*{tens}0={p1}; " + ", ".join(_add_columns(p0, p1)) + done)
 
 
 def _number(rng: random.Random, digits: int) -> int:
@@ -127,10 +186,12 @@ def split(seed: int, n_test: int, n_dev: int, n_train: int) -> tuple[list, list,
     return held[0], held[1], train
 
 
-def sft_row(p: WordProblem, t: ReasoningTemplate) -> dict:
+def sft_row(p: WordProblem, t: ReasoningTemplate, working: str = "direct") -> dict:
     """Chat data: the prompt is the question (the chat template and the system prompt go
-    around it); the completion opens the working-out tag itself."""
-    return {"prompt": p.question, "completion": t.reasoning_start + t.completion(p.working, str(p.answer)),
+    around it); the completion opens the working-out tag itself. `working`: "direct"
+    ("45+78=123") or "columns" (digit by digit, `column_working`)."""
+    text = p.column_working if working == "columns" else p.working
+    return {"prompt": p.question, "completion": t.reasoning_start + t.completion(text, str(p.answer)),
             "kind": p.kind}
 
 
