@@ -58,10 +58,12 @@ def test_column_working_is_true_step_by_step_and_written_as_on_paper():
                 assert eval(lhs) == int(rhs), (q, fact)  # noqa: S307
         assert q.column_working.endswith(f"={q.answer}")
     from seqlab.errors import SeqlabError
-    from seqlab.recipes.pretrained import PretrainedRecipeConfig
+    from seqlab.recipes.pretrained import PretrainedRecipeConfig, working_preset
 
     with pytest.raises(SeqlabError, match="recipe working: expected 'direct' or 'columns', got 'cols'"):
         PretrainedRecipeConfig(working="cols")
+    with pytest.raises(SeqlabError, match="got 'cols'"):
+        working_preset("cols")  # a [recipe] table's value passes no argparse choices
     row = sft_row(WordProblem("+", 0, 45, 78), ReasoningTemplate(), working="columns")
     assert row["completion"] == ("<start_working_out>45+78: 5+8=13, 4+7+1=12, so 45+78=123<end_working_out>"
                                  "<SOLUTION>123</SOLUTION>")

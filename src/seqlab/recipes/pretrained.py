@@ -75,6 +75,8 @@ def working_preset(working: str) -> dict:
     core in bf16), and twice the new tokens."""
     if working == "columns":
         return dict(working="columns", n_sft=320, sft_steps=120, sft_lr=3e-4, max_new_tokens=128)
+    if working != "direct":
+        raise SeqlabError(f"recipe working: expected 'direct' or 'columns', got {working!r}")
     return dict(working="direct")
 
 
