@@ -62,8 +62,8 @@ def test_column_working_is_true_step_by_step_and_written_as_on_paper():
 
     with pytest.raises(SeqlabError, match="recipe working: expected 'direct' or 'columns', got 'cols'"):
         PretrainedRecipeConfig(working="cols")
-    with pytest.raises(SeqlabError, match="got 'cols'"):
-        working_preset("cols")  # a [recipe] table's value passes no argparse choices
+    with pytest.raises(SeqlabError, match="got 'cols'"):  # a [recipe] table's value passes no argparse choices
+        PretrainedRecipeConfig(**working_preset("cols"))
     row = sft_row(WordProblem("+", 0, 45, 78), ReasoningTemplate(), working="columns")
     assert row["completion"] == ("<start_working_out>45+78: 5+8=13, 4+7+1=12, so 45+78=123<end_working_out>"
                                  "<SOLUTION>123</SOLUTION>")

@@ -127,7 +127,7 @@ def _columns(a: int, op: str, b: int) -> str:
         return head + ", ".join(_add_columns(a, b)) + done
     if op == "-":
         return head + ", ".join(_sub_columns(a, b)) + done
-    x, d = (a, b) if b < 10 or a >= 10 and b >= 10 else (b, a)
+    x, d = (b, a) if a < 10 else (a, b)  # x: the number worked column by column
     if d < 10:
         return head + ", ".join(_mul_columns(x, d)) + done
     ones, tens = d % 10, d // 10  # two two-digit numbers: x * ones + x * tens * 10
