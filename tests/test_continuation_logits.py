@@ -94,3 +94,31 @@ def test_under_cpu_bf16_autocast_the_masked_attention_runs_in_float32(monkeypatc
         got = continuation_logits(m, PROMPTS, comp, pad_id=0)
     assert seen and all(s == (torch.float32, torch.float32, torch.float32, False) for s in seen)
     assert (got.float() - want).abs().max().item() < 0.05 * want.abs().max().item()
+
+
+@pytest.mark.parametrize("kind,extra", [("transformer", {}), ("transformer", {"attention_window": 3}), ("gru", {})])
+def test_sequence_logprobs_from_logits_at_equals_the_full_forward(kind, extra):
+    """sequence_logprobs takes logits at the completion's positions only (SeqModel.logits_at;
+    the Transformer runs its output layer there only): the same log-probs, zeros and
+    gradients as log_softmax over the ordinary forward's logits, on padded rows with prompts
+    of different lengths and a non-binary mask weight."""
+    from seqlab.post.common import sequence_logprobs, token_logprobs
+    from seqlab.post.data import pad_batch
+
+    torch.manual_seed(1)
+    pairs = []
+    for p in PROMPTS:
+        c = torch.randint(2, V, (len(p) % 3 + 2,)).tolist()
+        pairs.append((p + c, [0] * len(p) + [1] * len(c)))
+    ids, mask = pad_batch(pairs, 0)
+    mask[2, -1] = 0.5  # a weighted token: its log-prob scaled as the full path scales it
+    m = model(extra, kind)
+    got = sequence_logprobs(m, ids, mask, temperature=0.8)
+    got.sum().backward()
+    got_grads = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    want = token_logprobs(m(ids[:, :-1])[0], ids[:, 1:], 0.8) * mask[:, 1:]
+    want.sum().backward()
+    assert torch.allclose(got, want, atol=1e-5) and (got[mask[:, 1:] == 0] == 0).all()
+    for g, p in zip(got_grads, m.parameters()):
+        assert torch.allclose(g, p.grad, atol=1e-5)

@@ -55,6 +55,11 @@ class SeqModel(nn.Module):
     def logits(self, idx: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def logits_at(self, idx: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """Logits (N, V) at the positions where `where` (B, T, bool) is True, in row-major
+        order. A model whose output layer is costly runs it on those positions only."""
+        return self.logits(idx)[where]
+
     def forward(self, idx, targets=None, loss_reduction: str = "mean"):
         logits = self.logits(idx)
         loss = None if targets is None else token_loss(logits, targets, loss_reduction)

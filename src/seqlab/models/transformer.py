@@ -299,9 +299,11 @@ class Transformer(SeqModel):
             rope = (cos, sin)
         return self.drop(x), rope
 
-    def _run(self, x, rope, cache=None, attn_mask=None, starts=None, memory=None):
+    def _run(self, x, rope, cache=None, attn_mask=None, starts=None, memory=None, where=None):
         for i, block in enumerate(self.blocks):
             x = block(x, rope, cache, i, attn_mask, starts, memory)
+        if where is not None:  # the output layer at the positions asked for only: (N, C)
+            x = x[where]
         return self.lm_head(self.norm_f(x))
 
     def logits_given(self, idx, memory, memory_mask):
@@ -403,11 +405,20 @@ class Transformer(SeqModel):
         return i[None, :] > i[:, None] - self.window
 
     def logits(self, idx):
+        return self._logits(idx)
+
+    def logits_at(self, idx, where):
+        """SeqModel.logits_at with the output layer run on the N positions asked for only: an
+        SFT or DPO loss needs a chat's completion tokens, about half of them, and a pretrained
+        model's output layer is its widest (SmolLM2: 49,152 logits a token)."""
+        return self._logits(idx, where)
+
+    def _logits(self, idx, where=None):
         B, T = idx.shape
         if T > self.max_len:
             raise ValueError(f"sequence of length {T} exceeds block_size {self.max_len}")
         x, rope = self._embed(idx, torch.arange(T, device=idx.device))
-        return self._run(x, rope, starts=self.window_starts(B, T, idx.device))
+        return self._run(x, rope, starts=self.window_starts(B, T, idx.device), where=where)
 
     def continuation_logits(self, prefix, prefix_len, rows, suffix):
         """Logits for `suffix` tokens that continue shared prefixes, each prefix run once.

@@ -107,12 +107,18 @@ def sequence_logprobs(model, input_ids: torch.Tensor, completion_mask: torch.Ten
     """Per-token log-probs (B, T-1) of input_ids[:, 1:] under `model`, zero outside the mask.
 
     input_ids (B, T) is <bos> + prompt + completion (+ padding); completion_mask
-    (B, T) marks completion tokens. Uses the model's ordinary forward, so every
-    model in the zoo works.
+    (B, T) marks completion tokens. The logits come from SeqModel.logits_at at the
+    completion's positions only (the Transformer runs its output layer there only; the
+    prompt's and the padding's are never needed), else from the module's forward.
     """
-    logits, _ = model(input_ids[:, :-1])
-    lp = token_logprobs(logits, input_ids[:, 1:], temperature)
-    return lp * completion_mask[:, 1:].to(lp.dtype)
+    mask = completion_mask[:, 1:]
+    where = mask != 0
+    if hasattr(model, "logits_at"):
+        logits = model.logits_at(input_ids[:, :-1], where)  # (N, V)
+    else:  # any module whose forward gives (logits, _)
+        logits = model(input_ids[:, :-1])[0][where]
+    lp = token_logprobs(logits.unsqueeze(0), input_ids[:, 1:][where].unsqueeze(0), temperature)[0]
+    return lp.new_zeros(where.shape).masked_scatter(where, lp * mask[where].to(lp.dtype))
 
 
 def continuation_logits(model, prompts: list[list[int]], completions: torch.Tensor, pad_id: int) -> torch.Tensor:
