@@ -27,7 +27,8 @@ from typing import Callable
 import torch
 
 from .. import atomic
-from ..checkpoint import QUANTIZATION, latest_checkpoint, load_model, load_quantization, save_best
+from ..checkpoint import (QUANTIZATION, latest_checkpoint, load_model, load_quantization, release_freed_memory,
+                          save_best)
 from ..engine import Engine, OptimSettings, Progress, autocast_dtype, barrier, resolve_device, set_threads
 from ..engine import ranks as process_ranks
 from ..errors import SeqlabError
@@ -207,4 +208,5 @@ def optimise(model, cfg: PostConfig, out: Path, columns: list[str], step_fn: Cal
     loss_curve(rows, out / "loss.png", title=title)
     dashboard(rows, [c for c in columns if c != "loss"] + ["loss", "lr", "grad_norm", "step_time_s"],
               out / "dashboard.png", title=title)
+    release_freed_memory()  # what the updates left behind, before the caller's next stage
     return {**stats, "steps_done": done, "seconds": round(time.perf_counter() - started, 2)}

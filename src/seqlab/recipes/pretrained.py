@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from .. import atomic
-from ..checkpoint import load_model
+from ..checkpoint import load_model, release_freed_memory
 from ..errors import SeqlabError
 from ..post.config import PostConfig
 from ..post.prompting import prompt_format
@@ -152,6 +152,7 @@ def run_pretrained_arithmetic(out: str | Path, cfg: PretrainedRecipeConfig, prog
     def record(stage: str, seconds: float, extra: dict | None = None) -> None:
         row = {"dev": evaluate(out / stage, dev, template, cfg), "test": evaluate(out / stage, test, template, cfg),
                "seconds": round(seconds, 1), **(extra or {})}
+        release_freed_memory()  # the evaluations' generation buffers, before the next stage
         results["stages"][stage] = row
         atomic.write_json(partial, results)
         log(f"  {stage}: test accuracy {row['test']['accuracy']:.1%} (dev {row['dev']['accuracy']:.1%}), "
