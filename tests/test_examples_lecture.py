@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def long_runs():
     spec = importlib.util.spec_from_file_location("long_runs", ROOT / "examples/lecture/long_runs.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclass looks its module up there
     spec.loader.exec_module(mod)
     return mod
 
@@ -66,3 +67,29 @@ def test_long_report_gives_each_run_its_15000_step_longest_and_learned_figures(t
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells == ["rule-last2-mm", "rule-last2", "90%", "40,010", "97.9%", "99.4% at 50,000", "99.5% at 40,000",
                      "1,500"]
+
+
+def test_an_hours_stage_trains_until_the_runs_cumulative_time_and_then_is_done(tmp_path, monkeypatch):
+    """A stage given in hours (the Fibonacci runs' "6 hours of CPU") ends when metrics.csv's
+    cumulative elapsed_s reaches it; its row records the step reached, and a second driver
+    finds it done and trains nothing."""
+    import json
+
+    config = tmp_path / "tiny.toml"
+    config.write_text('[model]\ntype = "transformer"\nn_layer = 1\nn_head = 2\nn_embd = 16\n'
+                      "[train]\nbatch_size = 8\neval_interval = 50\ncheckpoint_interval = 50\n")
+    lr = long_runs()
+    hours = 4 / 3600
+    monkeypatch.setattr(lr, "STAGES", [("run", "rule-13-22", 200, config, lr.Hours(hours))])
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["long_runs.py", str(out), "--threads", "1"])
+    lr.main()
+    rows = [json.loads(line) for line in (out / "long.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["hours"] == hours
+    assert rows[0]["elapsed_s"] == lr.elapsed_s(out / "run") >= 4.0
+    assert rows[0]["steps"] == lr.last_step(out / "run") > 0
+    assert 0.0 <= rows[0]["eval_last"]["success_rate"] <= 1.0
+    before = (out / "run" / "metrics.csv").read_text()
+    lr.main()
+    assert (out / "run" / "metrics.csv").read_text() == before
+    assert len((out / "long.jsonl").read_text().splitlines()) == 1
