@@ -172,14 +172,14 @@ def main():
         if not data.exists():
             seqlab("data", "make", task, "--out", data, "--n", n, "--seed", 0)
         run = out / name
+        flags = ["--threads", args.threads, "--quiet", "--json"]
         if isinstance(steps, Hours):
-            # the learning rate is constant in these configs, so the step bound is only a bound
-            left_s = steps.hours * 3600 - elapsed_s(run)
-            flags = ["--threads", args.threads, "--quiet", "--json", "--steps", 10_000_000]
+            # the learning rate is constant in these configs, so the step bound is only a bound;
             # "at least": --minutes counts the start-up too, so a margin (a minute, less for tiny stages)
-            flags += ["--minutes", (max(left_s, 1.0) + min(max(left_s, 1.0), 60.0)) / 60]
+            left_s = max(steps.hours * 3600 - elapsed_s(run), 1.0)
+            flags += ["--steps", 10_000_000, "--minutes", (left_s + min(left_s, 60.0)) / 60]
         else:
-            flags = ["--threads", args.threads, "--quiet", "--json", "--steps", steps]
+            flags += ["--steps", steps]
         if run.exists() and not any((run / "checkpoints").glob("step-*")):
             shutil.rmtree(run)  # stopped before its first checkpoint: start it again
         if run.exists():
