@@ -105,6 +105,8 @@ def test_recipe_on_a_tiny_imported_model_end_to_end(tmp_path, capsys, monkeypatc
     saved = json.loads((out / "results.json").read_text())
     assert saved["stages"]["grpo"]["test"]["n"] == 12
     assert saved["stages"]["grpo"]["steps"] >= 1
+    for stage in ("sft", "grpo"):  # both bound their activations' memory the same way
+        assert json.loads((out / stage / "post_config.json").read_text())["micro_batch"] == 4
     assert (out / "reward_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert "| grpo |" in (out / "results.md").read_text()
     rl = [json.loads(x) for x in (out / "data" / "rl.jsonl").read_text().splitlines()]

@@ -80,8 +80,9 @@ class PostConfig:
     group_size: int = 8
     prompts_per_step: int = 4
     max_new_tokens: int = 32
-    # rows per forward + backward in an update (gradient accumulation; 0: the whole batch).
-    # Bounds memory on pretrained models: activations grow with rows x length x layers.
+    # rows per forward + backward in an update (gradient accumulation; 0: the whole batch), in
+    # GRPO and wherever SFT's loss trains (sft, rejection, off-policy distil). Bounds memory on
+    # pretrained models: activations grow with rows x length x layers.
     micro_batch: int = 0
     temperature: float = 1.0
     epsilon: float = 0.2

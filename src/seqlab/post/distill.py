@@ -83,7 +83,7 @@ def run_distill(cfg, progress: bool = True) -> dict:
     from .data import completion_batch, load_jsonl
     from .prompting import prompt_format
     from .runner import load_policy, optimise, prepare_out
-    from .sft import sft_loss
+    from .sft import sft_update_loss
 
     if not cfg.teacher:
         raise SeqlabError("config key 'post.teacher' is required: the run to distil from")
@@ -138,7 +138,7 @@ def run_distill(cfg, progress: bool = True) -> dict:
             batch = [teacher_rows[i] for i in idx[mine]]
             ids, mask = pad_batch([(r[0], r[1]) for r in batch], tok.pad_id, device)
             n_tokens = all_reduce_sum(mask[:, 1:].sum().double(), ranks)
-            loss = sft_loss(student, ids, mask, n_tokens)
+            loss = sft_update_loss(student, ids, mask, n_tokens, cfg.micro_batch)
             share = float(mask[:, 1:].sum() / n_tokens.clamp(min=1))
             # the teacher's forward costs as much as the update (more for a large teacher):
             # the KL diagnostic every samples_every steps only

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .sft import sft_loss
+from .sft import sft_update_loss
 
 
 def run_rejection(cfg, progress: bool = True) -> dict:
@@ -77,7 +77,8 @@ def run_rejection(cfg, progress: bool = True) -> dict:
             return torch.zeros((), device=device), stats
         idx = torch.randint(len(kept), (cfg.batch_size,), generator=g).tolist()
         ids, mask = pad_batch([kept[i] for i in idx[batch_mine]], tok.pad_id, device)  # this rank's rows
-        return sft_loss(model, ids, mask, all_reduce_sum(mask[:, 1:].sum().double(), ranks)), stats
+        return sft_update_loss(model, ids, mask, all_reduce_sum(mask[:, 1:].sum().double(), ranks),
+                               cfg.micro_batch), stats
 
     stats = optimise(model, cfg, out, ["loss", "kept", "reward"], step_fn, progress, "rejection sampling",
                      ("loss", "reward"), generator=g, boundary=per_round)

@@ -52,7 +52,7 @@ class PretrainedRecipeConfig:
     group_size: int = 8
     prompts_per_step: int = 4
     max_new_tokens: int = 64
-    micro_batch: int = 4  # rows per forward + backward: keeps GRPO on SmolLM2 within ~3 GB
+    micro_batch: int = 4  # rows per forward + backward (GRPO and SFT): bounds their activations' memory
     threads: int = 0  # 0: torch's default (all cores)
     device: str = "cpu"  # evaluation and post-training
     # SFT and GRPO precision (post.dtype): "bfloat16" trains under bf16 autocast and samples
@@ -178,7 +178,8 @@ def run_pretrained_arithmetic(out: str | Path, cfg: PretrainedRecipeConfig, prog
 
         shutil.rmtree(out / "sft", ignore_errors=True)  # an interrupted SFT (seconds long) starts again
         run_sft(post(policy=str(out / "base"), data=str(d / "sft.jsonl"), out=str(out / "sft"),
-                     steps=cfg.sft_steps, batch_size=8, lr=cfg.sft_lr), progress=progress)
+                     steps=cfg.sft_steps, batch_size=8, lr=cfg.sft_lr, micro_batch=cfg.micro_batch),
+                progress=progress)
         record("sft", time.perf_counter() - t0)
 
     log(f"[3/4] GRPO with LoRA for {cfg.rl_minutes:g} min (rewards: {', '.join(REWARDS)})")
