@@ -65,7 +65,8 @@ def main():
             for name, (t, pts) in curves.items():
                 if t == task and pts:
                     ax.plot([s for s, _ in pts], [100 * v for _, v in pts], "o-", ms=2.5, label=name)
-            ax.set_title(f"{task} (lecture at 15,000 steps: {LECTURE.get(task, '-')})", fontsize=9)
+            when = "lecture" if task.startswith("fibonacci") else "lecture at 15,000 steps"  # a day, a night
+            ax.set_title(f"{task} ({when}: {LECTURE.get(task, '-')})", fontsize=9)
             ax.set_ylabel("% samples obeying")
             ax.set_ylim(-2, 102)
             ax.grid(alpha=0.3)
