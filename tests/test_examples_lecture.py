@@ -65,7 +65,7 @@ def test_long_report_gives_each_run_its_15000_step_longest_and_learned_figures(t
                          capture_output=True, text=True, check=True).stdout
     row = next(line for line in out.splitlines() if line.startswith(f"| {run.name} "))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells == ["rule-last2-mm", "rule-last2", "90%", "40,010", "97.9%", "99.4% at 50,000", "99.5% at 40,000",
+    assert cells == ["rule-last2-mm", "rule-last2", "90% at 15,000", "40,010", "97.9%", "99.4% at 50,000", "99.5% at 40,000",
                      "1,500"]
 
 

@@ -15,9 +15,11 @@ import csv
 import json
 from pathlib import Path
 
-LECTURE = {"rule-18-47": "99%", "rule-18-n20": "54%", "rule-last2": "90%", "rule-three": "99%",
-           "rule-three-neg": "51%", "fibonacci": "all correct (400k params, 1 day)",
-           "fibonacci-2": "learned overnight"}
+# the lecture's figure for each task, with when it was read: the rules' table is at 15,000
+# steps, the Fibonacci runs are described after a day and a night
+LECTURE = {"rule-18-47": "99% at 15,000", "rule-18-n20": "54% at 15,000", "rule-last2": "90% at 15,000",
+           "rule-three": "99% at 15,000", "rule-three-neg": "51% at 15,000",
+           "fibonacci": "all correct after a day (400k params)", "fibonacci-2": "learned overnight"}
 
 
 def curve(run: Path) -> list[tuple[int, float]]:
@@ -36,7 +38,7 @@ def main():
         for r in map(json.loads, (out / "long.jsonl").read_text().splitlines()):
             evals[(r["run"], r["steps"])] = r["eval_last"]["success_rate"]
     runs = sorted(p for p in out.iterdir() if (p / "metrics.csv").exists())
-    print("| run | task | lecture at 15,000 | steps so far | success at 15,000 (1,000 samples) | "
+    print("| run | task | lecture | steps so far | success at 15,000 (1,000 samples) | "
           "longest evaluated (1,000 samples) | in-training success: last | learned (>= 90%) at step |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     curves = {}
@@ -65,8 +67,7 @@ def main():
             for name, (t, pts) in curves.items():
                 if t == task and pts:
                     ax.plot([s for s, _ in pts], [100 * v for _, v in pts], "o-", ms=2.5, label=name)
-            when = "lecture" if task.startswith("fibonacci") else "lecture at 15,000 steps"  # a day, a night
-            ax.set_title(f"{task} ({when}: {LECTURE.get(task, '-')})", fontsize=9)
+            ax.set_title(f"{task} (lecture: {LECTURE.get(task, '-')})", fontsize=9)
             ax.set_ylabel("% samples obeying")
             ax.set_ylim(-2, 102)
             ax.grid(alpha=0.3)
